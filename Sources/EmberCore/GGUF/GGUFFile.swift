@@ -1,0 +1,312 @@
+/// Where a tensor's data lies in a GGUF file and how to read it.
+public struct GGUFTensorInfo: Sendable, Equatable {
+    public let name: String
+    /// Dimensions in GGUF order: `dims[0]` is the row length (contiguous elements).
+    public let dims: [Int]
+    public let type: TensorType
+    /// Absolute byte offset of the data in the file.
+    public let offset: Int
+    public let byteCount: Int
+
+    public var elementCount: Int { dims.reduce(1, *) }
+    public var rowLength: Int { dims.first ?? 1 }
+    public var rowCount: Int { dims.dropFirst().reduce(1, *) }
+    public var rowBytes: Int { byteCount / max(rowCount, 1) }
+}
+
+/// A parsed GGUF file (v2 or v3, or PowerInfer's variant with the `PWRI` magic).
+/// Metadata is parsed eagerly; tensor data stays in the mapped file.
+public final class GGUFFile: @unchecked Sendable {
+    public enum Flavor: Sendable { case gguf, powerInfer }
+
+    public let path: String
+    public let flavor: Flavor
+    public let version: UInt32
+    /// Metadata in file order.
+    public let metadataKeys: [String]
+    public let metadata: [String: GGUFValue]
+    public let tensors: [GGUFTensorInfo]
+    public let alignment: Int
+    /// Absolute offset of the tensor data section.
+    public let dataOffset: Int
+    public let file: MappedFile
+    private let tensorIndex: [String: Int]
+
+    /// Arrays may nest this deep; deeper nesting is rejected so a hostile file cannot exhaust the stack.
+    static let maxArrayDepth = 8
+    /// ggml tensors have at most four dimensions.
+    static let maxDims = 4
+
+    public convenience init(path: String) throws {
+        try self.init(file: try MappedFile(path: path))
+    }
+
+    public init(file: MappedFile) throws {
+        self.file = file
+        self.path = file.path
+        var reader = ByteReader(bytes: file.bytes, path: file.path)
+
+        let magic = try reader.bytes(4, reading: "magic")
+        switch magic {
+        case Array("GGUF".utf8): flavor = .gguf
+        case Array("PWRI".utf8): flavor = .powerInfer
+        default: throw GGUFError.badMagic(path: path, found: magic)
+        }
+        version = try reader.u32(reading: "version")
+        guard version == 2 || version == 3 else { throw GGUFError.unsupportedVersion(path: path, version: version) }
+
+        let tensorCount = try reader.u64(reading: "tensor count")
+        let keyCount = try reader.u64(reading: "metadata count")
+        // A key-value pair takes at least 12 bytes (empty key, type, one-byte value); a tensor
+        // description at least 28 (empty name, one dimension, type, offset).
+        guard keyCount <= UInt64(reader.remaining / 12) else {
+            throw GGUFError.absurdCount(path: path, what: "metadata count", count: keyCount)
+        }
+        guard tensorCount <= UInt64(reader.remaining / 28) else {
+            throw GGUFError.absurdCount(path: path, what: "tensor count", count: tensorCount)
+        }
+
+        var keys: [String] = []
+        var values: [String: GGUFValue] = [:]
+        for _ in 0..<keyCount {
+            let key = try reader.string(reading: "metadata key")
+            let code = try reader.u32(reading: "value type of \"\(key)\"")
+            guard let type = GGUFValueType(rawValue: code) else {
+                throw GGUFError.unknownValueType(path: path, key: key, code: code)
+            }
+            let value = try reader.value(of: type, key: key, depth: 0)
+            guard values[key] == nil else { throw GGUFError.duplicateKey(path: path, key: key) }
+            keys.append(key)
+            values[key] = value
+        }
+        metadataKeys = keys
+        metadata = values
+
+        var alignment = 32
+        if let value = values["general.alignment"] {
+            guard let a = value.intValue, a > 0, a & (a - 1) == 0 else {
+                throw GGUFError.badAlignment(path: path, alignment: value.intValue ?? -1)
+            }
+            alignment = a
+        }
+        self.alignment = alignment
+
+        struct RawTensor { let name: String; let dims: [Int]; let type: TensorType; let offset: UInt64; let bytes: Int }
+        var raw: [RawTensor] = []
+        var index: [String: Int] = [:]
+        for _ in 0..<tensorCount {
+            let name = try reader.string(reading: "tensor name")
+            let dimCount = try reader.u32(reading: "dimension count of \"\(name)\"")
+            guard dimCount >= 1, dimCount <= UInt32(Self.maxDims) else {
+                throw GGUFError.badDimensions(path: path, tensor: name, dims: [UInt64(dimCount)])
+            }
+            var rawDims: [UInt64] = []
+            for _ in 0..<dimCount { rawDims.append(try reader.u64(reading: "dimensions of \"\(name)\"")) }
+            let code = try reader.u32(reading: "type of \"\(name)\"")
+            guard let type = TensorType(rawValue: code) else {
+                throw GGUFError.unknownTensorType(path: path, tensor: name, code: code)
+            }
+            let offset = try reader.u64(reading: "offset of \"\(name)\"")
+
+            // Every dimension positive and the element count representable; the row length a
+            // whole number of blocks.
+            var elements = 1
+            for d in rawDims {
+                guard d >= 1, d <= UInt64(Int32.max) else {
+                    throw GGUFError.badDimensions(path: path, tensor: name, dims: rawDims)
+                }
+                let (product, overflow) = elements.multipliedReportingOverflow(by: Int(d))
+                guard !overflow else { throw GGUFError.badDimensions(path: path, tensor: name, dims: rawDims) }
+                elements = product
+            }
+            guard Int(rawDims[0]) % type.blockSize == 0, let bytes = type.byteCount(elements: elements) else {
+                throw GGUFError.badDimensions(path: path, tensor: name, dims: rawDims)
+            }
+            guard offset % UInt64(alignment) == 0 else {
+                throw GGUFError.misalignedTensor(path: path, tensor: name, offset: offset)
+            }
+            guard index[name] == nil else { throw GGUFError.duplicateTensor(path: path, tensor: name) }
+            index[name] = raw.count
+            raw.append(RawTensor(name: name, dims: rawDims.map { Int($0) }, type: type, offset: offset, bytes: bytes))
+        }
+
+        let headerEnd = reader.offset
+        let dataStart = (headerEnd + alignment - 1) / alignment * alignment
+        dataOffset = dataStart
+        let fileSize = file.bytes.count
+        var infos: [GGUFTensorInfo] = []
+        infos.reserveCapacity(raw.count)
+        for t in raw {
+            let (end, overflow) = t.offset.addingReportingOverflow(UInt64(dataStart) + UInt64(t.bytes))
+            guard !overflow, end <= UInt64(fileSize) else {
+                throw GGUFError.tensorOutOfBounds(path: path, tensor: t.name, end: overflow ? UInt64.max : end, fileSize: fileSize)
+            }
+            infos.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: dataStart + Int(t.offset), byteCount: t.bytes))
+        }
+        tensors = infos
+        tensorIndex = index
+    }
+
+    // MARK: tensors
+
+    public func tensorInfo(_ name: String) -> GGUFTensorInfo? {
+        tensorIndex[name].map { tensors[$0] }
+    }
+
+    public func hasTensor(_ name: String) -> Bool { tensorIndex[name] != nil }
+
+    /// The bytes of a tensor, in place in the mapped file.
+    public func data(of tensor: GGUFTensorInfo) -> UnsafeRawPointer {
+        file.bytes.baseAddress! + tensor.offset
+    }
+
+    // MARK: metadata, typed
+
+    public func value(_ key: String) -> GGUFValue? { metadata[key] }
+
+    public func int(_ key: String) throws -> Int? {
+        guard let v = metadata[key] else { return nil }
+        guard let i = v.intValue else { throw wrongType(key, "an integer", v) }
+        return i
+    }
+
+    public func requiredInt(_ key: String) throws -> Int {
+        guard let i = try int(key) else { throw GGUFError.missingKey(path: path, key: key) }
+        return i
+    }
+
+    public func float(_ key: String) throws -> Double? {
+        guard let v = metadata[key] else { return nil }
+        guard let f = v.floatValue else { throw wrongType(key, "a number", v) }
+        return f
+    }
+
+    public func string(_ key: String) throws -> String? {
+        guard let v = metadata[key] else { return nil }
+        guard let s = v.stringValue else { throw wrongType(key, "a string", v) }
+        return s
+    }
+
+    public func requiredString(_ key: String) throws -> String {
+        guard let s = try string(key) else { throw GGUFError.missingKey(path: path, key: key) }
+        return s
+    }
+
+    public func bool(_ key: String) throws -> Bool? {
+        guard let v = metadata[key] else { return nil }
+        if let b = v.boolValue { return b }
+        throw wrongType(key, "a bool", v)
+    }
+
+    public func stringArray(_ key: String) throws -> [String]? {
+        guard let v = metadata[key] else { return nil }
+        guard case .array(.string, let items) = v else { throw wrongType(key, "an array of strings", v) }
+        return items.map { $0.stringValue! }
+    }
+
+    public func floatArray(_ key: String) throws -> [Float]? {
+        guard let v = metadata[key] else { return nil }
+        guard let items = v.arrayValue, let floats = Optional(items.compactMap { $0.floatValue }), floats.count == items.count else {
+            throw wrongType(key, "an array of numbers", v)
+        }
+        return floats.map { Float($0) }
+    }
+
+    public func intArray(_ key: String) throws -> [Int]? {
+        guard let v = metadata[key] else { return nil }
+        guard let items = v.arrayValue, let ints = Optional(items.compactMap { $0.intValue }), ints.count == items.count else {
+            throw wrongType(key, "an array of integers", v)
+        }
+        return ints
+    }
+
+    private func wrongType(_ key: String, _ expected: String, _ found: GGUFValue) -> GGUFError {
+        var shown = found.type.description
+        if case .array(let element, _) = found { shown = "an array of \(element)" }
+        return GGUFError.wrongKeyType(path: path, key: key, expected: expected, found: shown)
+    }
+}
+
+/// Bounds-checked little-endian reading over the mapped bytes.
+struct ByteReader {
+    let bytes: UnsafeRawBufferPointer
+    let path: String
+    var offset = 0
+
+    init(bytes: UnsafeRawBufferPointer, path: String) {
+        self.bytes = bytes
+        self.path = path
+    }
+
+    var remaining: Int { bytes.count - offset }
+
+    private mutating func take(_ count: Int, reading: String) throws -> Int {
+        guard count >= 0, count <= remaining else {
+            throw GGUFError.truncated(path: path, reading: reading, offset: offset)
+        }
+        let start = offset
+        offset += count
+        return start
+    }
+
+    mutating func bytes(_ count: Int, reading: String) throws -> [UInt8] {
+        let start = try take(count, reading: reading)
+        return Array(bytes[start..<start + count])
+    }
+
+    mutating func load<T: FixedWidthInteger>(_: T.Type, reading: String) throws -> T {
+        let start = try take(MemoryLayout<T>.size, reading: reading)
+        return T(littleEndian: bytes.loadUnaligned(fromByteOffset: start, as: T.self))
+    }
+
+    mutating func u32(reading: String) throws -> UInt32 { try load(UInt32.self, reading: reading) }
+    mutating func u64(reading: String) throws -> UInt64 { try load(UInt64.self, reading: reading) }
+
+    mutating func string(reading: String) throws -> String {
+        let at = offset
+        let length = try u64(reading: reading)
+        guard length <= UInt64(remaining) else {
+            throw GGUFError.truncated(path: path, reading: reading, offset: at)
+        }
+        let start = try take(Int(length), reading: reading)
+        let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<start + Int(length)])
+        guard let s = String(validating: slice.bindMemory(to: UInt8.self), as: UTF8.self) else {
+            throw GGUFError.invalidUTF8(path: path, offset: at)
+        }
+        return s
+    }
+
+    mutating func value(of type: GGUFValueType, key: String, depth: Int) throws -> GGUFValue {
+        let reading = "value of \"\(key)\""
+        switch type {
+        case .uint8: return .uint8(try load(UInt8.self, reading: reading))
+        case .int8: return .int8(try load(Int8.self, reading: reading))
+        case .uint16: return .uint16(try load(UInt16.self, reading: reading))
+        case .int16: return .int16(try load(Int16.self, reading: reading))
+        case .uint32: return .uint32(try load(UInt32.self, reading: reading))
+        case .int32: return .int32(try load(Int32.self, reading: reading))
+        case .uint64: return .uint64(try load(UInt64.self, reading: reading))
+        case .int64: return .int64(try load(Int64.self, reading: reading))
+        case .float32: return .float32(Float(bitPattern: try load(UInt32.self, reading: reading)))
+        case .float64: return .float64(Double(bitPattern: try load(UInt64.self, reading: reading)))
+        case .bool: return .bool(try load(UInt8.self, reading: reading) != 0)
+        case .string: return .string(try string(reading: reading))
+        case .array:
+            guard depth < GGUFFile.maxArrayDepth else { throw GGUFError.arrayTooDeep(path: path, key: key) }
+            let code = try u32(reading: "array type of \"\(key)\"")
+            guard let element = GGUFValueType(rawValue: code) else {
+                throw GGUFError.unknownValueType(path: path, key: key, code: code)
+            }
+            let count = try u64(reading: "array length of \"\(key)\"")
+            // Each element takes at least one byte (strings eight, arrays twelve).
+            let minimum = element.fixedSize ?? (element == .string ? 8 : 12)
+            guard count <= UInt64(remaining / minimum) else {
+                throw GGUFError.absurdCount(path: path, what: "array \"\(key)\" length", count: count)
+            }
+            var items: [GGUFValue] = []
+            items.reserveCapacity(Int(count))
+            for _ in 0..<count { items.append(try value(of: element, key: key, depth: depth + 1)) }
+            return .array(element, items)
+        }
+    }
+}

@@ -1,0 +1,2 @@
+import EmberCore
+print("ember")
