@@ -50,6 +50,9 @@ size_t ember_row_bytes(int type, int64_t n);
 /// The activation format a weight type is dotted with.
 int ember_activation_type(int weight_type);
 
+/// Bytes of `n` elements in activation format `act_type`.
+size_t ember_activation_bytes(int act_type, int64_t n);
+
 /// Converts `n` floats to activation format `act_type` (F32 copies).
 void ember_quantize_activations(int act_type, const float *x, void *out, int64_t n);
 

@@ -1,0 +1,19 @@
+/// The llama-family block (Llama 2/3, Mistral, SmolLM2; Qwen2 adds q/k/v biases):
+/// pre-norm attention with rope and grouped kv heads, then a pre-norm gated FFN.
+enum Llama {
+    static func block(_ w: LayerWeights, layer: Int, pass p: ForwardPass, cache: KVCache) {
+        p.rmsNorm(p.x, w.attentionNorm, into: p.normed)
+        p.linear(p.normed, [(w.query, p.query), (w.key, p.key), (w.value, p.value)])
+        p.addBias(w.queryBias, to: p.query)
+        p.addBias(w.keyBias, to: p.key)
+        p.addBias(w.valueBias, to: p.value)
+        p.ropeAndStore(layer: layer, cache: cache)
+        p.attend(layer: layer, cache: cache)
+        p.linear(p.attention, [(w.output, p.projected)])
+        p.addResidual(p.projected)
+
+        p.rmsNorm(p.x, w.ffnNorm, into: p.normed)
+        p.feedForward(w)
+        p.addResidual(p.projected)
+    }
+}
