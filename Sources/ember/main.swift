@@ -1,18 +1,64 @@
 import EmberCore
 import Foundation
-let model = try LanguageModel(path: CommandLine.arguments[1])
-let pool = ThreadPool(threads: 2)
-let cache = KVCache(config: model.config, capacity: 512)
-let pass = ForwardPass(config: model.config, pool: pool, maxTokens: 64, contextCapacity: 512)
-let logits = Matrix(rows: 1, length: model.config.vocabularySize)
-var tokens: [Int32] = CommandLine.arguments[2].split(separator: ",").map { Int32($0)! }
-var out: [Int32] = []
-let t0 = Date()
-try model.forward(tokens[...], cache: cache, pass: pass, logits: .last, into: logits)
-for _ in 0..<Int(CommandLine.arguments[3])! {
-    var best = 0
-    for i in 0..<model.config.vocabularySize where logits.pointer[i] > logits.pointer[best] { best = i }
-    out.append(Int32(best))
-    try model.forward([Int32(best)][...], cache: cache, pass: pass, logits: .last, into: logits)
+
+/// `ember COMMAND [FLAGS]`: a thin layer that parses flags and calls EmberCore.
+struct Command {
+    let name: String
+    let summary: String
+    let flags: [Arguments.Flag]
+    let allowsPositional: Bool
+    let main: (Arguments) throws -> Void
 }
-print(out, Date().timeIntervalSince(t0))
+
+let commands: [Command] = [
+    Command(name: "run", summary: RunCommand.summary, flags: RunCommand.flags, allowsPositional: false, main: RunCommand.main),
+    Command(name: "chat", summary: ChatCommand.summary, flags: ChatCommand.flags, allowsPositional: false, main: ChatCommand.main),
+    Command(name: "perplexity", summary: PerplexityCommand.summary, flags: PerplexityCommand.flags, allowsPositional: false,
+            main: PerplexityCommand.main),
+    Command(name: "bench", summary: BenchCommand.summary, flags: BenchCommand.flags, allowsPositional: false, main: BenchCommand.main),
+]
+
+func usage() -> String {
+    "usage: ember COMMAND [FLAGS]   (ember COMMAND --help for its flags)\n\ncommands:\n"
+        + commands.map { "  " + $0.name.padding(toLength: 12, withPad: " ", startingAt: 0) + $0.summary }.joined(separator: "\n")
+}
+
+func runMain() -> Int32 {
+    // Arguments must be valid UTF-8: a repaired prompt would silently differ from what was typed.
+    for index in 0..<Int(CommandLine.argc) {
+        guard let raw = CommandLine.unsafeArgv[index], String(validatingCString: raw) != nil else {
+            Terminal.error("ember: error: argument \(index) is not valid UTF-8")
+            return 2
+        }
+    }
+    let argv = CommandLine.arguments
+    guard argv.count > 1 else {
+        Terminal.error(usage())
+        return 2
+    }
+    if ["--help", "-h", "help"].contains(argv[1]) {
+        print(usage())
+        return 0
+    }
+    guard let command = commands.first(where: { $0.name == argv[1] }) else {
+        Terminal.error("ember: error: unknown command \"\(argv[1])\"\n\n" + usage())
+        return 2
+    }
+    if argv.dropFirst(2).contains(where: { $0 == "--help" || $0 == "-h" }) {
+        print("usage: ember \(command.name) [FLAGS]\n\(command.summary)\n\nflags:\n" + Arguments.help(command.flags))
+        return 0
+    }
+    do {
+        let arguments = try Arguments(argv.dropFirst(2), flags: command.flags, allowsPositional: command.allowsPositional)
+        try command.main(arguments)
+        return 0
+    } catch let error as UsageError {
+        Terminal.error("ember \(command.name): error: \(error)\n(ember \(command.name) --help lists the flags)")
+        return 2
+    } catch {
+        Terminal.error("ember \(command.name): error: \(error)")
+        return 1
+    }
+}
+
+exit(runMain())

@@ -1,0 +1,122 @@
+import Foundation
+
+/// How the next token is drawn from the logits. The steps run in the order llama.cpp's common
+/// sampler uses, so the same settings mean the same thing: repetition penalty, top-k, top-p,
+/// min-p, temperature, then a weighted draw. A temperature of 0 or less is greedy.
+public struct SamplerSettings: Sendable, Equatable {
+    public var temperature: Float = 0.8
+    public var topK = 40
+    public var topP: Float = 0.95
+    public var minP: Float = 0.05
+    public var repeatPenalty: Float = 1.0
+    /// How many of the most recent tokens the repetition penalty looks at.
+    public var repeatLastN = 64
+    /// nil draws a seed from the system.
+    public var seed: UInt64?
+
+    public init() {}
+
+    public static var greedy: SamplerSettings {
+        var settings = SamplerSettings()
+        settings.temperature = 0
+        return settings
+    }
+}
+
+public struct Sampler {
+    public let settings: SamplerSettings
+    private var random: SplitMix64
+
+    public init(_ settings: SamplerSettings) {
+        self.settings = settings
+        random = SplitMix64(seed: settings.seed ?? UInt64.random(in: .min ... .max))
+    }
+
+    /// Picks the next token given the logits and the tokens so far (for the penalty).
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int32]) -> Int32 {
+        var penalized: [Int32: Float] = [:]
+        if settings.repeatPenalty != 1, settings.repeatLastN != 0 {
+            let recent = settings.repeatLastN < 0 ? history[...] : history.suffix(settings.repeatLastN)
+            for token in Set(recent) where Int(token) < logits.count {
+                let logit = logits[Int(token)]
+                penalized[token] = logit > 0 ? logit / settings.repeatPenalty : logit * settings.repeatPenalty
+            }
+        }
+        func logit(_ token: Int) -> Float { penalized[Int32(token)] ?? logits[token] }
+
+        if settings.temperature <= 0 {
+            var best = 0
+            for token in 1..<logits.count where logit(token) > logit(best) { best = token }
+            return Int32(best)
+        }
+
+        // Candidates sorted by logit, the k best when top-k is on.
+        var candidates: [(token: Int32, logit: Float)]
+        let k = settings.topK > 0 ? min(settings.topK, logits.count) : logits.count
+        candidates = Self.best(k, of: logits.count, logit: logit)
+
+        // Probabilities at temperature 1 decide the top-p and min-p cuts.
+        var probabilities = Self.softmax(candidates.map(\.logit), temperature: 1)
+        if settings.topP < 1 {
+            var cumulative: Float = 0
+            var keep = candidates.count
+            for (i, p) in probabilities.enumerated() {
+                cumulative += p
+                if cumulative >= settings.topP { keep = i + 1; break }
+            }
+            candidates.removeSubrange(keep...)
+            probabilities.removeSubrange(keep...)
+        }
+        if settings.minP > 0, let top = probabilities.first {
+            let keep = max(1, probabilities.prefix { $0 >= settings.minP * top }.count)
+            candidates.removeSubrange(keep...)
+        }
+        probabilities = Self.softmax(candidates.map(\.logit), temperature: settings.temperature)
+
+        var draw = Float(Double(random.next() >> 11) * 0x1.0p-53)
+        for (i, p) in probabilities.enumerated() {
+            draw -= p
+            if draw < 0 { return candidates[i].token }
+        }
+        return candidates[candidates.count - 1].token
+    }
+
+    /// The `k` highest-scoring of `count` tokens, best first.
+    private static func best(_ k: Int, of count: Int, logit: (Int) -> Float) -> [(token: Int32, logit: Float)] {
+        if k >= count {
+            return (0..<count).map { (Int32($0), logit($0)) }.sorted { $0.logit > $1.logit }
+        }
+        // Keep a sorted list of the best k seen: cheap when k is small next to the vocabulary.
+        var top: [(token: Int32, logit: Float)] = []
+        top.reserveCapacity(k + 1)
+        for token in 0..<count {
+            let value = logit(token)
+            if top.count == k, value <= top[k - 1].logit { continue }
+            var index = top.count
+            while index > 0, top[index - 1].logit < value { index -= 1 }
+            top.insert((Int32(token), value), at: index)
+            if top.count > k { top.removeLast() }
+        }
+        return top
+    }
+
+    private static func softmax(_ logits: [Float], temperature: Float) -> [Float] {
+        guard let maximum = logits.first else { return [] }
+        let exps = logits.map { expf(($0 - maximum) / temperature) }
+        let sum = exps.reduce(0, +)
+        return exps.map { $0 / sum }
+    }
+}
+
+/// A small, fast, seedable generator (Steele, Lea and Flood 2014) so runs with `--seed` repeat.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

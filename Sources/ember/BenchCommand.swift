@@ -1,0 +1,55 @@
+import EmberCore
+import Foundation
+
+/// `ember bench`: prefill and decode speed, and how close decode comes to the memory bandwidth.
+enum BenchCommand {
+    static let flags: [Arguments.Flag] = CommonFlags.all.filter { $0.names[0] != "--ctx" } + [
+        .init(names: ["--prompt-tokens", "-p"], takesValue: true, help: "prompt length (default 64)"),
+        .init(names: ["--n-gen", "-n"], takesValue: true, help: "tokens decoded after the prompt (default 128)"),
+        .init(names: ["--repetitions", "-r"], takesValue: true, help: "repetitions (default 3)"),
+        .init(names: ["--json"], takesValue: false, help: "print one JSON object instead of a table"),
+    ]
+
+    static let summary = "measure prefill and decode tokens/s against the machine's read bandwidth"
+
+    static func main(_ arguments: Arguments) throws {
+        let promptTokens = try arguments.int("--prompt-tokens", default: 64, range: 1...1 << 16)
+        let generated = try arguments.int("--n-gen", default: 128, range: 0...1 << 16)
+        let repetitions = try arguments.int("--repetitions", default: 3, range: 1...1000)
+        let loaded = try LoadedModel(arguments)
+        let session = try loaded.session(arguments, minimumContext: promptTokens + generated)
+        let progress = Progress("bench")
+        let result = try session.benchmark(promptTokens: promptTokens, generatedTokens: generated,
+                                           repetitions: repetitions) { progress.update($0, of: repetitions) }
+        progress.finish()
+
+        let prefill = Statistics.median(result.prefill)
+        let decode = Statistics.median(result.decode)
+        if arguments.has("--json") {
+            let object: [String: Any] = [
+                "model": loaded.path, "threads": session.pool.threadCount,
+                "prompt_tokens": promptTokens, "generated_tokens": generated, "repetitions": repetitions,
+                "prefill_tps": result.prefill, "decode_tps": result.decode,
+                "prefill_tps_median": prefill, "decode_tps_median": decode,
+                "weight_bytes_per_token": result.weightBytesPerToken,
+                "read_bandwidth_bytes_per_s": result.readBandwidth,
+                "bandwidth_share": result.bandwidthShare,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        func spread(_ values: [Double]) -> String {
+            guard let low = values.min(), let high = values.max() else { return "-" }
+            return String(format: "%.1f – %.1f", low, high)
+        }
+        print("model: \((loaded.path as NSString).lastPathComponent), threads: \(session.pool.threadCount), repetitions: \(repetitions)")
+        print("test              tokens/s (median)   spread (min – max)")
+        print(String(format: "prefill %-8d  %17.1f   %@", promptTokens, prefill, spread(result.prefill)))
+        if generated > 0 {
+            print(String(format: "decode %-9d  %17.1f   %@", generated, decode, spread(result.decode)))
+        }
+        print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; median decode uses %.0f %% of it",
+                     Double(result.weightBytesPerToken) / 1e6, result.readBandwidth / 1e9, result.bandwidthShare * 100))
+    }
+}

@@ -1,0 +1,35 @@
+import EmberCore
+import Foundation
+
+/// `ember perplexity`: how well the model predicts a text (lower is better).
+enum PerplexityCommand {
+    static let flags: [Arguments.Flag] = CommonFlags.all.filter { $0.names[0] != "--ctx" } + [
+        .init(names: ["--file", "-f"], takesValue: true, help: "UTF-8 text to score (required)"),
+        .init(names: ["--ctx", "-c"], takesValue: true, help: "tokens per chunk (default 512)"),
+        .init(names: ["--chunks"], takesValue: true, help: "score only the first N chunks"),
+    ]
+
+    static let summary = "perplexity of a text: chunks of --ctx tokens, each from an empty cache"
+
+    static func main(_ arguments: Arguments) throws {
+        guard let path = arguments.string("--file") else { throw UsageError("give the text with -f FILE") }
+        let text = try TextInput.readFile(path)
+        let context = try arguments.int("--ctx", default: 512, range: 2...1 << 20)
+        let chunkLimit = try arguments.int("--chunks", default: Int.max, range: 1...Int.max)
+        let loaded = try LoadedModel(arguments)
+        // The rule of the reference figures: no BOS, special tokens as plain text.
+        var tokens = loaded.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+        if tokens.count / context > chunkLimit { tokens = Array(tokens.prefix(chunkLimit * context)) }
+        let session = try loaded.session(arguments, minimumContext: context)
+        let progress = Progress("perplexity")
+        let start = DispatchTime.now()
+        let result = try session.perplexity(of: tokens, context: context) { done, total, running in
+            progress.update(done, of: total, detail: String(format: "ppl %.4f", running))
+        }
+        progress.finish()
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        print(String(format: "perplexity: %.4f (mean NLL %.6f) over %d scored tokens, %d chunks of %d",
+                     result.perplexity, result.meanNegativeLogLikelihood, result.scoredTokens, result.chunks, context))
+        Terminal.note(String(format: "[%.1f s, %.1f tokens/s]", elapsed, Double(result.chunks * context) / elapsed))
+    }
+}
