@@ -64,7 +64,7 @@ extension Session {
                                weightBytesPerToken: model.weights.bytesPerToken, readBandwidth: bandwidth)
     }
 
-    static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
+    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
         var best = 0
         for i in 1..<logits.count where logits[i] > logits[best] { best = i }
         return Int32(best)

@@ -1,0 +1,133 @@
+import EmberCore
+import Foundation
+import XCTest
+
+/// The `ember` executable end to end: real model, real flags, real exit statuses.
+final class CommandLineTests: XCTestCase {
+    struct Outcome {
+        let status: Int32
+        let reason: Process.TerminationReason
+        let stdout: String
+        let stderr: String
+    }
+
+    /// Runs the release binary (built by `swift build -c release`, which .ci/run does first).
+    func ember(_ arguments: [String], stdin: String? = nil) throws -> Outcome {
+        let binary = TestData.packageRoot.appendingPathComponent(".build/release/ember")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            XCTFail("\(binary.path) is missing: run `swift build -c release` first")
+            throw XCTSkip("no binary")
+        }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try input.fileHandleForWriting.close()
+        // Read both pipes concurrently so a full pipe never blocks the child.
+        var errData = Data()
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) { errData = err.fileHandleForReading.readDataToEndOfFile() }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, reason: process.terminationReason,
+                       stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    func smol() throws -> String { try TestData.modelPath(.smolLM2) }
+
+    func testBadFlagsAreUsageErrors() throws {
+        let cases: [([String], String)] = [
+            ([], "usage"),
+            (["frobnicate"], "unknown command"),
+            (["run", "--bogus"], "unknown flag --bogus"),
+            (["run", "-p", "hi", "-n", "many"], "-n"),
+            (["run", "-p", "hi", "-t", "0"], "--threads"),
+            (["run", "-p", "hi", "--temp"], "needs a value"),
+            (["run", "-p", "hi", "--top-p", "1.5"], "--top-p"),
+            (["run", "-m", "/nonexistent/model.gguf", "-p", "hi"], "no model file"),
+            (["run"], "-p"),
+            (["perplexity", "-m", "/dev/null"], "-f FILE"),
+        ]
+        for (arguments, message) in cases {
+            let outcome = try ember(arguments)
+            XCTAssertEqual(outcome.reason, .exit, "\(arguments)")
+            XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): stderr was \(outcome.stderr)")
+        }
+    }
+
+    func testBrokenModelFilesGiveAnErrorNotACrash() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let real = try Data(contentsOf: URL(fileURLWithPath: try smol()), options: .alwaysMapped)
+        let files: [(String, Data)] = [
+            ("empty.gguf", Data()),
+            ("text.gguf", Data("hello, I am not a model".utf8)),
+            ("header-only.gguf", real.prefix(4096)),
+            ("truncated.gguf", real.prefix(real.count / 2)),
+        ]
+        for (name, data) in files {
+            let path = directory.appendingPathComponent(name).path
+            try data.write(to: URL(fileURLWithPath: path))
+            let outcome = try ember(["run", "-m", path, "-p", "hi", "-n", "1"])
+            XCTAssertEqual(outcome.reason, .exit, name)
+            XCTAssertEqual(outcome.status, 1, "\(name): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains("error"), "\(name): \(outcome.stderr)")
+        }
+    }
+
+    func testRunStreamsTheGreedyContinuation() throws {
+        let path = try smol()
+        let outcome = try ember(["run", "-m", path, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2"])
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        // llama.cpp's greedy ids for this prompt (fixtures), decoded by our tokenizer.
+        let reference = try XCTUnwrap(try ReferenceTests.greedyCases().first)
+        let tokenizer = try Tokenizer(file: try GGUFFile(path: path))
+        XCTAssertEqual(outcome.stdout, tokenizer.decode(Array(reference.greedyIDs.prefix(12))) + "\n")
+        XCTAssertTrue(outcome.stderr.contains("tokens/s"), outcome.stderr)
+    }
+
+    func testPromptLongerThanTheContextIsAnError() throws {
+        let outcome = try ember(["run", "-m", try smol(), "--ctx", "16", "-p", String(repeating: "word ", count: 40)])
+        XCTAssertEqual(outcome.status, 1, outcome.stderr)
+        XCTAssertTrue(outcome.stderr.contains("context"), outcome.stderr)
+    }
+
+    func testInvalidUTF8InputIsRefused() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("ember-bad-\(UUID().uuidString).txt")
+        try Data([0x48, 0x69, 0xC3, 0x28, 0xFF]).write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let outcome = try ember(["run", "-m", try smol(), "-f", file.path])
+        XCTAssertEqual(outcome.status, 2, outcome.stderr)
+        XCTAssertTrue(outcome.stderr.contains("UTF-8"), outcome.stderr)
+    }
+
+    func testChatAnswersEachLineUntilEndOfInput() throws {
+        let outcome = try ember(["chat", "-m", try smol(), "--temp", "0", "-n", "24"], stdin: "What is 2+2?\nAnd 3+3?\n")
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        let replies = outcome.stdout.split(separator: "\n", omittingEmptySubsequences: true)
+        XCTAssertGreaterThanOrEqual(replies.count, 2, outcome.stdout)
+    }
+
+    func testPerplexityAndBenchReport() throws {
+        let path = try smol()
+        let perplexity = try ember(["perplexity", "-m", path, "-f", TestData.fixtures.appendingPathComponent("eval-gpl3.txt").path,
+                                    "--ctx", "64", "--chunks", "2"])
+        XCTAssertEqual(perplexity.status, 0, perplexity.stderr)
+        XCTAssertTrue(perplexity.stdout.contains("over 126 scored tokens, 2 chunks of 64"), perplexity.stdout)
+
+        let bench = try ember(["bench", "-m", path, "-p", "8", "-n", "4", "-r", "1", "-t", "2", "--json"])
+        XCTAssertEqual(bench.status, 0, bench.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])
+        XCTAssertGreaterThan(try XCTUnwrap(json["decode_tps_median"] as? Double), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(json["read_bandwidth_bytes_per_s"] as? Double), 1e8)
+        XCTAssertEqual(json["weight_bytes_per_token"] as? Int, (try TestData.model(.smolLM2)).weights.bytesPerToken)
+    }
+}

@@ -1,0 +1,115 @@
+import EmberCore
+import Foundation
+import XCTest
+
+/// SmolLM2-135M Q4_1 against llama.cpp's outputs in ../shared/fixtures (see its README).
+final class ReferenceTests: XCTestCase {
+    struct GreedyCase {
+        let prompt: String
+        let promptIDs: [Int32]
+        let greedyIDs: [Int32]
+        let margins: [Double]
+        let logitsFile: String
+    }
+
+    static func greedyCases() throws -> [GreedyCase] {
+        let reference = try TestData.json(TestData.smolFixtures.appendingPathComponent("reference.json"))
+        let cases = try XCTUnwrap(reference["greedy"] as? [[String: Any]])
+        return try cases.map { item in
+            GreedyCase(prompt: try XCTUnwrap(item["prompt"] as? String),
+                       promptIDs: try XCTUnwrap(item["prompt_ids"] as? [Int]).map(Int32.init),
+                       greedyIDs: try XCTUnwrap(item["greedy_ids"] as? [Int]).map(Int32.init),
+                       margins: try XCTUnwrap(item["margins"] as? [Double]),
+                       logitsFile: try XCTUnwrap(item["logits_file"] as? String))
+        }
+    }
+
+    /// Ember's logits differ from llama.cpp's by small amounts (both quantize activations to
+    /// 8 bits, but sum in different orders and round differently in places), measured below
+    /// LogitTolerance.maximum. Two tokens whose llama.cpp logits are closer than twice that can
+    /// legitimately swap; any other divergence is a bug.
+    static let flipMargin = 2 * LogitTolerance.maximum
+
+    enum LogitTolerance {
+        /// Largest absolute difference allowed on any logit, and on the mean over the vocabulary.
+        static let maximum: Float = 0.25
+        static let mean: Float = 0.05
+    }
+
+    func testLastPositionLogitsMatchLlamaCpp() throws {
+        let model = try TestData.model(.smolLM2)
+        let session = Session(model: model, threads: 2, contextLength: 256)
+        for test in try Self.greedyCases() {
+            session.reset()
+            let logits = Array(try session.evaluate(test.promptIDs))
+            let reference = try TestData.floats(TestData.smolFixtures.appendingPathComponent(test.logitsFile))
+            XCTAssertEqual(logits.count, reference.count)
+            let differences = zip(logits, reference).map { abs($0 - $1) }
+            let maximum = differences.max() ?? 0
+            let mean = differences.reduce(0, +) / Float(differences.count)
+            XCTAssertLessThan(maximum, LogitTolerance.maximum, "max |Δlogit| for \(test.prompt.debugDescription)")
+            XCTAssertLessThan(mean, LogitTolerance.mean, "mean |Δlogit| for \(test.prompt.debugDescription)")
+            XCTAssertEqual(Session.argmax(UnsafeBufferPointer(start: logits, count: logits.count)), test.greedyIDs[0])
+        }
+    }
+
+    func testGreedyDecodingMatchesLlamaCpp() throws {
+        let model = try TestData.model(.smolLM2)
+        let session = Session(model: model, threads: 2, contextLength: 256)
+        for test in try Self.greedyCases() {
+            session.reset()
+            var sampler = Sampler(.greedy)
+            var produced: [Int32] = []
+            _ = try session.generate(prompt: test.promptIDs, maxTokens: test.greedyIDs.count, sampler: &sampler,
+                                     isEnd: { $0 == 2 }) { produced.append($0); return true }
+            for (step, (ours, theirs)) in zip(produced, test.greedyIDs).enumerated() where ours != theirs {
+                // After a legitimate swap the texts differ, so nothing later can be compared.
+                XCTAssertLessThan(test.margins[step], Double(Self.flipMargin),
+                                  "step \(step) of \(test.prompt.debugDescription): \(ours) instead of \(theirs) though llama.cpp's margin was \(test.margins[step])")
+                break
+            }
+            XCTAssertEqual(produced.count, test.greedyIDs.count, "length for \(test.prompt.debugDescription)")
+        }
+    }
+
+    func testPerplexityMatchesLlamaCpp() throws {
+        let model = try TestData.model(.smolLM2)
+        let reference = try XCTUnwrap(try TestData.json(TestData.smolFixtures.appendingPathComponent("reference.json"))["perplexity"] as? [String: Any])
+        let text = try String(contentsOf: TestData.fixtures.appendingPathComponent("eval-gpl3.txt"), encoding: .utf8)
+        let tokenizer = try Tokenizer(file: model.file)
+        let tokens = tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+        let session = Session(model: model, threads: 2, contextLength: 256, batchSize: 256)
+        let result = try session.perplexity(of: tokens, context: try XCTUnwrap(reference["ctx"] as? Int))
+        XCTAssertEqual(result.chunks, reference["chunks"] as? Int)
+        XCTAssertEqual(result.scoredTokens, reference["scored_tokens"] as? Int)
+        let expected = try XCTUnwrap(reference["ppl"] as? Double)
+        // The bar: within 1 % of llama.cpp's figure.
+        XCTAssertEqual(result.perplexity, expected, accuracy: expected * 0.01)
+    }
+
+    func testContextOverflowIsAnError() throws {
+        let model = try TestData.model(.smolLM2)
+        let session = Session(model: model, threads: 1, contextLength: 8)
+        XCTAssertThrowsError(try session.evaluate(Array(repeating: 1, count: 9))) { error in
+            XCTAssertEqual(error as? ModelError, .contextOverflow(needed: 9, context: 8))
+        }
+        try session.evaluate(Array(repeating: 1, count: 8))
+        XCTAssertThrowsError(try session.evaluate([1]))
+        XCTAssertThrowsError(try session.evaluate([Int32(model.config.vocabularySize)])) { error in
+            XCTAssertEqual(error as? ModelError, .invalidToken(id: model.config.vocabularySize, vocabularySize: model.config.vocabularySize))
+        }
+    }
+
+    /// Prompt evaluation in batches (matrix products) and token by token must agree.
+    func testBatchedPrefillEqualsTokenByToken() throws {
+        let model = try TestData.model(.smolLM2)
+        let prompt = try Self.greedyCases()[1].promptIDs
+        let batched = Session(model: model, threads: 2, contextLength: 64, batchSize: 64)
+        let single = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let a = Array(try batched.evaluate(prompt))
+        let b = Array(try single.evaluate(prompt))
+        // Same kernels, same activation quantization; only float summation order differs.
+        let maximum = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+        XCTAssertLessThan(maximum, 1e-3)
+    }
+}

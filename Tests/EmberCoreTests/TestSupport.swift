@@ -1,0 +1,46 @@
+import EmberCore
+import Foundation
+import XCTest
+
+/// Where the tests find the real models and llama.cpp's reference outputs.
+enum TestData {
+    static let fixtures = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("shared/fixtures")
+    static let localFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+    static let smolFixtures = fixtures.appendingPathComponent("smollm2-135m-q4_1")
+    static let packageRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The path of a model, downloaded on first use (scripts/setup or an earlier run usually
+    /// has it already). A failed download fails the test; it is never skipped silently.
+    static func modelPath(_ model: KnownModel) throws -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        return try ModelStore.ensure(model) { print("tests: \($0)") }
+    }
+
+    /// One loaded model per file, shared by the tests of a run (they only read it).
+    nonisolated(unsafe) private static var loaded: [String: LanguageModel] = [:]
+    private static let lock = NSLock(), modelLock = NSLock()
+
+    static func model(_ known: KnownModel) throws -> LanguageModel {
+        let path = try modelPath(known)
+        modelLock.lock()
+        defer { modelLock.unlock() }
+        if let model = loaded[path] { return model }
+        let model = try LanguageModel(path: path)
+        loaded[path] = model
+        return model
+    }
+
+    static func json(_ url: URL) throws -> [String: Any] {
+        let data = try Data(contentsOf: url)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    static func floats(_ url: URL) throws -> [Float] {
+        let data = try Data(contentsOf: url)
+        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+}
