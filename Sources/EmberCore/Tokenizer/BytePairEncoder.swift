@@ -14,13 +14,13 @@ final class BytePairEncoder: Sendable {
     /// (left id << 32 | right id) → (rank << 32 | merged id).
     private let merges: [UInt64: UInt64]
     private let preTokenizer: PreTokenizer
-    private let ids: [String: Int32]
+    private let ids: [TokenKey: Int32]
     private let cache = Mutex<[[UInt8]: [Int32]]>([:])
     /// Bound on cached words, so a long-running process cannot grow without limit.
     private static let cacheLimit = 100_000
 
     init(vocabulary: Vocabulary, merges rules: [String], preTokenizer: PreTokenizer) throws {
-        byteTokens = (0..<256).map { vocabulary.ids[String(ByteLevelAlphabet.scalarForByte[$0])] ?? -1 }
+        byteTokens = (0..<256).map { vocabulary.id(of: String(ByteLevelAlphabet.scalarForByte[$0])) ?? -1 }
         var table: [UInt64: UInt64] = [:]
         table.reserveCapacity(rules.count)
         for (rank, rule) in rules.enumerated() {
@@ -28,9 +28,9 @@ final class BytePairEncoder: Sendable {
             // with a literal space).
             let bytes = Array(rule.utf8)
             guard bytes.count >= 3, let space = bytes[1...].firstIndex(of: 0x20), space + 1 < bytes.count,
-                  let left = vocabulary.ids[String(decoding: bytes[..<space], as: UTF8.self)],
-                  let right = vocabulary.ids[String(decoding: bytes[(space + 1)...], as: UTF8.self)],
-                  let merged = vocabulary.ids[String(decoding: bytes[..<space] + bytes[(space + 1)...], as: UTF8.self)]
+                  let left = vocabulary.ids[TokenKey(bytes: bytes[..<space])],
+                  let right = vocabulary.ids[TokenKey(bytes: bytes[(space + 1)...])],
+                  let merged = vocabulary.ids[TokenKey(bytes: bytes[..<space] + bytes[(space + 1)...])]
             else {
                 throw TokenizerError.invalidMerge(index: rank, rule: rule)
             }
@@ -70,7 +70,7 @@ final class BytePairEncoder: Sendable {
     }
 
     private func merge(_ word: [UInt8]) -> [Int32] {
-        if preTokenizer.ignoresMerges, let whole = ids[ByteLevelAlphabet.encode(word)] {
+        if preTokenizer.ignoresMerges, let whole = ids[TokenKey(ByteLevelAlphabet.encode(word))] {
             return [whole]
         }
         let n = word.count

@@ -4,7 +4,7 @@
 /// until no pair forms an entry. A final symbol that is not a token falls back to one `<0xNN>`
 /// token per byte.
 struct SentencePieceEncoder: Sendable {
-    private let ids: [String: Int32]
+    private let ids: [TokenKey: Int32]
     private let scores: [Float]
     /// `<0xNN>` token for each byte (else the byte's own one-character token, else unknown, else -1).
     private let byteTokens: [Int32]
@@ -15,8 +15,8 @@ struct SentencePieceEncoder: Sendable {
         byteTokens = (0..<256).map { byte in
             let hex = String(byte, radix: 16, uppercase: true)
             let name = "<0x" + (hex.count == 1 ? "0" + hex : hex) + ">"
-            if let id = vocabulary.ids[name] { return id }
-            if byte < 0x80, let id = vocabulary.ids[String(Unicode.Scalar(UInt8(byte)))] { return id }
+            if let id = vocabulary.id(of: name) { return id }
+            if byte < 0x80, let id = vocabulary.id(of: String(Unicode.Scalar(UInt8(byte)))) { return id }
             return vocabulary.unknown ?? -1
         }
     }
@@ -58,7 +58,7 @@ struct SentencePieceEncoder: Sendable {
 
         text.withUnsafeBufferPointer { buffer in
             func lookup(_ from: Int, _ byteCount: Int) -> Int32? {
-                ids[String(decoding: UnsafeBufferPointer(rebasing: buffer[from..<from + byteCount]), as: UTF8.self)]
+                ids[TokenKey(bytes: UnsafeBufferPointer(rebasing: buffer[from..<from + byteCount]))]
             }
             func consider(_ left: Int, _ right: Int) {
                 guard left >= 0, right >= 0 else { return }

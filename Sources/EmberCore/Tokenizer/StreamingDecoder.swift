@@ -9,7 +9,7 @@ public struct StreamingDecoder: Sendable {
     /// Render control tokens (such as `<|im_end|>`) as their text rather than dropping them.
     public var renderSpecial: Bool
     private var pending: [UInt8] = []
-    private var isFirst = true
+    private var atStart = true
 
     public init(tokenizer: Tokenizer, renderSpecial: Bool = false) {
         self.tokenizer = tokenizer
@@ -18,11 +18,7 @@ public struct StreamingDecoder: Sendable {
 
     /// The text completed by `id` (often empty while a character is incomplete).
     public mutating func feed(_ id: Int32) -> String {
-        // Decoding the token on its own as the first of a sequence strips SentencePiece's
-        // leading space exactly once.
-        pending += isFirst ? tokenizer.decodeBytes([id], renderSpecial: renderSpecial)
-                           : tokenizer.decodeBytes([-1, id], renderSpecial: renderSpecial)
-        isFirst = false
+        tokenizer.appendPiece(of: id, renderSpecial: renderSpecial, atStart: &atStart, to: &pending)
         let end = Self.completePrefixLength(pending)
         guard end > 0 else { return "" }
         let text = String(decoding: pending[..<end], as: UTF8.self)
@@ -38,7 +34,7 @@ public struct StreamingDecoder: Sendable {
 
     public mutating func reset() {
         pending.removeAll()
-        isFirst = true
+        atStart = true
     }
 
     /// Bytes held back waiting for the rest of a character.

@@ -101,7 +101,7 @@ public final class Tokenizer: Sendable {
     public func attributes(of id: Int32) -> TokenAttributes { vocabulary.isValid(id) ? vocabulary.attributes[Int(id)] : [] }
 
     /// The id of an exact vocabulary entry.
-    public func id(of tokenText: String) -> Int32? { vocabulary.ids[tokenText] }
+    public func id(of tokenText: String) -> Int32? { vocabulary.id(of: tokenText) }
 
     /// Control or unknown tokens: the ones `decode` leaves out unless asked to render them.
     public func isControl(_ id: Int32) -> Bool { !attributes(of: id).isDisjoint(with: [.control, .unknown]) }
@@ -159,14 +159,19 @@ public final class Tokenizer: Sendable {
     /// The bytes of `ids` joined. Control and unknown tokens are left out unless `renderSpecial`.
     public func decodeBytes(_ ids: [Int32], renderSpecial: Bool = false) -> [UInt8] {
         var out: [UInt8] = []
-        for (index, id) in ids.enumerated() {
-            guard vocabulary.isValid(id), renderSpecial || !isControl(id) else { continue }
-            var piece = pieces[Int(id)][...]
-            // The space SentencePiece put before the text is not part of it.
-            if index == 0, addsSpacePrefix, piece.first == 0x20 { piece = piece.dropFirst() }
-            out.append(contentsOf: piece)
-        }
+        var atStart = true
+        for id in ids { appendPiece(of: id, renderSpecial: renderSpecial, atStart: &atStart, to: &out) }
         return out
+    }
+
+    /// Appends one token's bytes. `atStart` is true until the first text is written: the space
+    /// SentencePiece put before the text is not part of it, so it is dropped there.
+    func appendPiece(of id: Int32, renderSpecial: Bool, atStart: inout Bool, to out: inout [UInt8]) {
+        guard vocabulary.isValid(id), renderSpecial || !isControl(id) else { return }
+        var piece = pieces[Int(id)][...]
+        if atStart, addsSpacePrefix, piece.first == 0x20 { piece = piece.dropFirst() }
+        if !piece.isEmpty { atStart = false }
+        out.append(contentsOf: piece)
     }
 
     /// Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD.

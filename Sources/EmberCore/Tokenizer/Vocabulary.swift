@@ -31,7 +31,7 @@ struct Vocabulary: Sendable {
     let texts: [String]
     let attributes: [TokenAttributes]
     let scores: [Float]
-    let ids: [String: Int32]
+    let ids: [TokenKey: Int32]
     let bos: Int32?
     let eos: Int32?
     let unknown: Int32?
@@ -86,12 +86,12 @@ struct Vocabulary: Sendable {
             scores = Array(values[0..<n])
         }
 
-        var ids: [String: Int32] = [:]
+        var ids: [TokenKey: Int32] = [:]
         ids.reserveCapacity(n)
         for i in 0..<n {
             // An empty entry could never be matched; llama.cpp renames it the same way.
             if texts[i].isEmpty { texts[i] = "[EMPTY_\(i)]" }
-            if let previous = ids.updateValue(Int32(i), forKey: texts[i]) {
+            if let previous = ids.updateValue(Int32(i), forKey: TokenKey(texts[i])) {
                 throw TokenizerError.duplicateToken(text: texts[i], firstID: Int(previous), secondID: i)
             }
         }
@@ -111,7 +111,7 @@ struct Vocabulary: Sendable {
         // End of generation: EOS, EOT, EOM, and tokens recognised by their text.
         var stop = Set<Int32>([eos, eot, eom].compactMap { $0 })
         for text in Self.endOfGenerationTexts.union(Self.fillInMiddleStopTexts) {
-            guard let id = ids[text] else { continue }
+            guard let id = ids[TokenKey(text)] else { continue }
             stop.insert(id)
             attributes[Int(id)].insert(.control)
         }
@@ -122,6 +122,8 @@ struct Vocabulary: Sendable {
         self.scores = scores
         self.ids = ids
     }
+
+    func id(of text: String) -> Int32? { ids[TokenKey(text)] }
 
     func isValid(_ id: Int32) -> Bool { id >= 0 && Int(id) < texts.count }
 }
