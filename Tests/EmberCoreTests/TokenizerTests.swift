@@ -108,6 +108,32 @@ final class TokenizerTests: XCTestCase {
         try checkFixture(fixture("smollm2-tokenizer-extra.json"), tokenizer: tokenizer(Self.smolLM2))
     }
 
+    struct PreTokenizerFixture: Decodable {
+        struct Variant: Decodable { let pre: String; let ids: [[Int32]] }
+        let texts: [String]
+        let variants: [Variant]
+    }
+
+    /// The gpt-2, llama-bpe (Llama 3), qwen2 and default pre-tokenizers, each checked on
+    /// SmolLM2's vocabulary relabelled with that `tokenizer.ggml.pre` (no model ships them here).
+    func testOtherBytePairPreTokenizers() throws {
+        _ = try tokenizer(Self.smolLM2)
+        let source = try GGUFFile(path: Self.modelPath(Self.smolLM2))
+        let data = try Data(contentsOf: Self.fixturesDirectory.appendingPathComponent("bpe-pretokenizers.json"))
+        let fixture = try JSONDecoder().decode(PreTokenizerFixture.self, from: data)
+        XCTAssertEqual(fixture.variants.map(\.pre), ["gpt-2", "llama-bpe", "qwen2", "default"])
+        for variant in fixture.variants {
+            var metadata: [String: GGUFValue] = [:]
+            for key in source.metadataKeys where key.hasPrefix("tokenizer.") { metadata[key] = source.metadata[key] }
+            metadata["tokenizer.ggml.pre"] = .string(variant.pre)
+            let t = try Tokenizer(path: writeGGUF(metadata, name: "pre-" + variant.pre))
+            XCTAssertEqual(t.preTokenizerName, variant.pre)
+            for (text, ids) in zip(fixture.texts, variant.ids) {
+                XCTAssertEqual(t.encode(text, addSpecial: false), ids, "\(variant.pre): \(text.prefix(60).debugDescription)")
+            }
+        }
+    }
+
     // MARK: Gemma 3 (SentencePiece-style)
 
     func testGemma3Metadata() throws {
