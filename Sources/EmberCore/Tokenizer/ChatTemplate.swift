@@ -46,8 +46,6 @@ public struct ChatTemplate: Sendable, Equatable {
             format = .llama3
         } else if let architecture, architecture.hasPrefix("gemma") {
             format = .gemma
-        } else if let architecture, architecture == "llama3" {
-            format = .llama3
         } else {
             format = .chatML(defaultSystem: nil)
         }

@@ -26,6 +26,8 @@ struct PreTokenizer: Sendable {
     let stages: [Stage]
     /// Llama 3 style: a word that is itself a token is emitted whole, without merging.
     let ignoresMerges: Bool
+    /// Llama 3 files rely on BOS being added when `tokenizer.ggml.add_bos_token` is absent.
+    var addsBOSByDefault: Bool { ignoresMerges }
 
     init(name: String?) {
         self.name = name ?? "default"

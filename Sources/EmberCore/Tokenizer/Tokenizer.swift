@@ -60,8 +60,7 @@ public final class Tokenizer: Sendable {
             preTokenizerName = preTokenizer.name
             bytePairEncoder = try BytePairEncoder(vocabulary: vocabulary, merges: merges, preTokenizer: preTokenizer)
             sentencePieceEncoder = nil
-            // Llama 3 files rely on BOS being added even when the flag is absent.
-            addBOSDefault = preTokenizer.ignoresMerges
+            addBOSDefault = preTokenizer.addsBOSByDefault
             addsSpacePrefix = false
         case .sentencePiece:
             preTokenizerName = nil

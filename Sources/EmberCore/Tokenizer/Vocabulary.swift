@@ -142,7 +142,14 @@ struct MetadataReader {
 
     func string(_ key: String) throws -> String? { try wrap(key) { try file.string(key) } }
     func int(_ key: String) throws -> Int? { try wrap(key) { try file.int(key) } }
-    func bool(_ key: String) throws -> Bool? { try wrap(key) { try file.bool(key) } }
+    /// A flag; some converters write flags as integers, which are accepted too.
+    func bool(_ key: String) throws -> Bool? {
+        guard let value = file.value(key) else { return nil }
+        guard let number = value.intValue else {
+            throw TokenizerError.invalidMetadata(key: key, reason: "expected a bool, found \(value.type)")
+        }
+        return number != 0
+    }
     func stringArray(_ key: String) throws -> [String]? { try wrap(key) { try file.stringArray(key) } }
     func intArray(_ key: String) throws -> [Int]? { try wrap(key) { try file.intArray(key) } }
     func floatArray(_ key: String) throws -> [Float]? { try wrap(key) { try file.floatArray(key) } }
