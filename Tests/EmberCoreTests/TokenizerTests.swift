@@ -199,6 +199,25 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    /// Long runs without word breaks (one huge BPE word; a long stretch of Gemma's space tokens)
+    /// must stay near-linear, not quadratic.
+    func testLongRunsStayFast() throws {
+        let inputs = [String(repeating: "a", count: 100_000), String(repeating: " ", count: 20_000),
+                      String(repeating: "🚀", count: 10_000), String(repeating: "ab\n", count: 20_000)]
+        for name in [Self.smolLM2, Self.gemma3] {
+            let t = try tokenizer(name)
+            for input in inputs {
+                let start = DispatchTime.now().uptimeNanoseconds
+                let ids = t.encode(input, addSpecial: false)
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                XCTAssertEqual(t.decode(ids), input)
+                #if !DEBUG
+                XCTAssertLessThan(seconds, 1, "\(name): \(input.prefix(3).debugDescription)… took \(seconds) s")
+                #endif
+            }
+        }
+    }
+
     // MARK: streaming
 
     func testStreamingDecoderHoldsSplitCharacters() throws {
