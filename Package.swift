@@ -25,7 +25,8 @@ let package = Package(
         ),
         .testTarget(
             name: "EmberCoreTests",
-            dependencies: ["EmberCore"]
+            dependencies: ["EmberCore"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v5]
