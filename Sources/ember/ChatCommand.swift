@@ -17,10 +17,10 @@ enum ChatCommand {
         var sampler = Sampler(try SamplingFlags.settings(arguments))
         let loaded = try LoadedModel(arguments)
         let tokenizer = loaded.tokenizer
-        let template = ChatTemplate(tokenizer: tokenizer, architecture: loaded.model.config.architecture)
+        let template = ChatTemplate(for: tokenizer)
         let session = try loaded.session(arguments)
         var messages: [ChatMessage] = []
-        if let system = arguments.string("--system") { messages.append(ChatMessage(role: .system, content: system)) }
+        if let system = arguments.string("--system") { messages.append(.system(system)) }
 
         let interactive = isatty(STDIN_FILENO) == 1
         if interactive { Terminal.note("ember chat: type a message and press Enter; Ctrl-D ends.") }
@@ -28,8 +28,8 @@ enum ChatCommand {
             if interactive { Terminal.write("> ") }
             guard let line = try TextInput.readLine() else { break }
             if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
-            messages.append(ChatMessage(role: .user, content: line))
-            let ids = tokenizer.encode(template.render(messages, addGenerationPrompt: true), addSpecial: false, parseSpecial: true)
+            messages.append(.user(line))
+            let ids = tokenizer.encode(template.render(messages, addGenerationPrompt: true), addSpecial: true, parseSpecial: true)
             guard ids.count + 1 < session.contextLength else {
                 throw ModelError.contextOverflow(needed: ids.count + 1, context: session.contextLength)
             }
@@ -39,12 +39,12 @@ enum ChatCommand {
                                                   isEnd: tokenizer.isEndOfGeneration) { token in
                 if !tokenizer.isEndOfGeneration(token) {
                     reply.append(token)
-                    Terminal.write(decoder.append(token))
+                    Terminal.write(decoder.feed(token))
                 }
                 return true
             }
             Terminal.write(decoder.flush() + "\n")
-            messages.append(ChatMessage(role: .assistant, content: tokenizer.decode(reply)))
+            messages.append(.assistant(tokenizer.decode(reply)))
             if arguments.has("--timings") { Terminal.note(timingsLine(statistics)) }
             if statistics.stopReason == .contextFull {
                 throw ModelError.contextOverflow(needed: session.contextLength + 1, context: session.contextLength)

@@ -28,9 +28,9 @@ enum RunCommand {
 
         let ids: [Int32]
         if arguments.has("--chat") {
-            let template = ChatTemplate(tokenizer: tokenizer, architecture: loaded.model.config.architecture)
-            ids = tokenizer.encode(template.render([ChatMessage(role: .user, content: prompt)], addGenerationPrompt: true),
-                                   addSpecial: false, parseSpecial: true)
+            let template = ChatTemplate(for: tokenizer)
+            ids = tokenizer.encode(template.render([.user(prompt)], addGenerationPrompt: true),
+                                   addSpecial: true, parseSpecial: true)
         } else {
             ids = tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
         }
@@ -43,7 +43,7 @@ enum RunCommand {
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         let statistics = try session.generate(prompt: ids, maxTokens: count, sampler: &sampler,
                                               isEnd: tokenizer.isEndOfGeneration) { token in
-            if !tokenizer.isEndOfGeneration(token) { Terminal.write(decoder.append(token)) }
+            if !tokenizer.isEndOfGeneration(token) { Terminal.write(decoder.feed(token)) }
             return true
         }
         Terminal.write(decoder.flush() + "\n")
