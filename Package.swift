@@ -25,7 +25,9 @@ let package = Package(
         ),
         .testTarget(
             name: "EmberCoreTests",
-            dependencies: ["EmberCore"]
+            dependencies: ["EmberCore"],
+            // Reference outputs from llama.cpp (see scripts/make-gemma-greedy-fixture).
+            resources: [.copy("Fixtures")]
         ),
     ],
     swiftLanguageModes: [.v5]
