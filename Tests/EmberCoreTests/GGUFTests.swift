@@ -397,6 +397,24 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    func testHugeAlignmentDoesNotOverflow() throws {
+        // A power of two near Int.max is a valid alignment but puts the data section far past
+        // the end of the file: the tensor is out of bounds, and nothing overflows on the way.
+        var raw = RawGGUF(tensorCount: 1, keyCount: 1)
+        raw.string("general.alignment")
+        raw.u32(GGUFValueType.uint64.rawValue)
+        raw.u64(1 << 62)
+        raw.tensor("t", dims: [4])
+        raw.data(count: 16)
+        XCTAssertEqual(rejection(raw.bytes).map(tag), "tensorOutOfBounds")
+
+        var none = RawGGUF(tensorCount: 0, keyCount: 1)
+        none.string("general.alignment")
+        none.u32(GGUFValueType.uint64.rawValue)
+        none.u64(1 << 63)  // beyond Int.max
+        XCTAssertEqual(rejection(none.bytes).map(tag), "badAlignment")
+    }
+
     func testMisalignedTensorOffset() throws {
         var raw = RawGGUF(tensorCount: 2, keyCount: 0)
         raw.tensor("ok", dims: [8], offset: 0)

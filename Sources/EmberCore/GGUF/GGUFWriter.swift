@@ -194,6 +194,14 @@ public struct GGUFWriter {
         guard rename(temporary, path) == 0 else {
             throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
         }
+        // Make the rename itself durable; a failure here leaves a complete file, so it is ignored.
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let dirfd = open(directory, O_RDONLY)
+        if dirfd >= 0 {
+            _ = fsync(dirfd)
+            close(dirfd)
+        }
     }
 }
 
