@@ -613,6 +613,8 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// Decision: zero-sized dimensions are rejected as well (llama.cpp tolerates them). No model
+    /// has an empty weight, and accepting them would put a zero-length guard in every kernel.
     func testBadDimensions() throws {
         let cases: [(String, [UInt64], TensorType)] = [
             ("zero dimension", [4, 0], .f32),
