@@ -94,6 +94,19 @@ final class GGUFTests: XCTestCase {
         return nil
     }
 
+    /// `rejection` without the disk: the bytes are parsed from anonymous memory.
+    private func memoryRejection(_ bytes: [UInt8], file: StaticString = #filePath, line: UInt = #line) -> GGUFError? {
+        do {
+            _ = try GGUFFile(file: try MappedFile(bytes: bytes, path: "memory.gguf"))
+            XCTFail("malformed bytes were accepted", file: file, line: line)
+        } catch let error as GGUFError {
+            return error
+        } catch {
+            XCTFail("unexpected error type \(type(of: error)): \(error)", file: file, line: line)
+        }
+        return nil
+    }
+
     private func writerRejection(_ writer: GGUFWriter, file: StaticString = #filePath, line: UInt = #line) -> GGUFError? {
         let target = path()
         do {
@@ -537,7 +550,7 @@ final class GGUFTests: XCTestCase {
         let lastDataByte = try parse(full).tensors.map { $0.offset + $0.byteCount }.max()!
         var kinds = Set<String>()
         for length in 0..<lastDataByte {
-            guard let error = rejection(Array(full.prefix(length))) else { continue }
+            guard let error = memoryRejection(Array(full.prefix(length))) else { continue }
             let kind = tag(error)
             XCTAssertTrue(["truncated", "absurdCount", "tensorOutOfBounds"].contains(kind), "\(length): \(error)")
             kinds.insert(kind)
@@ -753,7 +766,7 @@ final class GGUFTests: XCTestCase {
         let seed = try sampleWriter().serialized()
         var rng = SplitMix64(state: 0x5EED)
         var rejected = 0
-        for _ in 0..<1000 {
+        for _ in 0..<20000 {
             var bytes = seed
             for _ in 0..<Int(rng.next() % 4 + 1) {
                 let i = Int(rng.next() % UInt64(bytes.count))
@@ -765,12 +778,29 @@ final class GGUFTests: XCTestCase {
                 }
             }
             do {
-                _ = try parse(bytes)
+                _ = try GGUFFile(file: try MappedFile(bytes: bytes, path: "corrupt.gguf"))
             } catch is GGUFError {
                 rejected += 1
             }
         }
-        XCTAssertGreaterThan(rejected, 100)
+        XCTAssertGreaterThan(rejected, 1000)
+
+        // Every offset of the header overwritten with each of the values that break size
+        // arithmetic, as u32 and u64 (so counts, lengths, type codes and offsets all get them).
+        let headerEnd = try parse(seed).dataOffset
+        let nasty: [UInt64] = [0, 1, 3, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 1 << 32, 1 << 60,
+                               UInt64(Int64.max), UInt64(Int64.max) + 1, .max]
+        for offset in 0..<headerEnd {
+            for v in nasty {
+                for width in [4, 8] {
+                    var bytes = seed
+                    withUnsafeBytes(of: v.littleEndian) { le in
+                        for i in 0..<width where offset + i < bytes.count { bytes[offset + i] = le[i] }
+                    }
+                    _ = try? GGUFFile(file: try MappedFile(bytes: bytes, path: "nasty.gguf"))
+                }
+            }
+        }
     }
 
     // MARK: writer
@@ -861,6 +891,54 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(Array(UnsafeRawBufferPointer(start: f.data(of: f.tensors[0]), count: 4)), [1, 2, 3, 4])
         let reopened = try GGUFFile(path: target)
         XCTAssertEqual(Array(UnsafeRawBufferPointer(start: reopened.data(of: reopened.tensors[0]), count: 4)), [9, 9, 9, 9])
+    }
+
+    // MARK: real models
+
+    /// The test models installed by scripts/setup, read as gguf-py (llama.cpp's own reader)
+    /// reads them: these figures were taken from gguf-py's GGUFReader. Skipped when absent.
+    func testRealModelsMatchGGUFPy() throws {
+        let dir = ProcessInfo.processInfo.environment["EMBER_MODEL_DIR"]
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/ember/models").path
+        struct Expected {
+            let file: String, architecture: String, keys: Int, vocab: Int, tensors: Int, dataOffset: Int
+            let first: GGUFTensorInfo, last: GGUFTensorInfo
+        }
+        let models = [
+            Expected(file: "SmolLM2-135M-Instruct.Q4_1.gguf", architecture: "llama", keys: 33, vocab: 49152,
+                     tensors: 272, dataOffset: 1_785_664,
+                     first: GGUFTensorInfo(name: "token_embd.weight", dims: [576, 49152], type: .q8_0,
+                                           offset: 1_785_664, byteCount: 576 * 49152 / 32 * 34),
+                     last: GGUFTensorInfo(name: "output_norm.weight", dims: [576], type: .f32,
+                                          offset: 98_360_128, byteCount: 576 * 4)),
+            Expected(file: "gemma-3-270m-q4_k_m.gguf", architecture: "gemma3", keys: 33, vocab: 262_144,
+                     tensors: 236, dataOffset: 6_525_120,
+                     first: GGUFTensorInfo(name: "output_norm.weight", dims: [640], type: .f32,
+                                           offset: 6_525_120, byteCount: 640 * 4),
+                     last: GGUFTensorInfo(name: "blk.17.post_ffw_norm.weight", dims: [640], type: .f32,
+                                          offset: 253_110_464, byteCount: 640 * 4)),
+        ]
+        var found = 0
+        for m in models {
+            let p = (dir as NSString).appendingPathComponent(m.file)
+            guard FileManager.default.fileExists(atPath: p) else { continue }
+            found += 1
+            let f = try GGUFFile(path: p)
+            XCTAssertEqual(f.flavor, .gguf)
+            XCTAssertEqual(f.version, 3)
+            XCTAssertEqual(try f.string("general.architecture"), m.architecture)
+            XCTAssertEqual(f.metadataKeys.count, m.keys)
+            XCTAssertEqual(try f.stringArray("tokenizer.ggml.tokens")?.count, m.vocab)
+            XCTAssertEqual(f.tensors.count, m.tensors)
+            XCTAssertEqual(f.dataOffset, m.dataOffset)
+            XCTAssertEqual(f.tensors.first, m.first)
+            XCTAssertEqual(f.tensors.last, m.last)
+            for t in f.tensors {
+                XCTAssertEqual(t.offset % f.alignment, 0, t.name)
+                XCTAssertLessThanOrEqual(t.offset + t.byteCount, f.file.bytes.count, t.name)
+            }
+        }
+        if found == 0 { throw XCTSkip("no test models in \(dir); run scripts/setup") }
     }
 
     func testTensorTypeTable() {
