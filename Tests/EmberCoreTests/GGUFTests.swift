@@ -839,9 +839,11 @@ final class GGUFTests: XCTestCase {
         mixed.set("m", .array(.uint32, [.uint32(1), .string("two")]))
         XCTAssertEqual(writerRejection(mixed).map(tag), "wrongKeyType")
 
-        var magic = GGUFWriter()
-        magic.magic = Array("GG".utf8)
-        XCTAssertEqual(writerRejection(magic).map(tag), "writeFailed")
+        for bad in ["GG", "GGML", "GGUFX"] {
+            var magic = GGUFWriter()
+            magic.magic = Array(bad.utf8)
+            XCTAssertEqual(writerRejection(magic).map(tag), "badMagic", bad)
+        }
 
         XCTAssertThrowsError(try short.serialized())
         XCTAssertEqual(try leftovers(), [])

@@ -76,8 +76,8 @@ public struct GGUFWriter {
     /// Checks that the file would read back: the errors are the ones `GGUFFile` would raise for
     /// the same fault, with `path` naming the target.
     public func validate(path: String = "<GGUFWriter>") throws {
-        guard magic.count == 4 else {
-            throw GGUFError.writeFailed(path: path, reason: "magic must be 4 bytes, got \(magic.count)")
+        guard magic == Array("GGUF".utf8) || magic == Array("PWRI".utf8) else {
+            throw GGUFError.badMagic(path: path, found: magic)
         }
         guard version == 2 || version == 3 else { throw GGUFError.unsupportedVersion(path: path, version: version) }
         if let value = metadata.first(where: { $0.key == "general.alignment" })?.value {
