@@ -127,6 +127,9 @@ def main():
     vocab = llama_cpp.llama_model_get_vocab(model)
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     ids, add_bos = prompt_ids(vocab, args.prompt_tokens)
+    # Which prompt, on stderr so that --json output stays a single object.
+    print(f"llama-peer: prompt = first {len(ids)} tokens of the fixed lighthouse text "
+          f"(BOS {'added' if add_bos else 'not added'}): {ids}", file=sys.stderr)
 
     for _ in range(args.warmup):
         run_once(model, n_vocab, ids, min(args.gen_tokens, 8), args.threads)
