@@ -26,6 +26,7 @@ let package = Package(
         .testTarget(
             name: "EmberCoreTests",
             dependencies: ["EmberCore"],
+            // Reference outputs from llama.cpp, read by path from the tests (scripts/make-*-fixture).
             exclude: ["Fixtures"]
         ),
     ],

@@ -84,7 +84,8 @@ public final class GGUFFile: @unchecked Sendable {
 
         var alignment = 32
         if let value = values["general.alignment"] {
-            guard let a = value.intValue, a > 0, a & (a - 1) == 0 else {
+            // An integer power of two (a bool would pass intValue as 1, but is not a count).
+            guard let a = value.intValue, a > 0, a & (a - 1) == 0, value.type != .bool else {
                 throw GGUFError.badAlignment(path: path, alignment: value.intValue ?? -1)
             }
             alignment = a
@@ -155,7 +156,8 @@ public final class GGUFFile: @unchecked Sendable {
 
     public func hasTensor(_ name: String) -> Bool { tensorIndex[name] != nil }
 
-    /// The bytes of a tensor, in place in the mapped file.
+    /// The bytes of a tensor, in place in the mapped file. The pointer is valid only while this
+    /// GGUFFile (and so its mapping) is alive.
     public func data(of tensor: GGUFTensorInfo) -> UnsafeRawPointer {
         file.bytes.baseAddress! + tensor.offset
     }

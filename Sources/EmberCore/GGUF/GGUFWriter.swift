@@ -4,26 +4,47 @@ import Glibc
 import Darwin
 #endif
 
-/// Builds a GGUF v3 file: metadata in insertion order, then tensors whose bytes are produced one
-/// at a time (so a multi-gigabyte model never sits in memory whole). `write(to:)` writes to a
-/// temporary name beside the target and renames it, so a failed write leaves no partial file.
+/// Builds a GGUF file (v3 unless told otherwise): metadata in insertion order, then tensors whose
+/// bytes are produced one at a time (so a multi-gigabyte model never sits in memory whole).
+/// `write(to:)` validates everything first, then writes to a temporary name beside the target and
+/// renames it, so a failed write leaves no partial file and never replaces a good one.
 public struct GGUFWriter {
     public struct PendingTensor {
         public let name: String
         public let dims: [Int]
         public let type: TensorType
         public let fill: (UnsafeMutableRawBufferPointer) throws -> Void
+        /// Bytes the caller handed over up front, checked against the shape before writing.
+        let suppliedByteCount: Int?
 
-        public var byteCount: Int { type.byteCount(elements: dims.reduce(1, *)) ?? 0 }
+        public var byteCount: Int { Self.byteCount(type: type, dims: dims) ?? 0 }
+
+        static func byteCount(type: TensorType, dims: [Int]) -> Int? {
+            var elements = 1
+            for d in dims {
+                guard d >= 1 else { return nil }
+                let (product, overflow) = elements.multipliedReportingOverflow(by: d)
+                guard !overflow else { return nil }
+                elements = product
+            }
+            return type.byteCount(elements: elements)
+        }
     }
 
     public var magic: [UInt8] = Array("GGUF".utf8)
+    /// GGUF version written; 2 and 3 share the little-endian layout.
+    public var version: UInt32 = 3
     public private(set) var metadata: [(key: String, value: GGUFValue)] = []
     public private(set) var tensors: [PendingTensor] = []
-    public let alignment = 32
+
+    /// Tensor data alignment: `general.alignment` when set (readers honour it), else GGUF's 32.
+    public var alignment: Int {
+        metadata.first(where: { $0.key == "general.alignment" })?.value.intValue ?? 32
+    }
 
     public init() {}
 
+    /// Sets a metadata key; setting a key again replaces its value in place (keys stay unique).
     public mutating func set(_ key: String, _ value: GGUFValue) {
         if let i = metadata.firstIndex(where: { $0.key == key }) {
             metadata[i].value = value
@@ -35,29 +56,66 @@ public struct GGUFWriter {
     /// Adds a tensor; `fill` receives a zeroed buffer of exactly the tensor's byte count.
     public mutating func addTensor(_ name: String, type: TensorType, dims: [Int],
                                    fill: @escaping (UnsafeMutableRawBufferPointer) throws -> Void) {
-        tensors.append(PendingTensor(name: name, dims: dims, type: type, fill: fill))
+        tensors.append(PendingTensor(name: name, dims: dims, type: type, fill: fill, suppliedByteCount: nil))
     }
 
     /// Adds a tensor from bytes already in memory.
     public mutating func addTensor(_ name: String, type: TensorType, dims: [Int], bytes: [UInt8]) {
-        addTensor(name, type: type, dims: dims) { buffer in
-            precondition(buffer.count == bytes.count, "tensor \(name): \(bytes.count) bytes given, \(buffer.count) expected")
-            buffer.copyBytes(from: bytes)
-        }
+        tensors.append(PendingTensor(name: name, dims: dims, type: type,
+                                     fill: { $0.copyBytes(from: bytes.prefix($0.count)) },
+                                     suppliedByteCount: bytes.count))
     }
 
     /// Adds an F32 tensor.
     public mutating func addTensor(_ name: String, dims: [Int], floats: [Float]) {
-        addTensor(name, type: .f32, dims: dims) { buffer in
-            precondition(buffer.count == floats.count * 4, "tensor \(name): wrong element count")
-            floats.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        tensors.append(PendingTensor(name: name, dims: dims, type: .f32,
+                                     fill: { buffer in floats.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0.prefix(buffer.count))) } },
+                                     suppliedByteCount: floats.count * 4))
+    }
+
+    /// Checks that the file would read back: the errors are the ones `GGUFFile` would raise for
+    /// the same fault, with `path` naming the target.
+    public func validate(path: String = "<GGUFWriter>") throws {
+        guard magic == Array("GGUF".utf8) || magic == Array("PWRI".utf8) else {
+            throw GGUFError.badMagic(path: path, found: magic)
+        }
+        guard version == 2 || version == 3 else { throw GGUFError.unsupportedVersion(path: path, version: version) }
+        if let value = metadata.first(where: { $0.key == "general.alignment" })?.value {
+            guard let a = value.intValue, a > 0, a & (a - 1) == 0, value.type != .bool else {
+                throw GGUFError.badAlignment(path: path, alignment: value.intValue ?? -1)
+            }
+        }
+        for (key, value) in metadata { try Self.checkValue(value, key: key, path: path, depth: 0) }
+        var names = Set<String>()
+        for t in tensors {
+            guard !t.dims.isEmpty, t.dims.count <= GGUFFile.maxDims, t.dims.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) }),
+                  t.dims[0] % t.type.blockSize == 0, let bytes = PendingTensor.byteCount(type: t.type, dims: t.dims) else {
+                throw GGUFError.badDimensions(path: path, tensor: t.name, dims: t.dims.map { UInt64(bitPattern: Int64($0)) })
+            }
+            if let supplied = t.suppliedByteCount, supplied != bytes {
+                throw GGUFError.writeFailed(path: path, reason: "tensor \"\(t.name)\": \(supplied) bytes given, \(bytes) expected for \(t.type) \(t.dims)")
+            }
+            guard names.insert(t.name).inserted else { throw GGUFError.duplicateTensor(path: path, tensor: t.name) }
+        }
+    }
+
+    /// Arrays must hold only their declared element type, and nest no deeper than readers allow.
+    private static func checkValue(_ value: GGUFValue, key: String, path: String, depth: Int) throws {
+        guard case .array(let element, let items) = value else { return }
+        guard depth < GGUFFile.maxArrayDepth else { throw GGUFError.arrayTooDeep(path: path, key: key) }
+        for item in items {
+            guard item.type == element else {
+                throw GGUFError.wrongKeyType(path: path, key: key, expected: "array items of type \(element)",
+                                             found: "an item of type \(item.type)")
+            }
+            try checkValue(item, key: key, path: path, depth: depth + 1)
         }
     }
 
     /// The header (magic through tensor descriptions, padded to the alignment).
     func header() -> [UInt8] {
         var out: [UInt8] = magic
-        out.appendLE(UInt32(3))
+        out.appendLE(version)
         out.appendLE(UInt64(tensors.count))
         out.appendLE(UInt64(metadata.count))
         for (key, value) in metadata {
@@ -65,6 +123,7 @@ public struct GGUFWriter {
             out.appendLE(value.type.rawValue)
             out.appendValue(value)
         }
+        let alignment = self.alignment
         var offset = 0
         for t in tensors {
             out.appendString(t.name)
@@ -82,7 +141,9 @@ public struct GGUFWriter {
 
     /// The whole file in memory (for tests and small files).
     public func serialized() throws -> [UInt8] {
+        try validate()
         var out = header()
+        let alignment = self.alignment
         for t in tensors {
             var data = [UInt8](repeating: 0, count: Self.padded(t.byteCount, to: alignment))
             try data.withUnsafeMutableBytes { try t.fill(UnsafeMutableRawBufferPointer(rebasing: $0[0..<t.byteCount])) }
@@ -91,16 +152,18 @@ public struct GGUFWriter {
         return out
     }
 
-    /// Writes the file atomically: to `path.tmp-PID`, then renamed over `path`.
+    /// Writes the file atomically: validated first, written to a unique temporary name in the
+    /// same directory, flushed to disk, then renamed over `path`.
     public func write(to path: String, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
-        let temporary = path + ".tmp-\(getpid())"
-        guard let file = fopen(temporary, "wb") else {
+        try validate(path: path)
+        let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard let file = fopen(temporary, "wbx") else {
             throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
         }
         var closed = false
         defer {
             if !closed { fclose(file) }
-            unlink(temporary)  // no-op once renamed
+            unlink(temporary)  // fails harmlessly once renamed
         }
         func put(_ bytes: UnsafeRawBufferPointer) throws {
             guard bytes.count == 0 || fwrite(bytes.baseAddress, 1, bytes.count, file) == bytes.count else {
@@ -108,6 +171,7 @@ public struct GGUFWriter {
             }
         }
         try header().withUnsafeBytes(put)
+        let alignment = self.alignment
         let total = tensors.reduce(0) { $0 + $1.byteCount }
         var done = 0
         for t in tensors {
@@ -123,10 +187,20 @@ public struct GGUFWriter {
         guard fflush(file) == 0, fsync(fileno(file)) == 0 else {
             throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
         }
-        fclose(file)
         closed = true
+        guard fclose(file) == 0 else {
+            throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+        }
         guard rename(temporary, path) == 0 else {
             throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+        }
+        // Make the rename itself durable; a failure here leaves a complete file, so it is ignored.
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let dirfd = open(directory, O_RDONLY)
+        if dirfd >= 0 {
+            _ = fsync(dirfd)
+            close(dirfd)
         }
     }
 }

@@ -29,6 +29,23 @@ public final class MappedFile: @unchecked Sendable {
         bytes = UnsafeRawBufferPointer(start: address, count: size)
     }
 
+    /// Bytes held in anonymous read-only memory, as if mapped from a file named `path`: lets
+    /// tests feed thousands of variants to the parser without touching the disk.
+    init(bytes source: [UInt8], path: String) throws {
+        self.path = path
+        guard !source.isEmpty else {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            return
+        }
+        let address = mmap(nil, source.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let address, address != MAP_FAILED else {
+            throw GGUFError.cannotOpen(path: path, reason: "mmap failed: " + String(cString: strerror(errno)))
+        }
+        source.withUnsafeBytes { address.copyMemory(from: $0.baseAddress!, byteCount: source.count) }
+        mprotect(address, source.count, PROT_READ)
+        bytes = UnsafeRawBufferPointer(start: address, count: source.count)
+    }
+
     /// Asks the kernel to read the given range ahead (weights are read soon and in full).
     public func adviseWillNeed(offset: Int = 0, count: Int? = nil) {
         guard let base = bytes.baseAddress else { return }
