@@ -95,7 +95,9 @@ public final class ThreadPool: @unchecked Sendable {
         }
 
         func workerLoop(index: Int) {
-            var seen = generation.load(ordering: .acquiring)
+            // Workers are created before any job, at generation 0; reading the counter here
+            // instead could miss a job started before this thread got going.
+            var seen = 0
             while true {
                 var spins = 0
                 var current = generation.load(ordering: .acquiring)
