@@ -56,7 +56,7 @@ int main(int argc, char **argv) {
         }
 
         double best = 1e9;
-        for (int rep = 0; rep < 5; rep++) {
+        for (int rep = 0; rep < 10; rep++) {
             double t0 = now();
             ember_matvec(ty, n, w, rb, a, y2, 0, rows);
             double dt = now() - t0;

@@ -12,6 +12,12 @@
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
+// Loops over rows, columns and sub-blocks have constant trip counts after inlining; fully
+// unrolled they keep accumulators in registers and shuffle masks become constants.
+#ifndef PF_ROWS
+#define PF_ROWS 4
+#endif
+#define UNROLL _Pragma("GCC unroll 16")
 
 INLINE float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -21,6 +27,14 @@ INLINE float hsum(__m256 v) {
 }
 
 INLINE float h2f(const void *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
+
+// Software prefetch of the same block in the rows `ahead` bytes further on (the next tile's
+// rows in a matvec): the tile reads several short rows at once, which the hardware
+// prefetchers follow poorly.
+INLINE void prefetch_block(const uint8_t *p, int bytes) {
+    UNROLL
+    for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+}
 
 // Signed int8 x in 32 lanes times weights: weights given as |w| (unsigned) and the sign
 // folded into x; returns 8 int32 partial sums.
@@ -59,12 +73,16 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
     const int abytes = has_min ? (int)sizeof(block_q8_1) : (int)sizeof(block_q8_0);
     const int aqs = has_min ? 4 : 2;  // offset of qs in the activation block
     __m256 acc[4][4];
+    UNROLL
     for (int i = 0; i < nr; i++)
+        UNROLL
         for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
 
     for (int64_t b = 0; b < n / 32; b++) {
+        UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w + i * rb + b * wbytes;
+            prefetch_block(wb + PF_ROWS * rb, wbytes);
             __m256i q;  // signed values for symmetric kinds, unsigned otherwise
             switch (kind) {
             case K_Q4_0: q = _mm256_sub_epi8(nibbles32(wb + 2), _mm256_set1_epi8(8)); break;
@@ -81,6 +99,7 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
             }
             __m256i qabs = has_min ? q : _mm256_sign_epi8(q, q);
             float dw = h2f(wb), mw = has_min ? h2f(wb + 2) : 0;
+            UNROLL
             for (int c = 0; c < nc; c++) {
                 const uint8_t *ab = act + c * as + b * abytes;
                 __m256i x = _mm256_loadu_si256((const __m256i *)(ab + aqs));
@@ -93,7 +112,9 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
             }
         }
     }
+    UNROLL
     for (int i = 0; i < nr; i++)
+        UNROLL
         for (int c = 0; c < nc; c++) y[c * ldy + i] = hsum(acc[i][c]);
 }
 
@@ -127,12 +148,16 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
     const int wbytes = kind == K_Q4_K ? 144 : kind == K_Q5_K ? 176 : 210;
     const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc[4][4];
+    UNROLL
     for (int i = 0; i < nr; i++)
+        UNROLL
         for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
 
     for (int64_t b = 0; b < n / QK_K; b++) {
+        UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w + i * rb + b * wbytes;
+            prefetch_block(wb + PF_ROWS * rb, wbytes);
             if (kind == K_Q6_K) {
                 const block_q6_K *q6 = (const block_q6_K *)wb;
                 __m128i sc8 = _mm_loadu_si128((const __m128i *)q6->scales);
@@ -141,12 +166,14 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
                     _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc_all)),
                     _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc_all, 1))};
                 float dw = h2f(&q6->d);
+                UNROLL
                 for (int c = 0; c < nc; c++) {
                     const block_q8_K *a = (const block_q8_K *)(act + c * as) + b;
                     // sum(sc * (q - 32) * x) = sum(sc * q * x) - 32 * sum(sc * bsum)
                     __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
                     __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
                                        _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), 5));
+                    UNROLL
                     for (int h = 0; h < 2; h++) {
                         const uint8_t *ql = q6->ql + 64 * h;
                         const int8_t *x = a->qs + 128 * h;
@@ -163,6 +190,7 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
                                             _mm256_and_si256(hb, m2)),
                             _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                             _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2))};
+                        UNROLL
                         for (int k = 0; k < 4; k++) {
                             __m256i xk = _mm256_loadu_si256((const __m256i *)(x + 32 * k));
                             __m256i p = _mm256_maddubs_epi16(q[k], xk);
@@ -187,10 +215,12 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
             __m256i qh = kind == K_Q5_K
                 ? _mm256_loadu_si256((const __m256i *)((const block_q5_K *)wb)->qh)
                 : _mm256_setzero_si256();
+            UNROLL
             for (int c = 0; c < nc; c++) {
                 const block_q8_K *a = (const block_q8_K *)(act + c * as) + b;
                 __m256i sumi = _mm256_setzero_si256();
                 __m256i h = qh;
+                UNROLL
                 for (int k = 0; k < 4; k++) {
                     __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
                     __m256i lo = _mm256_and_si256(raw, m4);
@@ -216,7 +246,9 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
             }
         }
     }
+    UNROLL
     for (int i = 0; i < nr; i++)
+        UNROLL
         for (int c = 0; c < nc; c++) y[c * ldy + i] = hsum(acc[i][c]);
 }
 
@@ -250,18 +282,24 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
                    size_t rb, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int eb = kind == K_F32 ? 4 : 2;
     __m256 acc[4][4];
+    UNROLL
     for (int i = 0; i < nr; i++)
+        UNROLL
         for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)
+        UNROLL
         for (int i = 0; i < nr; i++) {
             __m256 wv = load8(kind, w + i * rb + j * eb);
+            UNROLL
             for (int c = 0; c < nc; c++) {
                 const float *x = (const float *)(act + c * as) + j;
                 acc[i][c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x), acc[i][c]);
             }
         }
+    UNROLL
     for (int i = 0; i < nr; i++)
+        UNROLL
         for (int c = 0; c < nc; c++) {
             float s = hsum(acc[i][c]);
             const float *x = (const float *)(act + c * as);
