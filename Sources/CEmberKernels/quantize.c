@@ -289,31 +289,32 @@ static uint16_t half_at_least(float v) {
     return h;
 }
 
-// Q4_K/Q5_K: each sub-block of 32 gets scale (max - min') / levels and offset min' =
-// min(min, 0) (the format subtracts a non-negative min). The 6-bit integer scales and mins
-// are rounded *up*, so the quantized range always covers the sub-block and every value is
-// within half a step of its level.
+// Q4_K/Q5_K: each sub-block of 32 gets offset min' = -min(min, 0) (the format subtracts a
+// non-negative min) and a scale covering [min', max]. The 6-bit integer mins are rounded
+// *up* first, then the scales are sized for the rounded offsets and also rounded up, so the
+// quantized range always covers the sub-block: every value is within half a step of a level.
 static void quant_k_scales(const float *x, int levels, uint16_t *dh, uint16_t *dminh,
                            uint8_t sc[8], uint8_t mn[8], float step[8], float off[8]) {
-    float scale[8], mins[8], max_scale = 0, max_min = 0;
+    float hi[8], mins[8], max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; j++) {
-        float lo, hi;
-        min_max(x + 32 * j, 32, &lo, &hi);
-        lo = fminf(lo, 0.0f);
-        hi = fmaxf(hi, lo);
-        scale[j] = (hi - lo) / levels;
-        mins[j] = -lo;
-        max_scale = fmaxf(max_scale, scale[j]);
+        float lo;
+        min_max(x + 32 * j, 32, &lo, &hi[j]);
+        mins[j] = -fminf(lo, 0.0f);
         max_min = fmaxf(max_min, mins[j]);
     }
-    *dh = half_at_least(max_scale / 63.0f);
     *dminh = half_at_least(max_min / 63.0f);
-    float d = ember_h2f(*dh), dmin = ember_h2f(*dminh);
+    float dmin = ember_h2f(*dminh), scale[8];
+    for (int j = 0; j < 8; j++) {
+        mn[j] = dmin > 0 ? (uint8_t)clampi((int)ceilf(mins[j] / dmin), 0, 63) : 0;
+        off[j] = dmin * mn[j];
+        scale[j] = fmaxf(hi[j] + off[j], 0.0f) / levels;
+        max_scale = fmaxf(max_scale, scale[j]);
+    }
+    *dh = half_at_least(max_scale / 63.0f);
+    float d = ember_h2f(*dh);
     for (int j = 0; j < 8; j++) {
         sc[j] = d > 0 ? (uint8_t)clampi((int)ceilf(scale[j] / d), 0, 63) : 0;
-        mn[j] = dmin > 0 ? (uint8_t)clampi((int)ceilf(mins[j] / dmin), 0, 63) : 0;
         step[j] = d * sc[j];
-        off[j] = dmin * mn[j];
     }
 }
 
