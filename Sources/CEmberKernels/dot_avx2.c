@@ -27,6 +27,7 @@ INLINE float hsum(__m256 v) {
 }
 
 INLINE float h2f(const void *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
+static inline uint32_t load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 // Software prefetch of the same block in the rows `ahead` bytes further on (the next tile's
 // rows in a matvec): the tile reads several short rows at once, which the hardware
@@ -98,17 +99,25 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
             default: q = _mm256_loadu_si256((const __m256i *)(wb + 2)); break;
             }
             __m256i qabs = has_min ? q : _mm256_sign_epi8(q, q);
-            float dw = h2f(wb), mw = has_min ? h2f(wb + 2) : 0;
+            // Q4_1/Q5_1 start with halves d, m and Q8_1 with d, s: convert each pair at once
+            // and form [d_w*d_a, m*s] with one multiply.
+            float dw = has_min ? 0 : h2f(wb);
+            __m128 dm = has_min ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(wb))) : _mm_setzero_ps();
             UNROLL
             for (int c = 0; c < nc; c++) {
                 const uint8_t *ab = act + c * as + b * abytes;
                 __m256i x = _mm256_loadu_si256((const __m256i *)(ab + aqs));
                 if (!has_min) x = _mm256_sign_epi8(x, q);
                 __m256 s = _mm256_cvtepi32_ps(dot_i8(qabs, x));
-                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(ab)), s, acc[i][c]);
-                if (has_min)  // m * (d_a * sum(x)) goes into lane 0
-                    acc[i][c] = _mm256_add_ps(acc[i][c],
-                                              _mm256_zextps128_ps256(_mm_set_ss(mw * h2f(ab + 2))));
+                if (has_min) {
+                    __m128 p = _mm_mul_ps(dm, _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(ab))));
+                    acc[i][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), s, acc[i][c]);
+                    // m * (d_a * sum(x)) goes into lane 1
+                    acc[i][c] = _mm256_add_ps(acc[i][c], _mm256_zextps128_ps256(
+                                                  _mm_blend_ps(_mm_setzero_ps(), p, 2)));
+                } else {
+                    acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(ab)), s, acc[i][c]);
+                }
             }
         }
     }

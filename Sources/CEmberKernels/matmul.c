@@ -4,6 +4,10 @@
 
 static int force_portable = 0;
 
+// Matmul tile: 2 rows x 4 columns (8 accumulators) measured best among 2x4, 3x4, 4x2, 3x3.
+#define MM_NC 4
+#define MM_NR 2
+
 int ember_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     static int cached = -1;
@@ -50,7 +54,7 @@ float ember_dot(int type, int64_t n, const void *row, const void *act) {
 
 // The tallest tile with nc columns that the set provides, at most `rows` tall.
 static int pick_rows(const ember_kernel_set *k, int nc, int64_t rows) {
-    for (int nr = EMBER_MAX_NR; nr > 1; nr--)
+    for (int nr = nc == 1 ? EMBER_MAX_NR : MM_NR; nr > 1; nr--)
         if (nr <= rows && k->tiles[nr - 1][nc - 1]) return nr;
     return 1;
 }
@@ -60,7 +64,7 @@ static void run_tiles(const ember_kernel_set *k, int64_t n, const uint8_t *w, si
                       const uint8_t *act, size_t act_stride, int64_t ncols, float *y,
                       int64_t ldy, int64_t r0, int64_t r1) {
     for (int64_t c = 0; c < ncols;) {
-        int nc = ncols - c >= EMBER_MAX_NC ? EMBER_MAX_NC : (int)(ncols - c);
+        int nc = ncols - c >= MM_NC ? MM_NC : (int)(ncols - c);
         while (nc > 1 && !k->tiles[0][nc - 1]) nc--;
         const uint8_t *a = act + c * act_stride;
         for (int64_t r = r0; r < r1;) {
