@@ -84,40 +84,44 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w + i * rb + b * wbytes;
             prefetch_block(wb + PF_ROWS * rb, wbytes);
-            __m256i q;  // signed values for symmetric kinds, unsigned otherwise
+            // Q4_0/Q5_0 stay unsigned (0..15, 0..31); their offset of 8 or 16 is taken off
+            // afterwards as offset * sum(x), which costs one op per column instead of the sign
+            // trick's two per (row, column).
+            __m256i q;
             switch (kind) {
-            case K_Q4_0: q = _mm256_sub_epi8(nibbles32(wb + 2), _mm256_set1_epi8(8)); break;
-            case K_Q4_1: q = nibbles32(wb + 4); break;
-            case K_Q5_0:  // (nibble + 16*bit) - 16 == nibble | (bit ? 0 : 0xF0) as int8
-                q = _mm256_or_si256(nibbles32(wb + 6), _mm256_andnot_si256(
-                        bits_to_bytes(wb + 2), _mm256_set1_epi8((char)0xF0)));
+            case K_Q4_0: case K_Q4_1: q = nibbles32(wb + (kind == K_Q4_0 ? 2 : 4)); break;
+            case K_Q5_0: case K_Q5_1: {
+                int o = kind == K_Q5_0 ? 2 : 4;
+                q = _mm256_or_si256(nibbles32(wb + o + 4), _mm256_and_si256(
+                        bits_to_bytes(wb + o), _mm256_set1_epi8(16)));
                 break;
-            case K_Q5_1:
-                q = _mm256_or_si256(nibbles32(wb + 8), _mm256_and_si256(
-                        bits_to_bytes(wb + 4), _mm256_set1_epi8(16)));
-                break;
-            default: q = _mm256_loadu_si256((const __m256i *)(wb + 2)); break;
             }
-            __m256i qabs = has_min ? q : _mm256_sign_epi8(q, q);
-            // Q4_1/Q5_1 start with halves d, m and Q8_1 with d, s: convert each pair at once
-            // and form [d_w*d_a, m*s] with one multiply.
-            float dw = has_min ? 0 : h2f(wb);
-            __m128 dm = has_min ? _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(wb))) : _mm_setzero_ps();
+            default: q = _mm256_loadu_si256((const __m256i *)(wb + 2)); break;  // signed
+            }
+            const int offset = kind == K_Q4_0 ? 8 : kind == K_Q5_0 ? 16 : 0;
+            __m256i qabs = kind == K_Q8_0 ? _mm256_sign_epi8(q, q) : q;
+            // Blocks start with half d (Q4_1/Q5_1: d, m; Q8_1: d, s). Converting the first two
+            // halves of weight and activation blocks at once and multiplying gives
+            // [d_w*d_a, m*s] (lane 1 is junk for the other kinds and unused).
+            __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(wb)));
             UNROLL
             for (int c = 0; c < nc; c++) {
                 const uint8_t *ab = act + c * as + b * abytes;
                 __m256i x = _mm256_loadu_si256((const __m256i *)(ab + aqs));
-                if (!has_min) x = _mm256_sign_epi8(x, q);
-                __m256 s = _mm256_cvtepi32_ps(dot_i8(qabs, x));
-                if (has_min) {
-                    __m128 p = _mm_mul_ps(dm, _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(ab))));
-                    acc[i][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), s, acc[i][c]);
-                    // m * (d_a * sum(x)) goes into lane 1
+                __m256i p16;
+                if (kind == K_Q8_0) {
+                    p16 = _mm256_maddubs_epi16(qabs, _mm256_sign_epi8(x, q));
+                } else {
+                    p16 = _mm256_maddubs_epi16(q, x);
+                    if (offset)  // pairs of offset * x, same int16 layout as p16
+                        p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8((char)offset), x));
+                }
+                __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+                __m128 p = _mm_mul_ps(dm, _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(ab))));
+                acc[i][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), s, acc[i][c]);
+                if (has_min)  // m * (d_a * sum(x)) goes into lane 1
                     acc[i][c] = _mm256_add_ps(acc[i][c], _mm256_zextps128_ps256(
                                                   _mm_blend_ps(_mm_setzero_ps(), p, 2)));
-                } else {
-                    acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(ab)), s, acc[i][c]);
-                }
             }
         }
     }
