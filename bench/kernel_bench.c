@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
         }
 
         double best = 1e9;
-        for (int rep = 0; rep < 10; rep++) {
+        for (int rep = 0; rep < 40; rep++) {
             double t0 = now();
             ember_matvec(ty, n, w, rb, a, y2, 0, rows);
             double dt = now() - t0;
@@ -87,7 +87,7 @@ int main(int argc, char **argv) {
             if (dt < best2) best2 = dt;
         }
         double bestmm = 1e9;
-        for (int rep = 0; rep < 3; rep++) {
+        for (int rep = 0; rep < 10; rep++) {
             double t0 = now();
             ember_matmul(ty, n, w, rb, a, ab, ncols, y, rows, 0, rows);
             double dt = now() - t0;

@@ -37,12 +37,6 @@ INLINE void prefetch_block(const uint8_t *p, int bytes) {
     for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
 }
 
-// Signed int8 x in 32 lanes times weights: weights given as |w| (unsigned) and the sign
-// folded into x; returns 8 int32 partial sums.
-INLINE __m256i dot_i8(__m256i wabs, __m256i x) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, x), _mm256_set1_epi16(1));
-}
-
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles first (elements 0-15), then high.
 INLINE __m256i nibbles32(const uint8_t *qs) {
     __m128i raw = _mm_loadu_si128((const __m128i *)qs);
@@ -156,6 +150,8 @@ INLINE void unpack_k_scales(const uint8_t *p, uint64_t *sc, uint64_t *mn) {
     2*(b), 2*(b)+1, 2*(b), 2*(b)+1, 2*(b), 2*(b)+1, 2*(b), 2*(b)+1, 2*(b), 2*(b)+1,        \
     2*(b), 2*(b)+1, 2*(b), 2*(b)+1, 2*(b), 2*(b)+1)
 
+// Loop order: block, row, then each 32-weight chunk is decoded once and dotted with all the
+// tile's columns (integer sums per column in sumi[]), then one float update per column.
 INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *w,
                    size_t rb, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int wbytes = kind == K_Q4_K ? 144 : kind == K_Q5_K ? 176 : 210;
@@ -165,97 +161,108 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
     for (int i = 0; i < nr; i++)
         UNROLL
         for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
+    const block_q8_K *a0 = (const block_q8_K *)act;
 
     for (int64_t b = 0; b < n / QK_K; b++) {
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w + i * rb + b * wbytes;
             prefetch_block(wb + PF_ROWS * rb, wbytes);
+            const block_q8_K *a[4];
+            __m256i sumi[4];
+            UNROLL
+            for (int c = 0; c < nc; c++) a[c] = (const block_q8_K *)((const uint8_t *)a0 + c * as) + b;
+
             if (kind == K_Q6_K) {
                 const block_q6_K *q6 = (const block_q6_K *)wb;
-                __m128i sc8 = _mm_loadu_si128((const __m128i *)q6->scales);
-                __m256i sc_all = _mm256_cvtepi8_epi16(sc8);  // 16 group scales as int16
-                __m256i sc_half[2] = {
-                    _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sc_all)),
-                    _mm256_broadcastsi128_si256(_mm256_extracti128_si256(sc_all, 1))};
-                float dw = h2f(&q6->d);
+                __m256i sc_all = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q6->scales));
+                // sum(sc * (q - 32) * x) = sum(sc * q * x) - 32 * sum(sc * bsum)
                 UNROLL
                 for (int c = 0; c < nc; c++) {
-                    const block_q8_K *a = (const block_q8_K *)(act + c * as) + b;
-                    // sum(sc * (q - 32) * x) = sum(sc * q * x) - 32 * sum(sc * bsum)
-                    __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
-                    __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                       _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), 5));
+                    __m256i bs = _mm256_loadu_si256((const __m256i *)a[c]->bsums);
+                    sumi[c] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                               _mm256_slli_epi32(_mm256_madd_epi16(bs, sc_all), 5));
+                }
+                UNROLL
+                for (int h = 0; h < 2; h++) {
+                    __m256i sc_half = _mm256_broadcastsi128_si256(
+                        h ? _mm256_extracti128_si256(sc_all, 1) : _mm256_castsi256_si128(sc_all));
+                    const uint8_t *ql = q6->ql + 64 * h;
+                    __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
+                    __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                    __m256i hb = _mm256_loadu_si256((const __m256i *)(q6->qh + 32 * h));
+                    const __m256i m2 = _mm256_set1_epi8(0x30);
+                    __m256i q[4] = {
+                        _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                        _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2)),
+                        _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                        _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                        _mm256_and_si256(hb, m2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2))};
                     UNROLL
-                    for (int h = 0; h < 2; h++) {
-                        const uint8_t *ql = q6->ql + 64 * h;
-                        const int8_t *x = a->qs + 128 * h;
-                        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql);
-                        __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-                        __m256i hb = _mm256_loadu_si256((const __m256i *)(q6->qh + 32 * h));
-                        const __m256i m2 = _mm256_set1_epi8(0x30);
-                        __m256i q[4] = {
-                            _mm256_or_si256(_mm256_and_si256(l0, m4),
-                                            _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2)),
-                            _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                            _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                            _mm256_and_si256(hb, m2)),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2))};
+                    for (int k = 0; k < 4; k++) {
+                        __m256i s = _mm256_shuffle_epi8(sc_half, WORD_MASK(2 * k, 2 * k + 1));
                         UNROLL
-                        for (int k = 0; k < 4; k++) {
-                            __m256i xk = _mm256_loadu_si256((const __m256i *)(x + 32 * k));
+                        for (int c = 0; c < nc; c++) {
+                            __m256i xk = _mm256_loadu_si256((const __m256i *)(a[c]->qs + 128 * h + 32 * k));
                             __m256i p = _mm256_maddubs_epi16(q[k], xk);
-                            __m256i s = _mm256_shuffle_epi8(sc_half[h], WORD_MASK(2 * k, 2 * k + 1));
-                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                            sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s));
                         }
                     }
-                    acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d),
-                                                _mm256_cvtepi32_ps(sumi), acc[i][c]);
                 }
+                float dw = h2f(&q6->d);
+                UNROLL
+                for (int c = 0; c < nc; c++)
+                    acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[c]->d),
+                                                _mm256_cvtepi32_ps(sumi[c]), acc[i][c]);
                 continue;
             }
-            // Q4_K / Q5_K
-            const block_q4_K *q4 = (const block_q4_K *)wb;  // same header for Q5_K
+
+            // Q4_K / Q5_K (same header: d, dmin, scales[12])
+            const block_q4_K *q4 = (const block_q4_K *)wb;
             const uint8_t *qs = kind == K_Q4_K ? q4->qs : ((const block_q5_K *)wb)->qs;
             uint64_t sc, mn;
             unpack_k_scales(q4->scales, &sc, &mn);
             __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
-            __m128i mn8 = _mm_cvtsi64_si128((long long)mn);
-            __m256i mn_pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));  // m0 m0 m1 m1 ..
-            float d = h2f(&q4->d), dmin = h2f(&q4->dmin);
-            __m256i qh = kind == K_Q5_K
+            __m256i h = kind == K_Q5_K
                 ? _mm256_loadu_si256((const __m256i *)((const block_q5_K *)wb)->qh)
                 : _mm256_setzero_si256();
             UNROLL
-            for (int c = 0; c < nc; c++) {
-                const block_q8_K *a = (const block_q8_K *)(act + c * as) + b;
-                __m256i sumi = _mm256_setzero_si256();
-                __m256i h = qh;
-                UNROLL
-                for (int k = 0; k < 4; k++) {
-                    __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
-                    __m256i lo = _mm256_and_si256(raw, m4);
-                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                    if (kind == K_Q5_K) {  // bits 2k and 2k+1 of qh, moved to bit 4
-                        const __m256i b4 = _mm256_set1_epi8(16);
-                        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));
-                        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));
-                        h = _mm256_srli_epi16(h, 2);
-                    }
-                    __m256i x0 = _mm256_loadu_si256((const __m256i *)(a->qs + 64 * k));
-                    __m256i x1 = _mm256_loadu_si256((const __m256i *)(a->qs + 64 * k + 32));
-                    __m256i p0 = _mm256_maddubs_epi16(lo, x0), p1 = _mm256_maddubs_epi16(hi, x1);
-                    p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc16, WORD_MASK(2 * k, 2 * k)));
-                    p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc16, WORD_MASK(2 * k + 1, 2 * k + 1)));
-                    sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+            for (int c = 0; c < nc; c++) sumi[c] = _mm256_setzero_si256();
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+                __m256i lo = _mm256_and_si256(raw, m4);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if (kind == K_Q5_K) {  // bits 2k and 2k+1 of qh, moved to bit 4
+                    const __m256i b4 = _mm256_set1_epi8(16);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));
+                    h = _mm256_srli_epi16(h, 2);
                 }
-                // Min term: sum_j m_j * (bsum[2j] + bsum[2j+1]).
-                __m256i bs = _mm256_loadu_si256((const __m256i *)a->bsums);
+                __m256i s0 = _mm256_shuffle_epi8(sc16, WORD_MASK(2 * k, 2 * k));
+                __m256i s1 = _mm256_shuffle_epi8(sc16, WORD_MASK(2 * k + 1, 2 * k + 1));
+                UNROLL
+                for (int c = 0; c < nc; c++) {
+                    __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[c]->qs + 64 * k));
+                    __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[c]->qs + 64 * k + 32));
+                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0);
+                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1);
+                    sumi[c] = _mm256_add_epi32(sumi[c], _mm256_add_epi32(p0, p1));
+                }
+            }
+            // Min term: sum_j m_j * (bsum[2j] + bsum[2j+1]), with the mins paired up as int16.
+            __m128i mn8 = _mm_cvtsi64_si128((long long)mn);
+            __m256i mn_pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+            float d = h2f(&q4->d), dmin = h2f(&q4->dmin);
+            UNROLL
+            for (int c = 0; c < nc; c++) {
+                __m256i bs = _mm256_loadu_si256((const __m256i *)a[c]->bsums);
                 __m256i msum = _mm256_madd_epi16(bs, mn_pairs);
-                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a->d), _mm256_cvtepi32_ps(sumi), acc[i][c]);
-                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a->d), _mm256_cvtepi32_ps(msum), acc[i][c]);
+                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[c]->d), _mm256_cvtepi32_ps(sumi[c]), acc[i][c]);
+                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a[c]->d), _mm256_cvtepi32_ps(msum), acc[i][c]);
             }
         }
     }
