@@ -1,0 +1,102 @@
+// Drivers: runtime choice between the AVX2 and portable kernels, and the row/column tiling of
+// ember_dot, ember_matvec and ember_matmul over the per-type tile kernels.
+#include "internal.h"
+
+static int force_portable = 0;
+
+// Matmul tile: 2 rows x 4 columns (8 accumulators) measured best among 2x4, 3x4, 4x2, 3x3.
+#define MM_NC 4
+#define MM_NR 2
+
+int ember_has_avx2(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                 __builtin_cpu_supports("f16c");
+    }
+    return cached && !force_portable;
+#else
+    return 0;
+#endif
+}
+
+void ember_force_portable(int on) { force_portable = on != 0; }
+
+// Kernel sets are cached per type code (< 64) and path; filling one is cheap but this is on
+// every matvec call. Races between threads are benign: each writes identical contents.
+typedef struct { ember_kernel_set set; int ready; } cached_set;
+static cached_set cache[2][64];
+
+static const ember_kernel_set *kernels_for(int type) {
+    if (type < 0 || type >= 64) return NULL;
+    int avx = ember_has_avx2();
+    cached_set *c = &cache[avx][type];
+    if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) {
+        ember_kernel_set s;
+        memset(&s, 0, sizeof s);
+        int ok = avx ? ember_avx2_kernels(type, &s) : 0;
+        if (!ok) ok = ember_portable_kernels(type, &s);
+        if (!ok) return NULL;
+        c->set = s;
+        __atomic_store_n(&c->ready, 1, __ATOMIC_RELEASE);
+    }
+    return &c->set;
+}
+
+float ember_dot(int type, int64_t n, const void *row, const void *act) {
+    const ember_kernel_set *k = kernels_for(type);
+    float y = 0;
+    if (k) k->tiles[0][0](n, row, 0, act, 0, &y, 0);
+    return y;
+}
+
+// The tallest tile with nc columns that the set provides, at most `rows` tall.
+static int pick_rows(const ember_kernel_set *k, int nc, int64_t rows) {
+    for (int nr = nc == 1 ? EMBER_MAX_NR : MM_NR; nr > 1; nr--)
+        if (nr <= rows && k->tiles[nr - 1][nc - 1]) return nr;
+    return 1;
+}
+
+// y[c*ldy + (r - r0)] for r in [r0, r1), c in [0, ncols).
+static void run_tiles(const ember_kernel_set *k, int64_t n, const uint8_t *w, size_t row_bytes,
+                      const uint8_t *act, size_t act_stride, int64_t ncols, float *y,
+                      int64_t ldy, int64_t r0, int64_t r1) {
+    for (int64_t c = 0; c < ncols;) {
+        int nc = ncols - c >= MM_NC ? MM_NC : (int)(ncols - c);
+        while (nc > 1 && !k->tiles[0][nc - 1]) nc--;
+        const uint8_t *a = act + c * act_stride;
+        for (int64_t r = r0; r < r1;) {
+            int nr = pick_rows(k, nc, r1 - r);
+            ember_tile_fn f = k->tiles[nr - 1][nc - 1];
+            f(n, w + r * row_bytes, row_bytes, a, act_stride, y + c * ldy + (r - r0), ldy);
+            r += nr;
+        }
+        c += nc;
+    }
+}
+
+void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
+                  const void *act, float *y, int64_t r0, int64_t r1) {
+    const ember_kernel_set *k = kernels_for(type);
+    if (!k || r1 <= r0) return;
+    run_tiles(k, n, w, row_bytes, act, 0, 1, y, 0, r0, r1);
+}
+
+// Columns outermost in groups of EMBER_MAX_NC; within a group, a band of rows is swept so the
+// rows (a few KB each) stay in L1/L2 while the column group changes. Rows are taken in bands
+// so one band of weights is reused from cache for every column group.
+void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
+                  const void *act, size_t act_stride, int64_t ncols,
+                  float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const ember_kernel_set *k = kernels_for(type);
+    if (!k || r1 <= r0 || ncols <= 0) return;
+    // A band of rows sized to ~256 KB of weights (half of L2) is reused by all column groups.
+    int64_t band = row_bytes ? (int64_t)((256 * 1024) / row_bytes) : 64;
+    if (band < 4) band = 4;
+    for (int64_t b0 = r0; b0 < r1; b0 += band) {
+        int64_t b1 = b0 + band < r1 ? b0 + band : r1;
+        run_tiles(k, n, w, row_bytes, act, act_stride, ncols, y + b0, ldy, b0, b1);
+    }
+}
