@@ -1,7 +1,8 @@
+import CEmberKernels
 import Foundation
 
 /// Float vector kernels on raw pointers: the element-wise and reduction steps of a transformer
-/// block. SIMD8<Float> keeps them as fast as hand-written AVX2 (they are memory-bound).
+/// block. The loops themselves are C (ember_vector.h): AVX2 with FMA and a vector exp.
 public enum VectorKernels {
     public typealias Pointer = UnsafeMutablePointer<Float>
     public typealias ConstPointer = UnsafePointer<Float>
@@ -19,40 +20,13 @@ public enum VectorKernels {
     /// Σ a[i]·b[i].
     @inline(__always)
     public static func dot(_ a: ConstPointer, _ b: ConstPointer, _ n: Int) -> Float {
-        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= n {
-            s0.addProduct(load8(a, i), load8(b, i))
-            s1.addProduct(load8(a, i + 8), load8(b, i + 8))
-            i += 16
-        }
-        while i + 8 <= n {
-            s0.addProduct(load8(a, i), load8(b, i))
-            i += 8
-        }
-        var sum = (s0 + s1).sum()
-        while i < n {
-            sum += a[i] * b[i]
-            i += 1
-        }
-        return sum
+        ember_vec_dot(a, b, Int64(n))
     }
 
     /// y[i] += a · x[i].
     @inline(__always)
     public static func axpy(_ a: Float, _ x: ConstPointer, _ y: Pointer, _ n: Int) {
-        let va = SIMD8<Float>(repeating: a)
-        var i = 0
-        while i + 8 <= n {
-            var v = load8(UnsafePointer(y), i)
-            v.addProduct(va, load8(x, i))
-            store8(v, y, i)
-            i += 8
-        }
-        while i < n {
-            y[i] += a * x[i]
-            i += 1
-        }
+        ember_vec_axpy(a, x, y, Int64(n))
     }
 
     /// y[i] += x[i].
@@ -83,42 +57,12 @@ public enum VectorKernels {
 
     /// out = x / rms(x) · weight (weight nil: no scaling). `out` may equal `x`.
     public static func rmsNorm(_ x: ConstPointer, weight: ConstPointer?, epsilon: Float, _ out: Pointer, _ n: Int) {
-        let meanSquare = dot(x, x, n) / Float(n)
-        let inverse = 1 / (meanSquare + epsilon).squareRoot()
-        var i = 0
-        if let weight {
-            while i + 8 <= n {
-                store8(load8(x, i) * inverse * load8(weight, i), out, i)
-                i += 8
-            }
-            while i < n {
-                out[i] = x[i] * inverse * weight[i]
-                i += 1
-            }
-        } else {
-            while i + 8 <= n {
-                store8(load8(x, i) * inverse, out, i)
-                i += 8
-            }
-            while i < n {
-                out[i] = x[i] * inverse
-                i += 1
-            }
-        }
+        ember_vec_rms_norm(x, weight, epsilon, out, Int64(n))
     }
 
-    /// In-place softmax; returns nothing, the row sums to 1.
+    /// In-place softmax: the row sums to 1.
     public static func softmax(_ x: Pointer, _ n: Int) {
-        guard n > 0 else { return }
-        var maximum = -Float.infinity
-        for i in 0..<n { maximum = max(maximum, x[i]) }
-        var sum: Float = 0
-        for i in 0..<n {
-            let e = Foundation.exp(x[i] - maximum)
-            x[i] = e
-            sum += e
-        }
-        scale(x, by: 1 / sum, n)
+        ember_vec_softmax(x, Int64(n))
     }
 
     /// The FFN's activation, applied to the gate (or, ungated, to the up projection).
@@ -142,10 +86,12 @@ public enum VectorKernels {
 
     /// out[i] = act(gate[i]) · up[i]; with `up` nil, out[i] = act(gate[i]).
     public static func gatedActivation(_ activation: Activation, gate: ConstPointer, up: ConstPointer?, _ out: Pointer, _ n: Int) {
-        if let up {
-            for i in 0..<n { out[i] = activation.apply(gate[i]) * up[i] }
-        } else {
-            for i in 0..<n { out[i] = activation.apply(gate[i]) }
+        let code: Int32
+        switch activation {
+        case .silu: code = Int32(EMBER_ACT_SILU)
+        case .gelu: code = Int32(EMBER_ACT_GELU)
+        case .relu: code = Int32(EMBER_ACT_RELU)
         }
+        ember_vec_gated_activation(code, gate, up, out, Int64(n))
     }
 }

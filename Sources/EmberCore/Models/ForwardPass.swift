@@ -228,18 +228,12 @@ public final class ForwardPass: @unchecked Sendable {
                 let t = item / config.headCount, h = item % config.headCount
                 let position = positions[t]
                 let first = window.map { max(0, position - $0 + 1) } ?? 0
-                let q = UnsafePointer(query.row(t) + h * hd)
                 let g = h / groupSize
-                for p in first...position {
-                    s[p - first] = VectorKernels.dot(q, cache.key(layer: layer, position: p) + g * hd, hd) * scale
-                }
-                let n = position - first + 1
-                VectorKernels.softmax(s, n)
-                let out = attention.row(t) + h * vd
-                out.update(repeating: 0, count: vd)
-                for p in first...position {
-                    VectorKernels.axpy(s[p - first], cache.value(layer: layer, position: p) + g * vd, out, vd)
-                }
+                ember_attention_head(query.row(t) + h * hd,
+                                     cache.key(layer: layer, position: first) + g * hd, Int64(cache.keyLength),
+                                     cache.value(layer: layer, position: first) + g * vd, Int64(cache.valueLength),
+                                     Int64(position - first + 1), Int64(hd), Int64(vd), scale,
+                                     s, attention.row(t) + h * vd)
             }
         }
     }

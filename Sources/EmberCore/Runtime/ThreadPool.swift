@@ -70,6 +70,8 @@ public final class ThreadPool: @unchecked Sendable {
 
         /// Spin iterations before an idle worker sleeps (with pause, roughly 50-100 µs).
         static let spinLimit = 20_000
+        /// Spin iterations before a waiting caller starts yielding its core (a few µs).
+        static let yieldAfter = 2_000
 
         func start(_ body: @escaping (Int) -> Void, workers: Int) {
             job = body
@@ -85,7 +87,12 @@ public final class ThreadPool: @unchecked Sendable {
         }
 
         func waitForWorkers() {
-            while pending.load(ordering: .acquiring) > 0 { ember_cpu_relax() }
+            // Spin briefly, then yield: if a worker lost its core to another process, spinning
+            // on would only keep it off the core longer.
+            var spins = 0
+            while pending.load(ordering: .acquiring) > 0 {
+                if spins < Self.yieldAfter { ember_cpu_relax(); spins += 1 } else { sched_yield() }
+            }
             job = nil
         }
 
@@ -102,7 +109,7 @@ public final class ThreadPool: @unchecked Sendable {
                 var spins = 0
                 var current = generation.load(ordering: .acquiring)
                 while current == seen && spins < Self.spinLimit {
-                    ember_cpu_relax()
+                    if spins < Self.yieldAfter { ember_cpu_relax() } else { sched_yield() }
                     spins += 1
                     current = generation.load(ordering: .acquiring)
                 }
