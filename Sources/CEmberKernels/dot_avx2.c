@@ -343,7 +343,7 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
                                         const uint8_t *act, size_t as, float *y, int64_t ldy) { \
         impl(kind, NR, NC, n, w, rb, act, as, y, ldy);                                       \
     }
-#define SET_TILE(name, impl, kind, NR, NC) set->tiles[NR - 1][NC - 1] = name##_##NR##x##NC;
+#define TILE_ENTRY(name, impl, kind, NR, NC) [NR - 1][NC - 1] = name##_##NR##x##NC,
 
 #define ALL_TYPES(X)                                                                \
     X(EMBER_TYPE_F32, f32, f_tile, K_F32) X(EMBER_TYPE_F16, f16, f_tile, K_F16)      \
@@ -356,13 +356,16 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
 #define DEFINE_TYPE(code, name, impl, kind) SHAPES(DEFINE_TILE, name, impl, kind)
 ALL_TYPES(DEFINE_TYPE)
 
-int ember_avx2_kernels(int type, ember_kernel_set *set) {
-#define CASE_TYPE(code, name, impl, kind) \
-    case code: SHAPES(SET_TILE, name, impl, kind) return 1;
-    switch (type) { ALL_TYPES(CASE_TYPE) default: return 0; }
+#define DEFINE_SET(code, name, impl, kind) \
+    static const ember_kernel_set name##_set = {{SHAPES(TILE_ENTRY, name, impl, kind)}};
+ALL_TYPES(DEFINE_SET)
+
+const ember_kernel_set *ember_avx2_kernels(int type) {
+#define CASE_TYPE(code, name, impl, kind) case code: return &name##_set;
+    switch (type) { ALL_TYPES(CASE_TYPE) default: return NULL; }
 #undef CASE_TYPE
 }
 
 #else
-int ember_avx2_kernels(int type, ember_kernel_set *set) { (void)type; (void)set; return 0; }
+const ember_kernel_set *ember_avx2_kernels(int type) { (void)type; return NULL; }
 #endif

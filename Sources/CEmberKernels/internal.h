@@ -128,8 +128,8 @@ enum { EMBER_MAX_NR = 4, EMBER_MAX_NC = 4 };
 // tiles[nr-1][nc-1]; entries may be NULL when a shape is not provided (1x1 always is).
 typedef struct { ember_tile_fn tiles[EMBER_MAX_NR][EMBER_MAX_NC]; } ember_kernel_set;
 
-// Fill `set` for weight type `type`; return 0 if that path has no kernels for the type.
-int ember_portable_kernels(int type, ember_kernel_set *set);
-int ember_avx2_kernels(int type, ember_kernel_set *set);
+// The constant kernel table of a weight type for each path; NULL if the path lacks the type.
+const ember_kernel_set *ember_portable_kernels(int type);
+const ember_kernel_set *ember_avx2_kernels(int type);
 
 #endif

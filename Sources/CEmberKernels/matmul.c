@@ -8,41 +8,29 @@ static int force_portable = 0;
 #define MM_NC 4
 #define MM_NR 2
 
+// Both flags are read by every kernel call, possibly from several threads: relaxed atomics
+// (the CPU check gives the same answer in every thread, so a repeated first check is fine).
 int ember_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     static int cached = -1;
-    if (cached < 0) {
+    int has = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (has < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                 __builtin_cpu_supports("f16c");
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c");
+        __atomic_store_n(&cached, has, __ATOMIC_RELAXED);
     }
-    return cached && !force_portable;
+    return has && !__atomic_load_n(&force_portable, __ATOMIC_RELAXED);
 #else
     return 0;
 #endif
 }
 
-void ember_force_portable(int on) { force_portable = on != 0; }
-
-// Kernel sets are cached per type code (< 64) and path; filling one is cheap but this is on
-// every matvec call. Races between threads are benign: each writes identical contents.
-typedef struct { ember_kernel_set set; int ready; } cached_set;
-static cached_set cache[2][64];
+void ember_force_portable(int on) { __atomic_store_n(&force_portable, on != 0, __ATOMIC_RELAXED); }
 
 static const ember_kernel_set *kernels_for(int type) {
-    if (type < 0 || type >= 64) return NULL;
-    int avx = ember_has_avx2();
-    cached_set *c = &cache[avx][type];
-    if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) {
-        ember_kernel_set s;
-        memset(&s, 0, sizeof s);
-        int ok = avx ? ember_avx2_kernels(type, &s) : 0;
-        if (!ok) ok = ember_portable_kernels(type, &s);
-        if (!ok) return NULL;
-        c->set = s;
-        __atomic_store_n(&c->ready, 1, __ATOMIC_RELEASE);
-    }
-    return &c->set;
+    const ember_kernel_set *k = ember_has_avx2() ? ember_avx2_kernels(type) : NULL;
+    return k ? k : ember_portable_kernels(type);
 }
 
 float ember_dot(int type, int64_t n, const void *row, const void *act) {
