@@ -53,6 +53,7 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < n * ncols; i++) x[i] = frand();
     float *y = malloc(sizeof(float) * rows * ncols), *y2 = malloc(sizeof(float) * rows);
     for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        if (argc > 2 && !strstr(argv[2], names[t])) continue;  // optional filter, e.g. "Q4_K,Q6_K"
         int ty = types[t], at = ember_activation_type(ty);
         size_t rb = ember_row_bytes(ty, n), ab = (ember_activation_bytes(at, n) + 63) / 64 * 64;
         uint8_t *w = aligned_alloc(64, (rb * rows + 63) / 64 * 64), *a = aligned_alloc(64, ab * ncols);

@@ -14,6 +14,9 @@
 #define INLINE static inline __attribute__((always_inline)) AVX2
 // Loops over rows, columns and sub-blocks have constant trip counts after inlining; fully
 // unrolled they keep accumulators in registers and shuffle masks become constants.
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1  // into L2: measured ~1.5x faster from DRAM than T0
+#endif
 #ifndef PF_ROWS
 #define PF_ROWS 4
 #endif
@@ -34,7 +37,7 @@ static inline uint32_t load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); r
 // prefetchers follow poorly.
 INLINE void prefetch_block(const uint8_t *p, int bytes) {
     UNROLL
-    for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+    for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, PF_HINT);
 }
 
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles first (elements 0-15), then high.
