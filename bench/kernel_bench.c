@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
     const char *names[] = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K",
                            "F16", "BF16", "F32"};
     const int64_t n = 2048, rows = argc > 1 ? atoi(argv[1]) : 16384;  // ~ 18-134 MB of weights
-    const int ncols = 8;
+    const int ncols = argc > 3 ? atoi(argv[3]) : 8;  // matmul columns
     printf("avx2: %d, n=%lld rows=%lld\n", ember_has_avx2(), (long long)n, (long long)rows);
     float *x = malloc(sizeof(float) * n * ncols), *tmp = malloc(sizeof(float) * n);
     for (int64_t i = 0; i < n * ncols; i++) x[i] = frand();
@@ -103,7 +103,7 @@ int main(int argc, char **argv) {
         double portable = now() - t0;
         ember_force_portable(0);
         printf("%-5s matvec 2 threads %6.1f GB/s\n", names[t], rb * rows / best2 / 1e9);
-        printf("%-5s matvec %6.2f ms %6.1f GB/s | matmul x%d %6.2f ms/col -> %.2fx faster per col"
+        printf("%-5s matvec %6.2f ms %6.1f GB/s | matmul x%-2d %6.2f ms/col -> %.2fx faster per col"
                " | portable matvec %6.1f GB/s | |avx2-portable| %.2g\n",
                names[t], best * 1e3, rb * rows / best / 1e9, ncols, bestmm / ncols * 1e3,
                best / (bestmm / ncols), rb * rows / portable / 1e9, maxd);

@@ -369,6 +369,160 @@ const ember_kernel_set *ember_avx2_kernels(int type) {
 #undef CASE_TYPE
 }
 
+// ---------------------------------------------------------------------------------------
+// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1: 8 rows repacked so that one 256-bit vector holds
+// the same 4 weights of each of the 8 rows (row r in 32-bit lane r). Broadcasting 4
+// activation bytes then gives all 8 rows' partial dots in one vpmaddubsw, with no
+// horizontal sums, and the 8 results land in one float vector. The repack is paid once per
+// band of 8 rows and reused by every column.
+// ---------------------------------------------------------------------------------------
+
+// Unsigned quants (Q4: 0..15, Q5: 0..31) of 8 rows, block by block: 256 bytes per block,
+// step s (weights 4s..4s+3) at bytes 32s..32s+31. Scales: d[8] then m[8] (Q4_1/Q5_1 min;
+// 0 for Q4_0/Q5_0, whose offset of 8/16 is applied in integers by the kernel).
+AVX2 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb,
+                             uint8_t *q8, float *dm) {
+    const int wbytes = ember_block_bytes(type);
+    for (int64_t b = 0; b < n / 32; b++) {
+        __m256i rows[8];
+        UNROLL
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *wb = w + r * rb + b * wbytes;
+            float d = h2f(wb), m;
+            switch (type) {
+            case EMBER_TYPE_Q4_0: rows[r] = nibbles32(wb + 2); m = 0; break;
+            case EMBER_TYPE_Q4_1: rows[r] = nibbles32(wb + 4); m = h2f(wb + 2); break;
+            case EMBER_TYPE_Q5_0:
+                rows[r] = _mm256_or_si256(nibbles32(wb + 6), _mm256_and_si256(
+                              bits_to_bytes(wb + 2), _mm256_set1_epi8(16)));
+                m = 0;
+                break;
+            default:
+                rows[r] = _mm256_or_si256(nibbles32(wb + 8), _mm256_and_si256(
+                              bits_to_bytes(wb + 4), _mm256_set1_epi8(16)));
+                m = h2f(wb + 2);
+                break;
+            }
+            dm[b * 16 + r] = d;
+            dm[b * 16 + 8 + r] = m;
+        }
+        // 8 x 8 transpose of 32-bit elements: output vector s = element s of every row.
+        __m256i t[8], u[8];
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            t[2 * k] = _mm256_unpacklo_epi32(rows[2 * k], rows[2 * k + 1]);
+            t[2 * k + 1] = _mm256_unpackhi_epi32(rows[2 * k], rows[2 * k + 1]);
+        }
+        UNROLL
+        for (int h = 0; h < 2; h++) {  // rows 0-3 (h = 0) and 4-7 (h = 1)
+            u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+            u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+            u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+            u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+        }
+        __m256i *out = (__m256i *)(q8 + b * 256);
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            _mm256_storeu_si256(out + k, _mm256_permute2x128_si256(u[k], u[4 + k], 0x20));
+            _mm256_storeu_si256(out + 4 + k, _mm256_permute2x128_si256(u[k], u[4 + k], 0x31));
+        }
+    }
+}
+
+// y[c*ldy + r] for the 8 repacked rows and NC columns. Integer sums stay in int16 for up to
+// 8 steps for Q4 (8 * 2 * 15 * 127 = 30480 fits) and 4 steps for Q5 (4 * 2 * 31 * 127 = 31496).
+INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q8,
+                       const float *dm, const uint8_t *act, size_t as, float *y, int64_t ldy) {
+    const int has_min = type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_1;
+    const int offset = type == EMBER_TYPE_Q4_0 ? 8 : type == EMBER_TYPE_Q5_0 ? 16 : 0;
+    const int group = type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 ? 8 : 4;
+    const int abytes = has_min ? (int)sizeof(block_q8_1) : (int)sizeof(block_q8_0);
+    const int aqs = has_min ? 4 : 2;
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    UNROLL
+    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *qb = q8 + b * 256;
+        __m256i sumi[4], part[4];
+        UNROLL
+        for (int c = 0; c < nc; c++) sumi[c] = part[c] = _mm256_setzero_si256();
+        UNROLL
+        for (int s = 0; s < 8; s++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qb + 32 * s));
+            UNROLL
+            for (int c = 0; c < nc; c++) {
+                const uint8_t *xq = act + c * as + b * abytes + aqs + 4 * s;
+                __m256i x = _mm256_set1_epi32((int)load_u32(xq));
+                part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(q, x));
+                if ((s + 1) % group == 0) {
+                    sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], ones16));
+                    part[c] = _mm256_setzero_si256();
+                }
+            }
+        }
+        __m256 d = _mm256_loadu_ps(dm + 16 * b);
+        UNROLL
+        for (int c = 0; c < nc; c++) {
+            const uint8_t *ab = act + c * as + b * abytes;
+            if (offset) {  // q - offset: subtract offset * sum(x) from every row's sum
+                __m256i xs = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1),
+                             _mm256_loadu_si256((const __m256i *)(ab + aqs))), ones16);
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(xs), _mm256_extracti128_si256(xs, 1));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+                sumi[c] = _mm256_sub_epi32(sumi[c], _mm256_set1_epi32(offset * _mm_cvtsi128_si32(t)));
+            }
+            __m256 da = _mm256_set1_ps(h2f(ab));
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            if (has_min)
+                acc[c] = _mm256_fmadd_ps(_mm256_loadu_ps(dm + 16 * b + 8), _mm256_set1_ps(h2f(ab + 2)), acc[c]);
+        }
+    }
+    UNROLL
+    for (int c = 0; c < nc; c++) _mm256_storeu_ps(y + c * ldy, acc[c]);
+}
+
+#define GEMM8(type, name)                                                                   \
+    static AVX2 void gemm8_##name(int nc, int64_t n, const uint8_t *q8, const float *dm,    \
+                                  const uint8_t *act, size_t as, float *y, int64_t ldy) {  \
+        switch (nc) {                                                                       \
+        case 1: gemm8_tile(type, 1, n, q8, dm, act, as, y, ldy); break;                     \
+        case 2: gemm8_tile(type, 2, n, q8, dm, act, as, y, ldy); break;                     \
+        case 3: gemm8_tile(type, 3, n, q8, dm, act, as, y, ldy); break;                     \
+        default: gemm8_tile(type, 4, n, q8, dm, act, as, y, ldy); break;                    \
+        }                                                                                   \
+    }
+GEMM8(EMBER_TYPE_Q4_0, q4_0) GEMM8(EMBER_TYPE_Q4_1, q4_1)
+GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1)
+
+// 8 rows x ncols through the repacked path (nc up to 4 per pass); 0 if `type` has none.
+AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
+                          const uint8_t *act, size_t as, int64_t ncols, float *y, int64_t ldy) {
+    void (*f)(int, int64_t, const uint8_t *, const float *, const uint8_t *, size_t, float *, int64_t);
+    switch (type) {
+    case EMBER_TYPE_Q4_0: f = gemm8_q4_0; break;
+    case EMBER_TYPE_Q4_1: f = gemm8_q4_1; break;
+    case EMBER_TYPE_Q5_0: f = gemm8_q5_0; break;
+    case EMBER_TYPE_Q5_1: f = gemm8_q5_1; break;
+    default: return 0;
+    }
+    for (int64_t c = 0; c < ncols; c += 4) {
+        int nc = ncols - c < 4 ? (int)(ncols - c) : 4;
+        f(nc, n, q8, dm, act + c * as, as, y + c * ldy, ldy);
+    }
+    return 1;
+}
+
 #else
+int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
+                     const uint8_t *act, size_t as, int64_t ncols, float *y, int64_t ldy) {
+    (void)type; (void)n; (void)q8; (void)dm; (void)act; (void)as; (void)ncols; (void)y; (void)ldy;
+    return 0;
+}
+void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm) {
+    (void)type; (void)n; (void)w; (void)rb; (void)q8; (void)dm;
+}
 const ember_kernel_set *ember_avx2_kernels(int type) { (void)type; return NULL; }
 #endif
+

@@ -1,6 +1,7 @@
 // Drivers: runtime choice between the AVX2 and portable kernels, and the row/column tiling of
 // ember_dot, ember_matvec and ember_matmul over the per-type tile kernels.
 #include "internal.h"
+#include <stdlib.h>
 
 static int force_portable = 0;
 
@@ -72,15 +73,40 @@ void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
     run_tiles(k, n, w, row_bytes, act, 0, 1, y, 0, r0, r1);
 }
 
-// Columns outermost in groups of EMBER_MAX_NC; within a group, a band of rows is swept so the
-// rows (a few KB each) stay in L1/L2 while the column group changes. Rows are taken in bands
-// so one band of weights is reused from cache for every column group.
+// With enough columns, Q4_0/Q4_1/Q5_0/Q5_1 go through the repacked 8-row path (see
+// dot_avx2.c); repacking costs about as much as 4 columns save.
+enum { GEMM8_MIN_COLS = 4 };
+
+static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
+                        const uint8_t *act, size_t act_stride, int64_t ncols,
+                        float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    int64_t nb = n / 32;
+    uint8_t *q8 = malloc((size_t)nb * (256 + 16 * sizeof(float)));
+    if (!q8) return 0;
+    float *dm = (float *)(q8 + nb * 256);
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        ember_avx2_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
+        ember_avx2_gemm8(type, n, q8, dm, act, act_stride, ncols, y + r, ldy);
+    }
+    free(q8);
+    if (r < r1)  // fewer than 8 rows left
+        run_tiles(kernels_for(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
+    return 1;
+}
+
+// Columns outermost in groups of MM_NC; rows are taken in bands (~256 KB of weights, a
+// quarter of L2) so each band is reused from cache by every column group.
 void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
                   const void *act, size_t act_stride, int64_t ncols,
                   float *y, int64_t ldy, int64_t r0, int64_t r1) {
     const ember_kernel_set *k = kernels_for(type);
     if (!k || r1 <= r0 || ncols <= 0) return;
-    // A band of rows sized to ~256 KB of weights (half of L2) is reused by all column groups.
+    if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
+        (type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_0 ||
+         type == EMBER_TYPE_Q5_1) &&
+        matmul_gemm8(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
+        return;
     int64_t band = row_bytes ? (int64_t)((256 * 1024) / row_bytes) : 64;
     if (band < 4) band = 4;
     for (int64_t b0 = r0; b0 < r1; b0 += band) {
