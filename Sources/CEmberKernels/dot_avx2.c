@@ -432,7 +432,8 @@ AVX2 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb,
 // y[c*ldy + r] for the 8 repacked rows and NC columns. Integer sums stay in int16 for up to
 // 8 steps for Q4 (8 * 2 * 15 * 127 = 30480 fits) and 4 steps for Q5 (4 * 2 * 31 * 127 = 31496).
 INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q8,
-                       const float *dm, const uint8_t *act, size_t as, float *y, int64_t ldy) {
+                       const float *dm, const int32_t *xsum, const uint8_t *act, size_t as,
+                       float *y, int64_t ldy) {
     const int has_min = type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_1;
     const int offset = type == EMBER_TYPE_Q4_0 ? 8 : type == EMBER_TYPE_Q5_0 ? 16 : 0;
     const int group = type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 ? 8 : 4;
@@ -465,14 +466,8 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
         UNROLL
         for (int c = 0; c < nc; c++) {
             const uint8_t *ab = act + c * as + b * abytes;
-            if (offset) {  // q - offset: subtract offset * sum(x) from every row's sum
-                __m256i xs = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1),
-                             _mm256_loadu_si256((const __m256i *)(ab + aqs))), ones16);
-                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(xs), _mm256_extracti128_si256(xs, 1));
-                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
-                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
-                sumi[c] = _mm256_sub_epi32(sumi[c], _mm256_set1_epi32(offset * _mm_cvtsi128_si32(t)));
-            }
+            if (offset)  // q - offset: subtract offset * sum(x) from every row's sum
+                sumi[c] = _mm256_sub_epi32(sumi[c], _mm256_set1_epi32(offset * xsum[c * (n / 32) + b]));
             __m256 da = _mm256_set1_ps(h2f(ab));
             acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
             if (has_min)
@@ -485,12 +480,13 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
 
 #define GEMM8(type, name)                                                                   \
     static AVX2 void gemm8_##name(int nc, int64_t n, const uint8_t *q8, const float *dm,    \
-                                  const uint8_t *act, size_t as, float *y, int64_t ldy) {  \
+                                  const int32_t *xs, const uint8_t *act, size_t as,        \
+                                  float *y, int64_t ldy) {                                 \
         switch (nc) {                                                                       \
-        case 1: gemm8_tile(type, 1, n, q8, dm, act, as, y, ldy); break;                     \
-        case 2: gemm8_tile(type, 2, n, q8, dm, act, as, y, ldy); break;                     \
-        case 3: gemm8_tile(type, 3, n, q8, dm, act, as, y, ldy); break;                     \
-        default: gemm8_tile(type, 4, n, q8, dm, act, as, y, ldy); break;                    \
+        case 1: gemm8_tile(type, 1, n, q8, dm, xs, act, as, y, ldy); break;                     \
+        case 2: gemm8_tile(type, 2, n, q8, dm, xs, act, as, y, ldy); break;                     \
+        case 3: gemm8_tile(type, 3, n, q8, dm, xs, act, as, y, ldy); break;                     \
+        default: gemm8_tile(type, 4, n, q8, dm, xs, act, as, y, ldy); break;                    \
         }                                                                                   \
     }
 GEMM8(EMBER_TYPE_Q4_0, q4_0) GEMM8(EMBER_TYPE_Q4_1, q4_1)
@@ -498,8 +494,10 @@ GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1)
 
 // 8 rows x ncols through the repacked path (nc up to 4 per pass); 0 if `type` has none.
 AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
-                          const uint8_t *act, size_t as, int64_t ncols, float *y, int64_t ldy) {
-    void (*f)(int, int64_t, const uint8_t *, const float *, const uint8_t *, size_t, float *, int64_t);
+                          const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
+                          float *y, int64_t ldy) {
+    void (*f)(int, int64_t, const uint8_t *, const float *, const int32_t *, const uint8_t *,
+              size_t, float *, int64_t);
     switch (type) {
     case EMBER_TYPE_Q4_0: f = gemm8_q4_0; break;
     case EMBER_TYPE_Q4_1: f = gemm8_q4_1; break;
@@ -509,15 +507,17 @@ AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *d
     }
     for (int64_t c = 0; c < ncols; c += 4) {
         int nc = ncols - c < 4 ? (int)(ncols - c) : 4;
-        f(nc, n, q8, dm, act + c * as, as, y + c * ldy, ldy);
+        f(nc, n, q8, dm, xsum ? xsum + c * (n / 32) : NULL, act + c * as, as, y + c * ldy, ldy);
     }
     return 1;
 }
 
 #else
 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
-                     const uint8_t *act, size_t as, int64_t ncols, float *y, int64_t ldy) {
-    (void)type; (void)n; (void)q8; (void)dm; (void)act; (void)as; (void)ncols; (void)y; (void)ldy;
+                     const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
+                     float *y, int64_t ldy) {
+    (void)type; (void)n; (void)q8; (void)dm; (void)xsum; (void)act; (void)as; (void)ncols;
+    (void)y; (void)ldy;
     return 0;
 }
 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm) {

@@ -133,10 +133,12 @@ const ember_kernel_set *ember_portable_kernels(int type);
 const ember_kernel_set *ember_avx2_kernels(int type);
 
 // Prefill path for Q4_0/Q4_1/Q5_0/Q5_1 (AVX2 only): repack 8 rows (q8: 256 bytes per block,
-// dm: 16 floats per block), then y[c*ldy + r] for r < 8, c < ncols. gemm8 returns 0 if the
-// type has no such path.
+// dm: 16 floats per block), then y[c*ldy + r] for r < 8, c < ncols. For Q4_0/Q5_0, xsum
+// holds each activation block's sum of quants (column c at xsum + c*(n/32)). gemm8 returns 0
+// if the type has no such path.
 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm);
 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
-                     const uint8_t *act, size_t as, int64_t ncols, float *y, int64_t ldy);
+                     const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
+                     float *y, int64_t ldy);
 
 #endif

@@ -81,13 +81,24 @@ static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
                         const uint8_t *act, size_t act_stride, int64_t ncols,
                         float *y, int64_t ldy, int64_t r0, int64_t r1) {
     int64_t nb = n / 32;
-    uint8_t *q8 = malloc((size_t)nb * (256 + 16 * sizeof(float)));
+    int has_offset = type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q5_0;
+    size_t xsum_bytes = has_offset ? (size_t)(ncols * nb) * sizeof(int32_t) : 0;
+    uint8_t *q8 = malloc((size_t)nb * (256 + 16 * sizeof(float)) + xsum_bytes);
     if (!q8) return 0;
     float *dm = (float *)(q8 + nb * 256);
+    int32_t *xsum = has_offset ? (int32_t *)(dm + 16 * nb) : NULL;
+    for (int64_t c = 0; has_offset && c < ncols; c++) {  // Q8_0 activation block sums
+        const block_q8_0 *a = (const block_q8_0 *)(act + c * act_stride);
+        for (int64_t b = 0; b < nb; b++) {
+            int sum = 0;
+            for (int j = 0; j < 32; j++) sum += a[b].qs[j];
+            xsum[c * nb + b] = sum;
+        }
+    }
     int64_t r = r0;
     for (; r + 8 <= r1; r += 8) {
         ember_avx2_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
-        ember_avx2_gemm8(type, n, q8, dm, act, act_stride, ncols, y + r, ldy);
+        ember_avx2_gemm8(type, n, q8, dm, xsum, act, act_stride, ncols, y + r, ldy);
     }
     free(q8);
     if (r < r1)  // fewer than 8 rows left
