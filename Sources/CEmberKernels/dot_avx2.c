@@ -492,6 +492,151 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
 GEMM8(EMBER_TYPE_Q4_0, q4_0) GEMM8(EMBER_TYPE_Q4_1, q4_1)
 GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1)
 
+// The same scheme for Q4_K/Q5_K. Per super-block and band of 8 rows (K8_BLOCK_BYTES):
+// quants of sub-block j at 256*j (8 steps of 32 bytes, as above), then int16 scale vectors
+// (lanes 2r, 2r+1 = scale j of row r; 8 x 32 bytes), min-pair vectors (lanes 2r, 2r+1 =
+// mins 2k, 2k+1 of row r; 4 x 32 bytes), then d[8] and dmin[8] as floats.
+enum { K8_Q = 0, K8_SC = 2048, K8_MN = 2048 + 256, K8_D = 2048 + 256 + 128, K8_BLOCK_BYTES = K8_D + 64 };
+
+INLINE void transpose8x32(const __m256i rows[8], uint8_t *dst) {
+    __m256i t[8], u[8];
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        t[2 * k] = _mm256_unpacklo_epi32(rows[2 * k], rows[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_epi32(rows[2 * k], rows[2 * k + 1]);
+    }
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+        u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+    }
+    __m256i *out = (__m256i *)dst;
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        _mm256_storeu_si256(out + k, _mm256_permute2x128_si256(u[k], u[4 + k], 0x20));
+        _mm256_storeu_si256(out + 4 + k, _mm256_permute2x128_si256(u[k], u[4 + k], 0x31));
+    }
+}
+
+AVX2 void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out) {
+    const int wbytes = ember_block_bytes(type);
+    const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(16);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        uint8_t *o = out + b * K8_BLOCK_BYTES;
+        int16_t *sc16 = (int16_t *)(o + K8_SC), *mn16 = (int16_t *)(o + K8_MN);
+        float *d = (float *)(o + K8_D);
+        __m256i sub[8][8];  // [sub-block j][row r]
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *wb = w + r * rb + b * wbytes;
+            const block_q4_K *q4 = (const block_q4_K *)wb;
+            const uint8_t *qs = type == EMBER_TYPE_Q4_K ? q4->qs : ((const block_q5_K *)wb)->qs;
+            __m256i h = type == EMBER_TYPE_Q5_K
+                ? _mm256_loadu_si256((const __m256i *)((const block_q5_K *)wb)->qh) : _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+                __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                if (type == EMBER_TYPE_Q5_K) {
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));
+                    h = _mm256_srli_epi16(h, 2);
+                }
+                sub[2 * k][r] = lo;
+                sub[2 * k + 1][r] = hi;
+            }
+            uint8_t sc[8], mn[8];
+            for (int j = 0; j < 8; j++) k_scale_min(j, q4->scales, &sc[j], &mn[j]);
+            for (int j = 0; j < 8; j++) sc16[16 * j + 2 * r] = sc16[16 * j + 2 * r + 1] = sc[j];
+            for (int k = 0; k < 4; k++) {
+                mn16[16 * k + 2 * r] = mn[2 * k];
+                mn16[16 * k + 2 * r + 1] = mn[2 * k + 1];
+            }
+            d[r] = h2f(&q4->d);
+            d[8 + r] = h2f(&q4->dmin);
+        }
+        for (int j = 0; j < 8; j++) transpose8x32(sub[j], o + K8_Q + 256 * j);
+    }
+}
+
+INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *packed,
+                        const uint8_t *act, size_t as, float *y, int64_t ldy) {
+    const int group = type == EMBER_TYPE_Q4_K ? 8 : 4;  // int16-safe steps (see gemm8_tile)
+    __m256 acc[4];
+    UNROLL
+    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *o = packed + b * K8_BLOCK_BYTES;
+        const block_q8_K *a[4];
+        __m256i sumi[4];
+        UNROLL
+        for (int c = 0; c < nc; c++) {
+            a[c] = (const block_q8_K *)(act + c * as) + b;
+            sumi[c] = _mm256_setzero_si256();
+        }
+        for (int j = 0; j < 8; j++) {
+            __m256i scv = _mm256_loadu_si256((const __m256i *)(o + K8_SC + 32 * j));
+            __m256i part[4];
+            UNROLL
+            for (int c = 0; c < nc; c++) part[c] = _mm256_setzero_si256();
+            UNROLL
+            for (int s = 0; s < 8; s++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(o + K8_Q + 256 * j + 32 * s));
+                UNROLL
+                for (int c = 0; c < nc; c++) {
+                    __m256i x = _mm256_set1_epi32((int)load_u32(a[c]->qs + 32 * j + 4 * s));
+                    part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(q, x));
+                    if ((s + 1) % group == 0) {
+                        sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], scv));
+                        part[c] = _mm256_setzero_si256();
+                    }
+                }
+            }
+        }
+        __m256 d = _mm256_loadu_ps((const float *)(o + K8_D));
+        __m256 dmin = _mm256_loadu_ps((const float *)(o + K8_D) + 8);
+        UNROLL
+        for (int c = 0; c < nc; c++) {
+            __m256i msum = _mm256_setzero_si256();
+            UNROLL
+            for (int k = 0; k < 4; k++) {  // mins 2k, 2k+1 times the bsum pairs of sub-blocks 2k, 2k+1
+                const int16_t *bs = a[c]->bsums + 4 * k;
+                uint32_t pair = (uint16_t)(bs[0] + bs[1]) | (uint32_t)(uint16_t)(bs[2] + bs[3]) << 16;
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(
+                           _mm256_loadu_si256((const __m256i *)(o + K8_MN + 32 * k)), _mm256_set1_epi32((int)pair)));
+            }
+            __m256 da = _mm256_set1_ps(a[c]->d);
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            acc[c] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum), acc[c]);
+        }
+    }
+    UNROLL
+    for (int c = 0; c < nc; c++) _mm256_storeu_ps(y + c * ldy, acc[c]);
+}
+
+#define GEMM8K(type, name)                                                                  \
+    static AVX2 void gemm8k_##name(int nc, int64_t n, const uint8_t *p, const uint8_t *act, \
+                                   size_t as, float *y, int64_t ldy) {                      \
+        switch (nc) {                                                                       \
+        case 1: gemm8k_tile(type, 1, n, p, act, as, y, ldy); break;                         \
+        case 2: gemm8k_tile(type, 2, n, p, act, as, y, ldy); break;                         \
+        case 3: gemm8k_tile(type, 3, n, p, act, as, y, ldy); break;                         \
+        default: gemm8k_tile(type, 4, n, p, act, as, y, ldy); break;                        \
+        }                                                                                   \
+    }
+GEMM8K(EMBER_TYPE_Q4_K, q4_K) GEMM8K(EMBER_TYPE_Q5_K, q5_K)
+
+AVX2 void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
+                             size_t as, int64_t ncols, float *y, int64_t ldy) {
+    for (int64_t c = 0; c < ncols; c += 4) {
+        int nc = ncols - c < 4 ? (int)(ncols - c) : 4;
+        if (type == EMBER_TYPE_Q4_K) gemm8k_q4_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
+        else gemm8k_q5_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
+    }
+}
+
+size_t ember_avx2_repack8_k_bytes(int64_t n) { return (size_t)(n / QK_K) * K8_BLOCK_BYTES; }
+
 // 8 rows x ncols through the repacked path (nc up to 4 per pass); 0 if `type` has none.
 AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
                           const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
@@ -523,6 +668,14 @@ int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm) {
     (void)type; (void)n; (void)w; (void)rb; (void)q8; (void)dm;
 }
+void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out) {
+    (void)type; (void)n; (void)w; (void)rb; (void)out;
+}
+void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
+                        size_t as, int64_t ncols, float *y, int64_t ldy) {
+    (void)type; (void)n; (void)packed; (void)act; (void)as; (void)ncols; (void)y; (void)ldy;
+}
+size_t ember_avx2_repack8_k_bytes(int64_t n) { (void)n; return 0; }
 const ember_kernel_set *ember_avx2_kernels(int type) { (void)type; return NULL; }
 #endif
 

@@ -106,6 +106,22 @@ static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
     return 1;
 }
 
+static int matmul_gemm8_k(int type, int64_t n, const uint8_t *w, size_t row_bytes,
+                          const uint8_t *act, size_t act_stride, int64_t ncols,
+                          float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    uint8_t *packed = malloc(ember_avx2_repack8_k_bytes(n));
+    if (!packed) return 0;
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        ember_avx2_repack8_k(type, n, w + r * row_bytes, row_bytes, packed);
+        ember_avx2_gemm8_k(type, n, packed, act, act_stride, ncols, y + r, ldy);
+    }
+    free(packed);
+    if (r < r1)
+        run_tiles(kernels_for(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
+    return 1;
+}
+
 // Columns outermost in groups of MM_NC; rows are taken in bands (~256 KB of weights, a
 // quarter of L2) so each band is reused from cache by every column group.
 void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
@@ -117,6 +133,10 @@ void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
         (type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_0 ||
          type == EMBER_TYPE_Q5_1) &&
         matmul_gemm8(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
+        return;
+    if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
+        (type == EMBER_TYPE_Q4_K || type == EMBER_TYPE_Q5_K) &&
+        matmul_gemm8_k(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
         return;
     int64_t band = row_bytes ? (int64_t)((256 * 1024) / row_bytes) : 64;
     if (band < 4) band = 4;
