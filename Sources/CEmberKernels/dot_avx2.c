@@ -492,11 +492,12 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
 GEMM8(EMBER_TYPE_Q4_0, q4_0) GEMM8(EMBER_TYPE_Q4_1, q4_1)
 GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1)
 
-// The same scheme for Q4_K/Q5_K. Per super-block and band of 8 rows (K8_BLOCK_BYTES):
-// quants of sub-block j at 256*j (8 steps of 32 bytes, as above), then int16 scale vectors
-// (lanes 2r, 2r+1 = scale j of row r; 8 x 32 bytes), min-pair vectors (lanes 2r, 2r+1 =
-// mins 2k, 2k+1 of row r; 4 x 32 bytes), then d[8] and dmin[8] as floats.
-enum { K8_Q = 0, K8_SC = 2048, K8_MN = 2048 + 256, K8_D = 2048 + 256 + 128, K8_BLOCK_BYTES = K8_D + 64 };
+// The same scheme for Q4_K/Q5_K/Q6_K. Per super-block and band of 8 rows (K8_BLOCK_BYTES):
+// quants of 32-element chunk j at 256*j (8 steps of 32 bytes, as above); int16 scale vectors
+// (lanes 2r, 2r+1 = row r's scale of sub-block j (Q4_K/Q5_K, 8 of them) or group g (Q6_K,
+// 16)); pair vectors for the min / offset term (lanes 2r, 2r+1 = row r's mins 2k, 2k+1
+// (4 vectors) or Q6_K scales 2k, 2k+1 (8)); then d[8] and dmin[8] as floats.
+enum { K8_Q = 0, K8_SC = 2048, K8_MN = 2048 + 512, K8_D = 2048 + 512 + 256, K8_BLOCK_BYTES = K8_D + 64 };
 
 INLINE void transpose8x32(const __m256i rows[8], uint8_t *dst) {
     __m256i t[8], u[8];
@@ -527,9 +528,34 @@ AVX2 void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb,
         uint8_t *o = out + b * K8_BLOCK_BYTES;
         int16_t *sc16 = (int16_t *)(o + K8_SC), *mn16 = (int16_t *)(o + K8_MN);
         float *d = (float *)(o + K8_D);
-        __m256i sub[8][8];  // [sub-block j][row r]
+        __m256i sub[8][8];  // [chunk j][row r]
         for (int r = 0; r < 8; r++) {
             const uint8_t *wb = w + r * rb + b * wbytes;
+            if (type == EMBER_TYPE_Q6_K) {
+                const block_q6_K *q6 = (const block_q6_K *)wb;
+                const __m256i m2 = _mm256_set1_epi8(0x30);
+                for (int hf = 0; hf < 2; hf++) {  // see k_tile for the bit layout
+                    __m256i l0 = _mm256_loadu_si256((const __m256i *)(q6->ql + 64 * hf));
+                    __m256i l1 = _mm256_loadu_si256((const __m256i *)(q6->ql + 64 * hf + 32));
+                    __m256i hb = _mm256_loadu_si256((const __m256i *)(q6->qh + 32 * hf));
+                    sub[4 * hf + 0][r] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                             _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2));
+                    sub[4 * hf + 1][r] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                             _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2));
+                    sub[4 * hf + 2][r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                             _mm256_and_si256(hb, m2));
+                    sub[4 * hf + 3][r] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                             _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2));
+                }
+                for (int g = 0; g < 16; g++) sc16[16 * g + 2 * r] = sc16[16 * g + 2 * r + 1] = q6->scales[g];
+                for (int k = 0; k < 8; k++) {
+                    mn16[16 * k + 2 * r] = q6->scales[2 * k];
+                    mn16[16 * k + 2 * r + 1] = q6->scales[2 * k + 1];
+                }
+                d[r] = h2f(&q6->d);
+                d[8 + r] = 0;
+                continue;
+            }
             const block_q4_K *q4 = (const block_q4_K *)wb;
             const uint8_t *qs = type == EMBER_TYPE_Q4_K ? q4->qs : ((const block_q5_K *)wb)->qs;
             __m256i h = type == EMBER_TYPE_Q5_K
@@ -561,7 +587,10 @@ AVX2 void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb,
 
 INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *packed,
                         const uint8_t *act, size_t as, float *y, int64_t ldy) {
-    const int group = type == EMBER_TYPE_Q4_K ? 8 : 4;  // int16-safe steps (see gemm8_tile)
+    // int16-safe steps (see gemm8_tile): Q5_K 4 * 2 * 31 * 127, Q6_K 2 * 2 * 63 * 127. Q6_K
+    // also changes scale every 4 steps (groups of 16).
+    const int q6 = type == EMBER_TYPE_Q6_K;
+    const int group = type == EMBER_TYPE_Q4_K ? 8 : type == EMBER_TYPE_Q5_K ? 4 : 2;
     __m256 acc[4];
     UNROLL
     for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
@@ -575,7 +604,7 @@ INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *
             sumi[c] = _mm256_setzero_si256();
         }
         for (int j = 0; j < 8; j++) {
-            __m256i scv = _mm256_loadu_si256((const __m256i *)(o + K8_SC + 32 * j));
+            const __m256i *scp = (const __m256i *)(o + K8_SC) + (q6 ? 2 * j : j);
             __m256i part[4];
             UNROLL
             for (int c = 0; c < nc; c++) part[c] = _mm256_setzero_si256();
@@ -587,6 +616,7 @@ INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *
                     __m256i x = _mm256_set1_epi32((int)load_u32(a[c]->qs + 32 * j + 4 * s));
                     part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(q, x));
                     if ((s + 1) % group == 0) {
+                        __m256i scv = _mm256_loadu_si256(scp + (q6 && s >= 4));
                         sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], scv));
                         part[c] = _mm256_setzero_si256();
                     }
@@ -598,14 +628,26 @@ INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *
         UNROLL
         for (int c = 0; c < nc; c++) {
             __m256i msum = _mm256_setzero_si256();
+            __m256 da = _mm256_set1_ps(a[c]->d);
+            if (q6) {  // -32 * sum_g scale_g * bsum_g, scales in pairs against bsum pairs
+                UNROLL
+                for (int k = 0; k < 8; k++) {
+                    const int16_t *bs = a[c]->bsums + 2 * k;
+                    uint32_t pair = (uint16_t)bs[0] | (uint32_t)(uint16_t)bs[1] << 16;
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(
+                               _mm256_loadu_si256((const __m256i *)(o + K8_MN) + k), _mm256_set1_epi32((int)pair)));
+                }
+                sumi[c] = _mm256_sub_epi32(sumi[c], _mm256_slli_epi32(msum, 5));
+                acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+                continue;
+            }
             UNROLL
             for (int k = 0; k < 4; k++) {  // mins 2k, 2k+1 times the bsum pairs of sub-blocks 2k, 2k+1
                 const int16_t *bs = a[c]->bsums + 4 * k;
                 uint32_t pair = (uint16_t)(bs[0] + bs[1]) | (uint32_t)(uint16_t)(bs[2] + bs[3]) << 16;
                 msum = _mm256_add_epi32(msum, _mm256_madd_epi16(
-                           _mm256_loadu_si256((const __m256i *)(o + K8_MN + 32 * k)), _mm256_set1_epi32((int)pair)));
+                           _mm256_loadu_si256((const __m256i *)(o + K8_MN) + k), _mm256_set1_epi32((int)pair)));
             }
-            __m256 da = _mm256_set1_ps(a[c]->d);
             acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
             acc[c] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, da), _mm256_cvtepi32_ps(msum), acc[c]);
         }
@@ -624,14 +666,15 @@ INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *
         default: gemm8k_tile(type, 4, n, p, act, as, y, ldy); break;                        \
         }                                                                                   \
     }
-GEMM8K(EMBER_TYPE_Q4_K, q4_K) GEMM8K(EMBER_TYPE_Q5_K, q5_K)
+GEMM8K(EMBER_TYPE_Q4_K, q4_K) GEMM8K(EMBER_TYPE_Q5_K, q5_K) GEMM8K(EMBER_TYPE_Q6_K, q6_K)
 
 AVX2 void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
                              size_t as, int64_t ncols, float *y, int64_t ldy) {
     for (int64_t c = 0; c < ncols; c += 4) {
         int nc = ncols - c < 4 ? (int)(ncols - c) : 4;
         if (type == EMBER_TYPE_Q4_K) gemm8k_q4_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
-        else gemm8k_q5_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
+        else if (type == EMBER_TYPE_Q5_K) gemm8k_q5_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
+        else gemm8k_q6_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
     }
 }
 

@@ -140,7 +140,7 @@ void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_
 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
                      const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
                      float *y, int64_t ldy);
-// The same for Q4_K/Q5_K: repack 8 rows into ember_avx2_repack8_k_bytes(n) bytes, then
+// The same for Q4_K/Q5_K/Q6_K: repack 8 rows into ember_avx2_repack8_k_bytes(n) bytes, then
 // y[c*ldy + r] for r < 8, c < ncols.
 size_t ember_avx2_repack8_k_bytes(int64_t n);
 void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out);

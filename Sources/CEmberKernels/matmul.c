@@ -135,7 +135,7 @@ void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
         matmul_gemm8(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
         return;
     if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
-        (type == EMBER_TYPE_Q4_K || type == EMBER_TYPE_Q5_K) &&
+        (type == EMBER_TYPE_Q4_K || type == EMBER_TYPE_Q5_K || type == EMBER_TYPE_Q6_K) &&
         matmul_gemm8_k(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
         return;
     int64_t band = row_bytes ? (int64_t)((256 * 1024) / row_bytes) : 64;
