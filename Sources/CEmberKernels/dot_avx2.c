@@ -370,14 +370,14 @@ const ember_kernel_set *ember_avx2_kernels(int type) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1: 8 rows repacked so that one 256-bit vector holds
+// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0: 8 rows repacked so that one 256-bit vector holds
 // the same 4 weights of each of the 8 rows (row r in 32-bit lane r). Broadcasting 4
 // activation bytes then gives all 8 rows' partial dots in one vpmaddubsw, with no
 // horizontal sums, and the 8 results land in one float vector. The repack is paid once per
 // band of 8 rows and reused by every column.
 // ---------------------------------------------------------------------------------------
 
-// Unsigned quants (Q4: 0..15, Q5: 0..31) of 8 rows, block by block: 256 bytes per block,
+// Quants (Q4: 0..15, Q5: 0..31 unsigned; Q8_0 signed) of 8 rows, block by block: 256 bytes per block,
 // step s (weights 4s..4s+3) at bytes 32s..32s+31. Scales: d[8] then m[8] (Q4_1/Q5_1 min;
 // 0 for Q4_0/Q5_0, whose offset of 8/16 is applied in integers by the kernel).
 AVX2 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb,
@@ -390,6 +390,7 @@ AVX2 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb,
             const uint8_t *wb = w + r * rb + b * wbytes;
             float d = h2f(wb), m;
             switch (type) {
+            case EMBER_TYPE_Q8_0: rows[r] = _mm256_loadu_si256((const __m256i *)(wb + 2)); m = 0; break;
             case EMBER_TYPE_Q4_0: rows[r] = nibbles32(wb + 2); m = 0; break;
             case EMBER_TYPE_Q4_1: rows[r] = nibbles32(wb + 4); m = h2f(wb + 2); break;
             case EMBER_TYPE_Q5_0:
@@ -436,7 +437,8 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
                        float *y, int64_t ldy) {
     const int has_min = type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_1;
     const int offset = type == EMBER_TYPE_Q4_0 ? 8 : type == EMBER_TYPE_Q5_0 ? 16 : 0;
-    const int group = type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 ? 8 : 4;
+    const int q8_0 = type == EMBER_TYPE_Q8_0;  // signed weights: sign trick, int32 every step
+    const int group = type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 ? 8 : q8_0 ? 1 : 4;
     const int abytes = has_min ? (int)sizeof(block_q8_1) : (int)sizeof(block_q8_0);
     const int aqs = has_min ? 4 : 2;
     const __m256i ones16 = _mm256_set1_epi16(1);
@@ -451,11 +453,13 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
         UNROLL
         for (int s = 0; s < 8; s++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(qb + 32 * s));
+            __m256i qabs = q8_0 ? _mm256_sign_epi8(q, q) : q;
             UNROLL
             for (int c = 0; c < nc; c++) {
                 const uint8_t *xq = act + c * as + b * abytes + aqs + 4 * s;
                 __m256i x = _mm256_set1_epi32((int)load_u32(xq));
-                part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(q, x));
+                if (q8_0) x = _mm256_sign_epi8(x, q);
+                part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(qabs, x));
                 if ((s + 1) % group == 0) {
                     sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], ones16));
                     part[c] = _mm256_setzero_si256();
@@ -490,7 +494,7 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
         }                                                                                   \
     }
 GEMM8(EMBER_TYPE_Q4_0, q4_0) GEMM8(EMBER_TYPE_Q4_1, q4_1)
-GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1)
+GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1) GEMM8(EMBER_TYPE_Q8_0, q8_0)
 
 // The same scheme for Q4_K/Q5_K/Q6_K. Per super-block and band of 8 rows (K8_BLOCK_BYTES):
 // quants of 32-element chunk j at 256*j (8 steps of 32 bytes, as above); int16 scale vectors
@@ -691,6 +695,7 @@ AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *d
     case EMBER_TYPE_Q4_1: f = gemm8_q4_1; break;
     case EMBER_TYPE_Q5_0: f = gemm8_q5_0; break;
     case EMBER_TYPE_Q5_1: f = gemm8_q5_1; break;
+    case EMBER_TYPE_Q8_0: f = gemm8_q8_0; break;
     default: return 0;
     }
     for (int64_t c = 0; c < ncols; c += 4) {

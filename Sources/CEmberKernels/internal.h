@@ -132,7 +132,7 @@ typedef struct { ember_tile_fn tiles[EMBER_MAX_NR][EMBER_MAX_NC]; } ember_kernel
 const ember_kernel_set *ember_portable_kernels(int type);
 const ember_kernel_set *ember_avx2_kernels(int type);
 
-// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1 (AVX2 only): repack 8 rows (q8: 256 bytes per block,
+// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (AVX2 only): repack 8 rows (q8: 256 bytes per block,
 // dm: 16 floats per block), then y[c*ldy + r] for r < 8, c < ncols. For Q4_0/Q5_0, xsum
 // holds each activation block's sum of quants (column c at xsum + c*(n/32)). gemm8 returns 0
 // if the type has no such path.

@@ -73,7 +73,7 @@ void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
     run_tiles(k, n, w, row_bytes, act, 0, 1, y, 0, r0, r1);
 }
 
-// With enough columns, Q4_0/Q4_1/Q5_0/Q5_1 go through the repacked 8-row path (see
+// With enough columns, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 go through the repacked 8-row path (see
 // dot_avx2.c); repacking costs about as much as 4 columns save.
 enum { GEMM8_MIN_COLS = 4 };
 
@@ -131,7 +131,7 @@ void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
     if (!k || r1 <= r0 || ncols <= 0) return;
     if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
         (type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_0 ||
-         type == EMBER_TYPE_Q5_1) &&
+         type == EMBER_TYPE_Q5_1 || type == EMBER_TYPE_Q8_0) &&
         matmul_gemm8(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
         return;
     if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
