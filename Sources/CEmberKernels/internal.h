@@ -116,9 +116,10 @@ static inline int ember_nearest_int(float x) {
 // ---------------------------------------------------------------------------------------
 // Kernels. A tile computes an nr x nc block of dot products: rows w + i*row_bytes (i < nr)
 // against activations act + c*act_stride (c < nc), writing y[c*ldy + i]. `n` is the row
-// length in elements. ember_dot, ember_matvec and ember_matmul all go through tiles, and
-// every (row, column) pair uses the same summation order whatever the tile shape, so they
-// agree bit for bit.
+// length in elements. ember_dot and ember_matvec go through tiles, and every (row, column)
+// pair uses the same summation order whatever the tile shape, so they agree bit for bit.
+// ember_matmul uses tiles too, except for the repacked 8-row AVX2 paths declared at the end
+// (same integer sums, float steps in another order).
 // ---------------------------------------------------------------------------------------
 typedef void (*ember_tile_fn)(int64_t n, const uint8_t *w, size_t row_bytes,
                               const uint8_t *act, size_t act_stride, float *y, int64_t ldy);
