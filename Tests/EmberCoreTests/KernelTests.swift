@@ -320,6 +320,31 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Largest quants against largest activations: the kernels keep partial sums in int16
+    /// over a few steps (see dot_avx2.c / gemm_avx2.c for the bounds). Weights are +1 except
+    /// -1 at the start of each 32, which drives nearly every quant to its extreme level
+    /// (15 for Q4, 31 for Q5, 63 for Q6_K, ±127 for Q8_0); activations are all 1 (q = ±127).
+    func testExtremeQuantsDoNotOverflow() {
+        let n = 512, rows = 9, cols = 8
+        let row = (0..<n).map { $0 % 32 == 0 ? Float(-1) : 1 }
+        for (type, name) in Self.weightTypes {
+            let w = (0..<rows).flatMap { _ in quantize(type, row) }
+            let a1 = activations(type, [Float](repeating: 1, count: n))
+            let at = ember_activation_type(type)
+            var acts = [UInt8]()
+            for _ in 0..<cols { acts += a1 }
+            let ref = reference(type, n, Array(w[0..<ember_row_bytes(type, Int64(n))]), a1)
+            let tol = 2 * Double(n + 16) * Self.u * ref.magnitude + 1e-30
+            var y = [Float](repeating: 0, count: rows * cols)
+            ember_matmul(type, Int64(n), w, ember_row_bytes(type, Int64(n)), acts,
+                         ember_activation_bytes(at, Int64(n)), Int64(cols), &y, Int64(rows), 0, Int64(rows))
+            for v in y { XCTAssertEqual(Double(v), ref.value, accuracy: tol, "\(name) matmul") }
+            var yv = [Float](repeating: 0, count: rows)
+            ember_matvec(type, Int64(n), w, ember_row_bytes(type, Int64(n)), a1, &yv, 0, Int64(rows))
+            for v in yv { XCTAssertEqual(Double(v), ref.value, accuracy: tol, "\(name) matvec") }
+        }
+    }
+
     // MARK: (5) Hand-built blocks against the format definitions
 
     func testF16AndBF16KnownValues() {
