@@ -5,55 +5,9 @@
 // vpmaddwd (int16 pairs -> int32). Signed weights use the sign trick: |w| * (x * sign(w)).
 // Every tile shape keeps one accumulator per (row, column) and performs the same operations
 // on it in the same order, so any tile shape gives bit-identical results to the 1x1 tile.
-#include "internal.h"
+#include "avx2_util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline)) AVX2
-// Loops over rows, columns and sub-blocks have constant trip counts after inlining; fully
-// unrolled they keep accumulators in registers and shuffle masks become constants.
-#ifndef PF_ROWS
-#define PF_ROWS 4
-#endif
-#define UNROLL _Pragma("GCC unroll 16")
-
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-INLINE float h2f(const void *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
-static inline uint32_t load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-
-// Software prefetch of the same block in the rows `ahead` bytes further on (the next tile's
-// rows in a matvec): the tile reads several short rows at once, which the hardware
-// prefetchers follow poorly.
-INLINE void prefetch_block(const uint8_t *p, int bytes) {
-    UNROLL
-    for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
-}
-
-// 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles first (elements 0-15), then high.
-INLINE __m256i nibbles32(const uint8_t *qs) {
-    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    __m256i v = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-    return _mm256_and_si256(v, _mm256_set1_epi8(15));
-}
-
-// Bit j of a 32-bit mask -> byte j = 0xFF (set) or 0x00.
-INLINE __m256i bits_to_bytes(const uint8_t *qh) {
-    uint32_t bits;
-    memcpy(&bits, qh, 4);
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
-    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-}
 
 // ---------------------------------------------------------------------------------------
 // 32-element block formats against Q8_0 / Q8_1 activations.
@@ -343,7 +297,7 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
                                         const uint8_t *act, size_t as, float *y, int64_t ldy) { \
         impl(kind, NR, NC, n, w, rb, act, as, y, ldy);                                       \
     }
-#define SET_TILE(name, impl, kind, NR, NC) set->tiles[NR - 1][NC - 1] = name##_##NR##x##NC;
+#define TILE_ENTRY(name, impl, kind, NR, NC) [NR - 1][NC - 1] = name##_##NR##x##NC,
 
 #define ALL_TYPES(X)                                                                \
     X(EMBER_TYPE_F32, f32, f_tile, K_F32) X(EMBER_TYPE_F16, f16, f_tile, K_F16)      \
@@ -356,13 +310,16 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
 #define DEFINE_TYPE(code, name, impl, kind) SHAPES(DEFINE_TILE, name, impl, kind)
 ALL_TYPES(DEFINE_TYPE)
 
-int ember_avx2_kernels(int type, ember_kernel_set *set) {
-#define CASE_TYPE(code, name, impl, kind) \
-    case code: SHAPES(SET_TILE, name, impl, kind) return 1;
-    switch (type) { ALL_TYPES(CASE_TYPE) default: return 0; }
+#define DEFINE_SET(code, name, impl, kind) \
+    static const ember_kernel_set name##_set = {{SHAPES(TILE_ENTRY, name, impl, kind)}};
+ALL_TYPES(DEFINE_SET)
+
+const ember_kernel_set *ember_avx2_kernels(int type) {
+#define CASE_TYPE(code, name, impl, kind) case code: return &name##_set;
+    switch (type) { ALL_TYPES(CASE_TYPE) default: return NULL; }
 #undef CASE_TYPE
 }
 
 #else
-int ember_avx2_kernels(int type, ember_kernel_set *set) { (void)type; (void)set; return 0; }
+const ember_kernel_set *ember_avx2_kernels(int type) { (void)type; return NULL; }
 #endif

@@ -182,22 +182,24 @@ PORTABLE_TILE(q4_K, dot_q4_K(n, (const block_q4_K *)w, (const block_q8_K *)act))
 PORTABLE_TILE(q5_K, dot_q5_K(n, (const block_q5_K *)w, (const block_q8_K *)act))
 PORTABLE_TILE(q6_K, dot_q6_K(n, (const block_q6_K *)w, (const block_q8_K *)act))
 
-int ember_portable_kernels(int type, ember_kernel_set *set) {
-    ember_tile_fn f;
+#define PORTABLE_SET(name) static const ember_kernel_set name##_set = {{[0][0] = tile_##name}};
+PORTABLE_SET(f32) PORTABLE_SET(f16) PORTABLE_SET(bf16) PORTABLE_SET(q4_0) PORTABLE_SET(q4_1)
+PORTABLE_SET(q5_0) PORTABLE_SET(q5_1) PORTABLE_SET(q8_0) PORTABLE_SET(q4_K) PORTABLE_SET(q5_K)
+PORTABLE_SET(q6_K)
+
+const ember_kernel_set *ember_portable_kernels(int type) {
     switch (type) {
-    case EMBER_TYPE_F32: f = tile_f32; break;
-    case EMBER_TYPE_F16: f = tile_f16; break;
-    case EMBER_TYPE_BF16: f = tile_bf16; break;
-    case EMBER_TYPE_Q4_0: f = tile_q4_0; break;
-    case EMBER_TYPE_Q4_1: f = tile_q4_1; break;
-    case EMBER_TYPE_Q5_0: f = tile_q5_0; break;
-    case EMBER_TYPE_Q5_1: f = tile_q5_1; break;
-    case EMBER_TYPE_Q8_0: f = tile_q8_0; break;
-    case EMBER_TYPE_Q4_K: f = tile_q4_K; break;
-    case EMBER_TYPE_Q5_K: f = tile_q5_K; break;
-    case EMBER_TYPE_Q6_K: f = tile_q6_K; break;
-    default: return 0;
+    case EMBER_TYPE_F32: return &f32_set;
+    case EMBER_TYPE_F16: return &f16_set;
+    case EMBER_TYPE_BF16: return &bf16_set;
+    case EMBER_TYPE_Q4_0: return &q4_0_set;
+    case EMBER_TYPE_Q4_1: return &q4_1_set;
+    case EMBER_TYPE_Q5_0: return &q5_0_set;
+    case EMBER_TYPE_Q5_1: return &q5_1_set;
+    case EMBER_TYPE_Q8_0: return &q8_0_set;
+    case EMBER_TYPE_Q4_K: return &q4_K_set;
+    case EMBER_TYPE_Q5_K: return &q5_K_set;
+    case EMBER_TYPE_Q6_K: return &q6_K_set;
+    default: return NULL;
     }
-    set->tiles[0][0] = f;
-    return 1;
 }

@@ -116,9 +116,10 @@ static inline int ember_nearest_int(float x) {
 // ---------------------------------------------------------------------------------------
 // Kernels. A tile computes an nr x nc block of dot products: rows w + i*row_bytes (i < nr)
 // against activations act + c*act_stride (c < nc), writing y[c*ldy + i]. `n` is the row
-// length in elements. ember_dot, ember_matvec and ember_matmul all go through tiles, and
-// every (row, column) pair uses the same summation order whatever the tile shape, so they
-// agree bit for bit.
+// length in elements. ember_dot and ember_matvec go through tiles, and every (row, column)
+// pair uses the same summation order whatever the tile shape, so they agree bit for bit.
+// ember_matmul uses tiles too, except for the repacked 8-row AVX2 paths declared at the end
+// (same integer sums, float steps in another order).
 // ---------------------------------------------------------------------------------------
 typedef void (*ember_tile_fn)(int64_t n, const uint8_t *w, size_t row_bytes,
                               const uint8_t *act, size_t act_stride, float *y, int64_t ldy);
@@ -128,8 +129,23 @@ enum { EMBER_MAX_NR = 4, EMBER_MAX_NC = 4 };
 // tiles[nr-1][nc-1]; entries may be NULL when a shape is not provided (1x1 always is).
 typedef struct { ember_tile_fn tiles[EMBER_MAX_NR][EMBER_MAX_NC]; } ember_kernel_set;
 
-// Fill `set` for weight type `type`; return 0 if that path has no kernels for the type.
-int ember_portable_kernels(int type, ember_kernel_set *set);
-int ember_avx2_kernels(int type, ember_kernel_set *set);
+// The constant kernel table of a weight type for each path; NULL if the path lacks the type.
+const ember_kernel_set *ember_portable_kernels(int type);
+const ember_kernel_set *ember_avx2_kernels(int type);
+
+// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (AVX2 only): repack 8 rows (q8: 256 bytes per block,
+// dm: 16 floats per block), then y[c*ldy + r] for r < 8, c < ncols. For Q4_0/Q5_0, xsum
+// holds each activation block's sum of quants (column c at xsum + c*(n/32)). gemm8 returns 0
+// if the type has no such path.
+void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm);
+int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
+                     const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
+                     float *y, int64_t ldy);
+// The same for Q4_K/Q5_K/Q6_K: repack 8 rows into ember_avx2_repack8_k_bytes(n) bytes, then
+// y[c*ldy + r] for r < 8, c < ncols.
+size_t ember_avx2_repack8_k_bytes(int64_t n);
+void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out);
+void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
+                        size_t as, int64_t ncols, float *y, int64_t ldy);
 
 #endif

@@ -1,6 +1,7 @@
 // Drivers: runtime choice between the AVX2 and portable kernels, and the row/column tiling of
 // ember_dot, ember_matvec and ember_matmul over the per-type tile kernels.
 #include "internal.h"
+#include <stdlib.h>
 
 static int force_portable = 0;
 
@@ -8,41 +9,29 @@ static int force_portable = 0;
 #define MM_NC 4
 #define MM_NR 2
 
+// Both flags are read by every kernel call, possibly from several threads: relaxed atomics
+// (the CPU check gives the same answer in every thread, so a repeated first check is fine).
 int ember_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     static int cached = -1;
-    if (cached < 0) {
+    int has = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (has < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                 __builtin_cpu_supports("f16c");
+        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c");
+        __atomic_store_n(&cached, has, __ATOMIC_RELAXED);
     }
-    return cached && !force_portable;
+    return has && !__atomic_load_n(&force_portable, __ATOMIC_RELAXED);
 #else
     return 0;
 #endif
 }
 
-void ember_force_portable(int on) { force_portable = on != 0; }
-
-// Kernel sets are cached per type code (< 64) and path; filling one is cheap but this is on
-// every matvec call. Races between threads are benign: each writes identical contents.
-typedef struct { ember_kernel_set set; int ready; } cached_set;
-static cached_set cache[2][64];
+void ember_force_portable(int on) { __atomic_store_n(&force_portable, on != 0, __ATOMIC_RELAXED); }
 
 static const ember_kernel_set *kernels_for(int type) {
-    if (type < 0 || type >= 64) return NULL;
-    int avx = ember_has_avx2();
-    cached_set *c = &cache[avx][type];
-    if (!__atomic_load_n(&c->ready, __ATOMIC_ACQUIRE)) {
-        ember_kernel_set s;
-        memset(&s, 0, sizeof s);
-        int ok = avx ? ember_avx2_kernels(type, &s) : 0;
-        if (!ok) ok = ember_portable_kernels(type, &s);
-        if (!ok) return NULL;
-        c->set = s;
-        __atomic_store_n(&c->ready, 1, __ATOMIC_RELEASE);
-    }
-    return &c->set;
+    const ember_kernel_set *k = ember_has_avx2() ? ember_avx2_kernels(type) : NULL;
+    return k ? k : ember_portable_kernels(type);
 }
 
 float ember_dot(int type, int64_t n, const void *row, const void *act) {
@@ -84,15 +73,71 @@ void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
     run_tiles(k, n, w, row_bytes, act, 0, 1, y, 0, r0, r1);
 }
 
-// Columns outermost in groups of EMBER_MAX_NC; within a group, a band of rows is swept so the
-// rows (a few KB each) stay in L1/L2 while the column group changes. Rows are taken in bands
-// so one band of weights is reused from cache for every column group.
+// With enough columns, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 go through the repacked 8-row path (see
+// dot_avx2.c); repacking costs about as much as 4 columns save.
+enum { GEMM8_MIN_COLS = 4 };
+
+static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
+                        const uint8_t *act, size_t act_stride, int64_t ncols,
+                        float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    int64_t nb = n / 32;
+    int has_offset = type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q5_0;
+    size_t xsum_bytes = has_offset ? (size_t)(ncols * nb) * sizeof(int32_t) : 0;
+    uint8_t *q8 = malloc((size_t)nb * (256 + 16 * sizeof(float)) + xsum_bytes);
+    if (!q8) return 0;
+    float *dm = (float *)(q8 + nb * 256);
+    int32_t *xsum = has_offset ? (int32_t *)(dm + 16 * nb) : NULL;
+    for (int64_t c = 0; has_offset && c < ncols; c++) {  // Q8_0 activation block sums
+        const block_q8_0 *a = (const block_q8_0 *)(act + c * act_stride);
+        for (int64_t b = 0; b < nb; b++) {
+            int sum = 0;
+            for (int j = 0; j < 32; j++) sum += a[b].qs[j];
+            xsum[c * nb + b] = sum;
+        }
+    }
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        ember_avx2_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
+        ember_avx2_gemm8(type, n, q8, dm, xsum, act, act_stride, ncols, y + r, ldy);
+    }
+    free(q8);
+    if (r < r1)  // fewer than 8 rows left
+        run_tiles(kernels_for(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
+    return 1;
+}
+
+static int matmul_gemm8_k(int type, int64_t n, const uint8_t *w, size_t row_bytes,
+                          const uint8_t *act, size_t act_stride, int64_t ncols,
+                          float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    uint8_t *packed = malloc(ember_avx2_repack8_k_bytes(n));
+    if (!packed) return 0;
+    int64_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        ember_avx2_repack8_k(type, n, w + r * row_bytes, row_bytes, packed);
+        ember_avx2_gemm8_k(type, n, packed, act, act_stride, ncols, y + r, ldy);
+    }
+    free(packed);
+    if (r < r1)
+        run_tiles(kernels_for(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
+    return 1;
+}
+
+// Columns outermost in groups of MM_NC; rows are taken in bands (~256 KB of weights, a
+// quarter of L2) so each band is reused from cache by every column group.
 void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
                   const void *act, size_t act_stride, int64_t ncols,
                   float *y, int64_t ldy, int64_t r0, int64_t r1) {
     const ember_kernel_set *k = kernels_for(type);
     if (!k || r1 <= r0 || ncols <= 0) return;
-    // A band of rows sized to ~256 KB of weights (half of L2) is reused by all column groups.
+    if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
+        (type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_0 ||
+         type == EMBER_TYPE_Q5_1 || type == EMBER_TYPE_Q8_0) &&
+        matmul_gemm8(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
+        return;
+    if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
+        (type == EMBER_TYPE_Q4_K || type == EMBER_TYPE_Q5_K || type == EMBER_TYPE_Q6_K) &&
+        matmul_gemm8_k(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
+        return;
     int64_t band = row_bytes ? (int64_t)((256 * 1024) / row_bytes) : 64;
     if (band < 4) band = 4;
     for (int64_t b0 = r0; b0 < r1; b0 += band) {
