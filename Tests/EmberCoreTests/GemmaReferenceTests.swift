@@ -5,12 +5,14 @@ import XCTest
 /// Gemma 3 270M Q4_K_M against llama.cpp's greedy decoding (Fixtures/gemma3-greedy.json, made
 /// by scripts/make-gemma-greedy-fixture with llama-cpp-python).
 final class GemmaReferenceTests: XCTestCase {
-    /// Measured across the four prompts, Ember's last-prompt logits differ from llama.cpp's by
-    /// at most about 0.1 (both quantize activations to 8 bits; summation order and rounding
-    /// differ). A swap between two tokens closer than twice the worst-case difference is
-    /// legitimate; any other divergence is a bug.
-    static let logitTolerance: Float = 0.3
-    static let flipMargin = 2 * Double(logitTolerance)
+    /// Gemma's logits are larger (top ones near 20) and its embedding scale amplifies the
+    /// 8-bit activation rounding described in ReferenceTests: Ember's and llama.cpp's top
+    /// logits each sit up to about 0.5 from a float64 reference, in opposite directions, by a
+    /// nearly uniform shift that does not change which token wins. So the test compares the
+    /// top-10 logits relative to the top one, where the measured spread is at most 0.63.
+    static let relativeLogitTolerance: Float = 0.75
+    /// A swap between two tokens closer than that tolerance is legitimate; nothing else is.
+    static let flipMargin = Double(relativeLogitTolerance)
 
     func testGreedyDecodingAndTopLogitsMatchLlamaCpp() throws {
         let fixture = try TestData.json(TestData.localFixtures.appendingPathComponent("gemma3-greedy.json"))
@@ -30,9 +32,13 @@ final class GemmaReferenceTests: XCTestCase {
 
             session.reset()
             let logits = try session.evaluate(promptIDs)
-            for pair in top10 {
-                XCTAssertEqual(logits[Int(pair[0])], Float(pair[1]), accuracy: Self.logitTolerance,
-                               "logit of token \(Int(pair[0])) after \(prompt.debugDescription)")
+            let top = top10[0], topID = Int(top[0])
+            XCTAssertEqual(Int(Session.argmax(logits)), topID, "top token after \(prompt.debugDescription)")
+            for pair in top10.dropFirst() {
+                let ours = logits[Int(pair[0])] - logits[topID]
+                let theirs = Float(pair[1] - top[1])
+                XCTAssertEqual(ours, theirs, accuracy: Self.relativeLogitTolerance,
+                               "logit of token \(Int(pair[0])) relative to the top one after \(prompt.debugDescription)")
             }
 
             session.reset()
