@@ -42,6 +42,19 @@ public enum VectorKernels {
         }
     }
 
+    /// x[i] *= y[i].
+    public static func multiply(_ x: Pointer, by y: ConstPointer, _ n: Int) {
+        var i = 0
+        while i + 8 <= n {
+            store8(load8(UnsafePointer(x), i) * load8(y, i), x, i)
+            i += 8
+        }
+        while i < n {
+            x[i] *= y[i]
+            i += 1
+        }
+    }
+
     /// x[i] *= a.
     public static func scale(_ x: Pointer, by a: Float, _ n: Int) {
         var i = 0

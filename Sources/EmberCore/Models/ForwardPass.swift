@@ -239,23 +239,45 @@ public final class ForwardPass: @unchecked Sendable {
     }
 
     /// The feed-forward block on `normed`, result in `projected`: down(act(gate) · up), or
-    /// down(act(up)) for ungated FFNs.
-    public func feedForward(_ w: LayerWeights) {
+    /// down(act(up)) for ungated FFNs. With an observer set, it sees act(gate) and up before
+    /// they are multiplied.
+    public func feedForward(_ w: LayerWeights, layer: Int) {
         let n = config.feedForwardLength
         let activation = config.activation
+        let gated = w.gate != nil
         if let gateWeights = w.gate {
             linear(normed, [(gateWeights, gate), (w.up, up)])
-            forEachToken { t in
-                VectorKernels.gatedActivation(activation, gate: gate.row(t), up: up.row(t), gate.row(t), n)
-            }
         } else {
             linear(normed, [(w.up, gate)])
+        }
+        if let observer = feedForwardObserver {
+            forEachToken { t in VectorKernels.gatedActivation(activation, gate: gate.row(t), up: nil, gate.row(t), n) }
+            observer(FeedForwardObservation(layer: layer, tokenCount: tokenCount, input: x, activated: gate,
+                                            up: gated ? up : nil))
+            if gated { forEachToken { t in VectorKernels.multiply(gate.row(t), by: up.row(t), n) } }
+        } else {
             forEachToken { t in
-                VectorKernels.gatedActivation(activation, gate: gate.row(t), up: nil, gate.row(t), n)
+                VectorKernels.gatedActivation(activation, gate: gate.row(t), up: gated ? up.row(t) : nil, gate.row(t), n)
             }
         }
         linear(gate, [(w.down, projected)])
     }
+
+    /// Called with every layer's FFN activations (profiling, predictor training); nil in
+    /// normal runs.
+    public var feedForwardObserver: ((FeedForwardObservation) -> Void)?
+}
+
+/// One batch of one layer's FFN, as the observer sees it. Rows 0..<tokenCount are valid.
+public struct FeedForwardObservation {
+    public let layer: Int
+    public let tokenCount: Int
+    /// The residual stream entering the FFN, before its norm (what predictors read).
+    public let input: Matrix
+    /// act(gate) per neuron (ungated FFNs: act(up)).
+    public let activated: Matrix
+    /// The up projection of gated FFNs.
+    public let up: Matrix?
 }
 
 /// Activation buffers by format and length, made on first use. Each thread owns its own set.

@@ -15,7 +15,7 @@ enum Gemma3 {
         p.addResidual(p.projected)
 
         p.rmsNorm(p.x, w.ffnNorm, into: p.normed)
-        p.feedForward(w)
+        p.feedForward(w, layer: layer)
         if let norm = w.postFFNNorm { p.rmsNorm(p.projected, norm, into: p.projected) }
         p.addResidual(p.projected)
     }

@@ -13,7 +13,7 @@ enum Llama {
         p.addResidual(p.projected)
 
         p.rmsNorm(p.x, w.ffnNorm, into: p.normed)
-        p.feedForward(w)
+        p.feedForward(w, layer: layer)
         p.addResidual(p.projected)
     }
 }
