@@ -2,7 +2,7 @@ import EmberCore
 import Foundation
 import XCTest
 
-/// SmolLM2-135M Q4_1 against llama.cpp's outputs in ../shared/fixtures (see its README).
+/// SmolLM2-135M Q4_1 against llama.cpp's outputs in Fixtures/ (copied from ../shared/fixtures; see the README there).
 final class ReferenceTests: XCTestCase {
     struct GreedyCase {
         let prompt: String

@@ -4,10 +4,10 @@ import XCTest
 
 /// Where the tests find the real models and llama.cpp's reference outputs.
 enum TestData {
-    static let fixtures = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("shared/fixtures")
+    /// llama.cpp's reference outputs, copied from ../shared/fixtures so a checkout anywhere
+    /// tests the same (their README travels with them).
     static let localFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+    static let fixtures = localFixtures
     static let smolFixtures = fixtures.appendingPathComponent("smollm2-135m-q4_1")
     static let packageRoot = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -35,7 +35,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     static let fixturesDirectory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
-    static let sharedFixtures = URL(fileURLWithPath: "/work/shared/fixtures")
+    static let sharedFixtures = TestData.fixtures
     static let smolLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
     static let gemma3 = "gemma-3-270m-q4_k_m.gguf"
 
@@ -44,10 +44,11 @@ final class TokenizerTests: XCTestCase {
         var description: String { "model file \(path) is missing: set EMBER_MODEL_DIR or download it into ~/.cache/ember/models" }
     }
 
+    /// The model's path, downloaded on first use like every end-to-end test's model.
     static func modelPath(_ name: String) -> String {
-        let directory = ProcessInfo.processInfo.environment["EMBER_MODEL_DIR"]
-            ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache/ember/models")
-        return (directory as NSString).appendingPathComponent(name)
+        guard let known = KnownModel.all.first(where: { $0.fileName == name }),
+              let path = try? TestData.modelPath(known) else { return ModelStore.directory.appendingPathComponent(name).path }
+        return path
     }
 
     private static var loaded: [String: Tokenizer] = [:]
