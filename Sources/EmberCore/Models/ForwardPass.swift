@@ -242,6 +242,10 @@ public final class ForwardPass: @unchecked Sendable {
     /// down(act(up)) for ungated FFNs. With an observer set, it sees act(gate) and up before
     /// they are multiplied.
     public func feedForward(_ w: LayerWeights, layer: Int) {
+        if let sparsity {
+            sparsity.feedForward(w, layer: layer, pass: self)
+            return
+        }
         let n = config.feedForwardLength
         let activation = config.activation
         let gated = w.gate != nil
@@ -266,6 +270,15 @@ public final class ForwardPass: @unchecked Sendable {
     /// Called with every layer's FFN activations (profiling, predictor training); nil in
     /// normal runs.
     public var feedForwardObserver: ((FeedForwardObservation) -> Void)?
+
+    /// Computes the FFN sparsely instead (see Sparsity/); nil runs it densely.
+    public var sparsity: FeedForwardSparsity?
+}
+
+/// A replacement for the dense FFN: reads `pass.normed` (and `pass.x`, the pre-norm input)
+/// for the batch's tokens and writes the FFN output to `pass.projected`.
+public protocol FeedForwardSparsity: AnyObject {
+    func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass)
 }
 
 /// One batch of one layer's FFN, as the observer sees it. Rows 0..<tokenCount are valid.

@@ -1,0 +1,161 @@
+import Foundation
+
+/// Guesses a layer's active neurons from the FFN's pre-norm input (a trained predictor).
+public protocol ActiveNeuronPredictor: AnyObject {
+    /// Writes the ids of the neurons predicted active for `input` to `into` (room for every
+    /// neuron) and returns how many there are.
+    func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>) -> Int
+}
+
+public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
+    case needsStatistics(SparsityMode)
+    case needsPredictor
+    case needsReLU
+    case needsGatedFFN(SparsityMode)
+    case targetMissing(Float, available: [Float])
+    case statisticsMismatch(String)
+
+    public var description: String {
+        switch self {
+        case .needsStatistics(let mode):
+            return "--sparsity \(mode) needs activation statistics: make them with `ember profile` and pass --stats FILE"
+        case .needsPredictor:
+            return "--sparsity predictor needs predictors: train them with `ember train-predictor` and pass --predictor FILE"
+        case .needsReLU:
+            return "--sparsity exact is exact only for ReLU-family models; this model's FFN is not ReLU: use threshold:S, down:S or predictor"
+        case .needsGatedFFN(let mode):
+            return "--sparsity \(mode) needs a gated FFN (SwiGLU/GeGLU)"
+        case .targetMissing(let s, let available):
+            return "the statistics have no thresholds for sparsity \(s); profiled targets: \(available.map { "\($0)" }.joined(separator: ", "))"
+        case .statisticsMismatch(let detail):
+            return "the statistics do not fit this model: \(detail)"
+        }
+    }
+}
+
+/// Runs the FFN with the neurons `mode` selects. Every mode has one meaning, whatever the
+/// batch: a neuron left out contributes exactly zero. Prompt batches compute gate and up
+/// densely and zero the left-out neurons before the down projection (matrix products pay
+/// little for sparsity); single-token decode computes only the selected neurons.
+public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
+    public let mode: SparsityMode
+    private let config: ModelConfig
+    /// Per layer: the threshold a neuron's |act(gate)| (threshold:S, exact: 0) or
+    /// |act(gate)·up| (down:S) must reach.
+    private let thresholds: [Float]
+    private let predictor: ActiveNeuronPredictor?
+    private let decoder: SparseDecoder?
+
+    /// Neurons computed and neuron slots seen, over all layers and tokens so far.
+    public private(set) var activeNeurons = 0
+    public private(set) var neuronSlots = 0
+    /// The share of FFN neurons skipped so far.
+    public var reachedSparsity: Double { neuronSlots == 0 ? 0 : 1 - Double(activeNeurons) / Double(neuronSlots) }
+
+    public init(mode: SparsityMode, model: LanguageModel, statistics: ActivationStatistics?,
+                predictor: ActiveNeuronPredictor?, pool: ThreadPool) throws {
+        self.mode = mode
+        config = model.config
+        let layers = config.layerCount
+        let gated = model.weights.layers.allSatisfy { $0.gate != nil }
+        switch mode {
+        case .dense:
+            thresholds = Array(repeating: 0, count: layers)
+        case .exact:
+            guard config.activation == .relu else { throw SparseExecutionError.needsReLU }
+            thresholds = Array(repeating: 0, count: layers)
+        case .threshold(let s), .down(let s):
+            guard gated else { throw SparseExecutionError.needsGatedFFN(mode) }
+            guard let statistics else { throw SparseExecutionError.needsStatistics(mode) }
+            guard statistics.layers.count == layers, statistics.feedForwardLength == config.feedForwardLength else {
+                throw SparseExecutionError.statisticsMismatch(
+                    "\(statistics.layers.count) layers of \(statistics.feedForwardLength) neurons, the model has \(layers) of \(config.feedForwardLength)")
+            }
+            guard let t = statistics.targetIndex(for: s) else {
+                throw SparseExecutionError.targetMissing(s, available: statistics.sparsityTargets)
+            }
+            if case .threshold = mode {
+                thresholds = statistics.layers.map { $0.gateThresholds[t] }
+            } else {
+                thresholds = statistics.layers.map { $0.downThresholds[t] }
+            }
+        case .predictor:
+            guard predictor != nil else { throw SparseExecutionError.needsPredictor }
+            thresholds = Array(repeating: 0, count: layers)
+        }
+        self.predictor = predictor
+        decoder = SparseDecoder.make(mode: mode, model: model, pool: pool)
+    }
+
+    public func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
+        if pass.tokenCount == 1, let decoder {
+            let count = decoder.run(w, layer: layer, pass: pass, threshold: thresholds[layer], predictor: predictor)
+            activeNeurons += count
+            neuronSlots += config.feedForwardLength
+            return
+        }
+        maskedFeedForward(w, layer: layer, pass: pass)
+    }
+
+    /// Dense gate and up, left-out neurons zeroed, dense down: the batch path, and the
+    /// reference the decode path must equal.
+    private func maskedFeedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
+        let n = config.feedForwardLength
+        let activation = config.activation
+        let threshold = thresholds[layer]
+        if let gate = w.gate {
+            pass.linear(pass.normed, [(gate, pass.gate), (w.up, pass.up)])
+        } else {
+            pass.linear(pass.normed, [(w.up, pass.gate)])
+        }
+        var counts = Array(repeating: 0, count: pass.tokenCount)
+        let mode = self.mode
+        let predictor = self.predictor
+        counts.withUnsafeMutableBufferPointer { counts in
+            pass.forEachToken { t in
+                let a = pass.gate.row(t)
+                VectorKernels.gatedActivation(activation, gate: a, up: nil, a, n)
+                let up: UnsafeMutablePointer<Float>? = w.gate != nil ? pass.up.row(t) : nil
+                var active = 0
+                switch mode {
+                case .dense:
+                    if let up { VectorKernels.multiply(a, by: up, n) }
+                    active = n
+                case .exact:
+                    for i in 0..<n where a[i] != 0 { active += 1 }
+                    if let up { VectorKernels.multiply(a, by: up, n) }
+                case .threshold:
+                    for i in 0..<n {
+                        if abs(a[i]) >= threshold { a[i] *= up?[i] ?? 1; active += 1 } else { a[i] = 0 }
+                    }
+                case .down:
+                    if let up { VectorKernels.multiply(a, by: up, n) }
+                    for i in 0..<n {
+                        if abs(a[i]) >= threshold { active += 1 } else { a[i] = 0 }
+                    }
+                case .predictor:
+                    let ids = UnsafeMutablePointer<Int32>.allocate(capacity: n)
+                    defer { ids.deallocate() }
+                    let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(t), into: ids)
+                    let keep = UnsafeMutablePointer<Bool>.allocate(capacity: n)
+                    defer { keep.deallocate() }
+                    keep.initialize(repeating: false, count: n)
+                    for k in 0..<count { keep[Int(ids[k])] = true }
+                    for i in 0..<n { a[i] = keep[i] ? a[i] * (up?[i] ?? 1) : 0 }
+                    active = count
+                }
+                counts[t] = active
+            }
+        }
+        activeNeurons += counts.reduce(0, +)
+        neuronSlots += n * pass.tokenCount
+        pass.linear(pass.gate, [(w.down, pass.projected)])
+    }
+}
+
+/// The single-token sparse FFN: computes only the selected neurons.
+final class SparseDecoder {
+    static func make(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) -> SparseDecoder? { nil }
+
+    func run(_ w: LayerWeights, layer: Int, pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?) -> Int { 0 }
+}
