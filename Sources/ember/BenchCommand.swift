@@ -3,7 +3,7 @@ import Foundation
 
 /// `ember bench`: prefill and decode speed, and how close decode comes to the memory bandwidth.
 enum BenchCommand {
-    static let flags: [Arguments.Flag] = CommonFlags.all.filter { $0.names[0] != "--ctx" } + [
+    static let flags: [Arguments.Flag] = SparsityFlags.all + CommonFlags.all.filter { $0.names[0] != "--ctx" } + [
         .init(names: ["--prompt-tokens", "-p"], takesValue: true, help: "prompt length (default 64)"),
         .init(names: ["--n-gen", "-n"], takesValue: true, help: "tokens decoded after the prompt (default 128)"),
         .init(names: ["--repetitions", "-r"], takesValue: true, help: "repetitions (default 3)"),
@@ -34,6 +34,8 @@ enum BenchCommand {
                 "weight_bytes_per_token": result.weightBytesPerToken,
                 "read_bandwidth_bytes_per_s": result.readBandwidth,
                 "bandwidth_share": result.bandwidthShare,
+                "sparsity_mode": (session.pass.sparsity as? SparseExecution)?.mode.description ?? "dense",
+                "ffn_sparsity": result.feedForwardSparsity,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -43,7 +45,9 @@ enum BenchCommand {
             guard let low = values.min(), let high = values.max() else { return "-" }
             return String(format: "%.1f – %.1f", low, high)
         }
-        print("model: \((loaded.path as NSString).lastPathComponent), threads: \(session.pool.threadCount), repetitions: \(repetitions)")
+        let mode = (session.pass.sparsity as? SparseExecution)?.mode.description ?? "dense"
+        print("model: \((loaded.path as NSString).lastPathComponent), threads: \(session.pool.threadCount), repetitions: \(repetitions), sparsity: \(mode)"
+              + (mode == "dense" ? "" : String(format: " (%.1f %% of FFN neurons skipped while decoding)", result.feedForwardSparsity * 100)))
         print("test              tokens/s (median)   spread (min – max)")
         print(String(format: "prefill %-8d  %17.1f   %@", promptTokens, prefill, spread(result.prefill)))
         if generated > 0 {

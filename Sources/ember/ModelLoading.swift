@@ -27,7 +27,55 @@ struct LoadedModel {
         guard context <= model.config.contextLength else {
             throw UsageError("--ctx \(context) exceeds the model's context length \(model.config.contextLength)")
         }
-        return Session(model: model, threads: threads, contextLength: context, batchSize: batch)
+        let session = Session(model: model, threads: threads, contextLength: context, batchSize: batch)
+        if let sparsity = try SparsityFlags.execution(arguments, model: model, modelPath: path, pool: session.pool) {
+            session.pass.sparsity = sparsity
+        }
+        return session
+    }
+}
+
+/// The sparsity flags shared by run, bench and perplexity.
+enum SparsityFlags {
+    static let all: [Arguments.Flag] = [
+        .init(names: ["--sparsity"], takesValue: true,
+              help: "dense | exact | threshold:S | down:S | predictor (default: dense; predictor when the model ships predictors)"),
+        .init(names: ["--stats"], takesValue: true, help: "activation statistics from `ember profile` (default: MODEL.stats.gguf beside the model)"),
+        .init(names: ["--predictor"], takesValue: true, help: "predictors from `ember train-predictor` (default: MODEL.predictor.gguf beside the model)"),
+    ]
+
+    /// A file beside the model: MODEL.gguf → MODEL.<suffix>.gguf.
+    static func companion(of modelPath: String, _ suffix: String) -> String {
+        let base = modelPath.hasSuffix(".gguf") ? String(modelPath.dropLast(5)) : modelPath
+        return base + "." + suffix + ".gguf"
+    }
+
+    /// The sparse FFN the flags ask for, or nil for dense.
+    static func execution(_ arguments: Arguments, model: LanguageModel, modelPath: String, pool: ThreadPool) throws -> SparseExecution? {
+        let statsPath = arguments.string("--stats") ?? companion(of: modelPath, "stats")
+        let predictorPath = arguments.string("--predictor") ?? companion(of: modelPath, "predictor")
+        let shipsPredictors = FileManager.default.fileExists(atPath: statsPath) && FileManager.default.fileExists(atPath: predictorPath)
+        let mode: SparsityMode
+        if let text = arguments.string("--sparsity") {
+            guard let parsed = SparsityMode(text) else {
+                throw UsageError("--sparsity must be dense, exact, threshold:S, down:S or predictor (0 < S < 1), not \"\(text)\"")
+            }
+            mode = parsed
+        } else {
+            mode = shipsPredictors ? .predictor : .dense
+        }
+        if mode == .dense { return nil }
+        for flag in ["--stats", "--predictor"] {
+            if let path = arguments.string(flag), !FileManager.default.fileExists(atPath: path) {
+                throw UsageError("no file at \(path) (\(flag))")
+            }
+        }
+        let statistics = FileManager.default.fileExists(atPath: statsPath) ? try ActivationStatistics(path: statsPath) : nil
+        var predictor: ActiveNeuronPredictor?
+        if mode == .predictor, FileManager.default.fileExists(atPath: predictorPath) {
+            predictor = try loadPredictor(predictorPath, model: model)
+        }
+        return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool)
     }
 }
 

@@ -3,7 +3,7 @@ import Foundation
 
 /// `ember perplexity`: how well the model predicts a text (lower is better).
 enum PerplexityCommand {
-    static let flags: [Arguments.Flag] = CommonFlags.all.filter { $0.names[0] != "--ctx" } + [
+    static let flags: [Arguments.Flag] = SparsityFlags.all + CommonFlags.all.filter { $0.names[0] != "--ctx" } + [
         .init(names: ["--file", "-f"], takesValue: true, help: "UTF-8 text to score (required)"),
         .init(names: ["--ctx", "-c"], takesValue: true, help: "tokens per chunk (default 512)"),
         .init(names: ["--chunks"], takesValue: true, help: "score only the first N chunks"),
@@ -30,6 +30,9 @@ enum PerplexityCommand {
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         print(String(format: "perplexity: %.4f (mean NLL %.6f) over %d scored tokens, %d chunks of %d",
                      result.perplexity, result.meanNegativeLogLikelihood, result.scoredTokens, result.chunks, context))
+        if let sparse = session.pass.sparsity as? SparseExecution {
+            print(String(format: "sparsity: %@, %.1f %% of FFN neurons skipped", sparse.mode.description, sparse.reachedSparsity * 100))
+        }
         Terminal.note(String(format: "[%.1f s, %.1f tokens/s]", elapsed, Double(result.chunks * context) / elapsed))
     }
 }

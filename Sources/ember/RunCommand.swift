@@ -3,7 +3,7 @@ import Foundation
 
 /// `ember run`: continue a prompt, streaming the text as it is produced.
 enum RunCommand {
-    static let flags: [Arguments.Flag] = CommonFlags.all + [
+    static let flags: [Arguments.Flag] = SparsityFlags.all + CommonFlags.all + [
         .init(names: ["--prompt", "-p"], takesValue: true, help: "the prompt text"),
         .init(names: ["--file", "-f"], takesValue: true, help: "read the prompt from a UTF-8 file"),
         .init(names: ["--n-predict", "-n"], takesValue: true, help: "tokens to generate (default 128)"),
@@ -48,5 +48,8 @@ enum RunCommand {
         }
         Terminal.write(decoder.flush() + "\n")
         Terminal.note(timingsLine(statistics))
+        if let sparse = session.pass.sparsity as? SparseExecution {
+            Terminal.note(String(format: "[sparsity: %@, %.1f %% of FFN neurons skipped]", sparse.mode.description, sparse.reachedSparsity * 100))
+        }
     }
 }

@@ -11,6 +11,8 @@ public struct BenchmarkResult: Sendable {
     public var weightBytesPerToken: Int
     /// The machine's measured read bandwidth with the same threads, bytes per second.
     public var readBandwidth: Double
+    /// The share of FFN neurons skipped while decoding (0 when dense).
+    public var feedForwardSparsity: Double
 
     /// Decode at the median speed as a share of what the bandwidth allows.
     public var bandwidthShare: Double {
@@ -43,12 +45,14 @@ extension Session {
 
         var prefill: [Double] = []
         var decode: [Double] = []
+        let sparse = pass.sparsity as? SparseExecution
         for repetition in 0..<max(1, repetitions) {
             reset()
             let start = DispatchTime.now()
             var logits = try evaluate(prompt)
             prefill.append(Double(prompt.count) / seconds(since: start))
             var decodeSeconds = 0.0
+            sparse?.resetCounts()
             for _ in 0..<generatedTokens {
                 let next = Self.argmax(logits)
                 let step = DispatchTime.now()
@@ -60,8 +64,10 @@ extension Session {
         }
         reset()
         let bandwidth = MemoryBandwidth.measureRead(threads: pool.threadCount) { body in pool.run(body) }
+        let skipped = sparse?.skippedWeightBytesPerToken(model.weights) ?? 0
         return BenchmarkResult(prefill: prefill, decode: decode,
-                               weightBytesPerToken: model.weights.bytesPerToken, readBandwidth: bandwidth)
+                               weightBytesPerToken: model.weights.bytesPerToken - skipped, readBandwidth: bandwidth,
+                               feedForwardSparsity: sparse?.reachedSparsity ?? 0)
     }
 
     public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int32 {

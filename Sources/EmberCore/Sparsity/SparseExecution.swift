@@ -52,6 +52,28 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     /// The share of FFN neurons skipped so far.
     public var reachedSparsity: Double { neuronSlots == 0 ? 0 : 1 - Double(activeNeurons) / Double(neuronSlots) }
 
+    /// Starts counting `activeNeurons` and `neuronSlots` afresh.
+    public func resetCounts() {
+        activeNeurons = 0
+        neuronSlots = 0
+    }
+
+    /// Bytes of FFN weights a decoded token skips at the sparsity reached so far: the
+    /// matrices this mode reads only for selected neurons, times the share left out.
+    public func skippedWeightBytesPerToken(_ weights: ModelWeights) -> Int {
+        var sparseBytes = 0
+        for layer in weights.layers {
+            switch mode {
+            case .dense: break
+            case .exact: sparseBytes += (layer.gate == nil ? 0 : layer.up.byteCount) + layer.down.byteCount
+            case .threshold: sparseBytes += layer.up.byteCount + layer.down.byteCount
+            case .down: sparseBytes += layer.down.byteCount
+            case .predictor: sparseBytes += (layer.gate?.byteCount ?? 0) + layer.up.byteCount + layer.down.byteCount
+            }
+        }
+        return Int(Double(sparseBytes) * reachedSparsity)
+    }
+
     public init(mode: SparsityMode, model: LanguageModel, statistics: ActivationStatistics?,
                 predictor: ActiveNeuronPredictor?, pool: ThreadPool) throws {
         self.mode = mode
