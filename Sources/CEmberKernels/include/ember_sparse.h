@@ -1,0 +1,35 @@
+// Neuron-aware sparse operators: the FFN computes only the neurons that fire for a token.
+//
+// Layout (DESIGN.md section 5): gate and up are row-major, one row per neuron; down is stored
+// neuron-major (its transpose), so neuron i's output column is row i. Both operators then
+// read only whole contiguous rows of the active neurons, which is what keeps them near the
+// memory bandwidth although the rows are scattered.
+//
+// Like ember_matvec, every function is single-threaded over what it is given; callers split
+// the active neurons among threads (each thread with its own output for ember_axpy_gather).
+#ifndef EMBER_SPARSE_H
+#define EMBER_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Row gather (gate/up projections): y[k] = dot(row rows[k], act) for k < count, with `act`
+/// converted by ember_quantize_activations(ember_activation_type(type), ...). Each y[k] is
+/// bit-identical to what ember_matvec gives for that row.
+void ember_matvec_gather(int type, int64_t n, const void *w, size_t row_bytes,
+                         const void *act, const int32_t *rows, int64_t count, float *y);
+
+/// Column gather (neuron-major down projection): y[0..n) += Σ_k coef[k] · row rows[k], each
+/// row of `n` elements of `type` expanded to floats.
+void ember_axpy_gather(int type, int64_t n, const void *w, size_t row_bytes,
+                       const int32_t *rows, const float *coef, int64_t count, float *y);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

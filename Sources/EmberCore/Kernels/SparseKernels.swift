@@ -1,0 +1,229 @@
+import CEmberKernels
+import Foundation
+
+/// Neuron-aware sparse FFN operators (DESIGN.md section 5): gate and up rows of the active
+/// neurons are gathered from their row-major matrices, and down works on its neuron-major
+/// transpose, so every sparse operator reads whole contiguous rows.
+public enum SparseKernelError: Error, CustomStringConvertible {
+    case unsupportedType(matrix: String, type: TensorType, length: Int)
+
+    public var description: String {
+        switch self {
+        case let .unsupportedType(matrix, type, length):
+            return "\(matrix): cannot store a neuron-major copy as \(type) (rows of \(length) elements; "
+                + "the type needs kernels and a block size dividing the row)"
+        }
+    }
+}
+
+extension WeightMatrix {
+    /// y[k] = row rows[k] · activations for k < count (activations in `activationType`
+    /// format). Each y[k] equals what the dense `multiply` gives for that row, bit for bit.
+    @inline(__always)
+    public func multiply(gathering rows: UnsafePointer<Int32>, count: Int,
+                         activations: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>) {
+        ember_matvec_gather(Int32(type.rawValue), Int64(columns), data, rowBytes, activations,
+                            rows, Int64(count), y)
+    }
+}
+
+/// A down projection stored neuron-major: row i holds neuron i's output column (`columns` =
+/// the hidden size), so the active neurons' contributions are a gather of contiguous rows.
+///
+/// Stored as Q8_0 by default. The source is usually 4- or 5-bit; requantizing it to 4 bits
+/// would round every weight a second time (the transposed blocks mix values of 32 different
+/// source blocks, so the old grid does not carry over), while Q8_0's step is 1/127 of a block's
+/// largest value, well under the source's own rounding. K-quant types are not the default
+/// because their 256-element super-blocks don't divide every hidden size (e.g. 576).
+/// F16 is used when the hidden size is not a multiple of 32.
+public final class NeuronMajorMatrix: @unchecked Sendable {
+    /// The transposed matrix: `rows` = neurons, `columns` = hidden size. Its memory belongs to
+    /// this object.
+    public let weights: WeightMatrix
+    private let storage: UnsafeMutableRawPointer
+
+    public var type: TensorType { weights.type }
+    public var rows: Int { weights.rows }
+    public var columns: Int { weights.columns }
+
+    /// The default storage type for rows of `length` elements.
+    public static func defaultType(length: Int) -> TensorType { length % 32 == 0 ? .q8_0 : .f16 }
+
+    /// Transposes `down` (rows = hidden size, columns = neurons) into neuron-major rows of
+    /// `type` (nil: `defaultType`), on all threads of `pool`.
+    public init(transposing down: WeightMatrix, as type: TensorType? = nil, pool: ThreadPool) throws {
+        let d = down.rows, neurons = down.columns
+        let type = type ?? Self.defaultType(length: d)
+        guard ember_block_size(Int32(type.rawValue)) > 0, type != .q8_1, type != .q8_K,
+              d % type.blockSize == 0, let rowBytes = type.byteCount(elements: d)
+        else { throw SparseKernelError.unsupportedType(matrix: down.name, type: type, length: d) }
+        storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons * rowBytes), alignment: 64)
+        weights = WeightMatrix(name: down.name + ".neuron_major", type: type, rows: neurons, columns: d,
+                               data: UnsafeRawPointer(storage))
+
+        // Tiles of `chunk` source rows x `width` neurons: the source is expanded only over the
+        // tile's blocks (width is a multiple of the source block size), the tile (≤ 256 KB of
+        // floats, L2-sized) is read back column by column, and each column piece is quantized
+        // straight into its neuron's row (chunk is a multiple of every target block size).
+        let sourceBlock = down.type.blockSize
+        let width = max(sourceBlock, 64 / sourceBlock * sourceBlock)
+        let chunk = 256
+        let tiles = (neurons + width - 1) / width
+        let sourceType = Int32(down.type.rawValue), targetType = Int32(type.rawValue)
+        let targetBlockBytes = type.blockBytes, targetBlock = type.blockSize
+        let storage = self.storage
+        pool.parallelFor(tiles) { range in
+            let tile = UnsafeMutablePointer<Float>.allocate(capacity: chunk * width)
+            let column = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
+            defer { tile.deallocate(); column.deallocate() }
+            for t in range {
+                let j0 = t * width, w = min(width, neurons - j0)
+                let sourceOffset = j0 / sourceBlock * down.type.blockBytes
+                var r0 = 0
+                while r0 < d {
+                    let h = min(chunk, d - r0)
+                    for r in 0..<h {
+                        ember_dequantize_row(sourceType, down.data + (r0 + r) * down.rowBytes + sourceOffset,
+                                             tile + r * width, Int64(w))
+                    }
+                    for j in 0..<w {
+                        for r in 0..<h { column[r] = tile[r * width + j] }
+                        ember_quantize_row(targetType, column,
+                                           storage + (j0 + j) * rowBytes + r0 / targetBlock * targetBlockBytes, Int64(h))
+                    }
+                    r0 += h
+                }
+            }
+        }
+    }
+
+    deinit { storage.deallocate() }
+
+    /// y[0..<columns] += Σ_k coefficients[k] · row rows[k].
+    @inline(__always)
+    public func accumulate(rows: UnsafePointer<Int32>, coefficients: UnsafePointer<Float>, count: Int,
+                           into y: UnsafeMutablePointer<Float>) {
+        ember_axpy_gather(Int32(weights.type.rawValue), Int64(weights.columns), weights.data, weights.rowBytes,
+                          rows, coefficients, Int64(count), y)
+    }
+}
+
+/// One token's FFN over a given set of active neurons, on all threads of a pool:
+/// output = Σ_{i active} act(gate_i · x) · (up_i · x) · down_i (ungated: act(up_i · x) · down_i).
+///
+/// Work is split by active neurons, not by matrix rows: each thread takes a contiguous share of
+/// the active list, gathers its gate/up rows, applies the activation, and accumulates its
+/// neurons' down columns into its own partial output. The partials are summed once at the end,
+/// split over the hidden dimension, so no two threads ever add into the same floats.
+/// The result depends on the thread count only through float rounding of that final sum.
+public enum SparseFeedForward {
+    /// Scratch for `run`: per-thread activation buffers and partial outputs, and the per-neuron
+    /// values. Make one per (pool, layer shape) and reuse it; not for concurrent calls.
+    public final class Workspace: @unchecked Sendable {
+        public let threadCount: Int
+        public let hiddenLength: Int
+        public let neuronCount: Int
+        fileprivate let partials: UnsafeMutablePointer<Float>
+        fileprivate let partialStride: Int
+        fileprivate let gateValues: UnsafeMutablePointer<Float>
+        fileprivate let upValues: UnsafeMutablePointer<Float>
+        fileprivate let activations: [ActivationBuffers]
+
+        public init(threads: Int, hiddenLength: Int, neuronCount: Int) {
+            threadCount = threads
+            self.hiddenLength = hiddenLength
+            self.neuronCount = neuronCount
+            // Partials on their own cache lines: threads write them concurrently.
+            partialStride = (hiddenLength + 15) / 16 * 16
+            partials = .allocate(capacity: max(1, threads * partialStride))
+            gateValues = .allocate(capacity: max(1, neuronCount))
+            upValues = .allocate(capacity: max(1, neuronCount))
+            activations = (0..<threads).map { _ in ActivationBuffers() }
+        }
+
+        deinit {
+            partials.deallocate()
+            gateValues.deallocate()
+            upValues.deallocate()
+        }
+
+        fileprivate func partial(_ thread: Int) -> UnsafeMutablePointer<Float> { partials + thread * partialStride }
+
+        /// `input` converted for `matrix` in thread `thread`'s buffer (converted once per
+        /// format and call; `done` remembers which formats this call has converted).
+        fileprivate func converted(_ input: UnsafePointer<Float>, for matrix: WeightMatrix, thread: Int,
+                                   done: inout [Int: UnsafeRawPointer]) -> UnsafeRawPointer {
+            let key = Int(matrix.activationType.rawValue)
+            if let p = done[key] { return p }
+            let buffer = activations[thread].buffer(type: matrix.activationType, length: hiddenLength, capacity: 1)
+            buffer.store(input, at: 0)
+            done[key] = buffer.vector(0)
+            return buffer.vector(0)
+        }
+    }
+
+    /// output[0..<hidden) = the FFN of `input` (hidden floats, already normed) restricted to
+    /// the `count` neurons in `active` (any order, no repeats). `gate` nil: an ungated FFN.
+    public static func run(pool: ThreadPool, gate: WeightMatrix?, up: WeightMatrix, down: NeuronMajorMatrix,
+                           activation: VectorKernels.Activation, input: UnsafePointer<Float>,
+                           active: UnsafePointer<Int32>, count: Int,
+                           output: UnsafeMutablePointer<Float>, workspace: Workspace) {
+        let d = down.columns
+        precondition(up.columns == d && gate.map { $0.columns == d && $0.rows == up.rows } ?? true
+                     && down.rows == up.rows, "SparseFeedForward: matrix shapes disagree")
+        precondition(workspace.threadCount >= pool.threadCount && workspace.hiddenLength == d
+                     && workspace.neuronCount >= count, "SparseFeedForward: workspace too small")
+        pool.run { thread in
+            let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
+            let y = thread == 0 ? output : workspace.partial(thread)
+            y.initialize(repeating: 0, count: d)
+            guard !share.isEmpty else { return }
+            let rows = active + share.lowerBound, n = share.count
+            let g = workspace.gateValues + share.lowerBound, u = workspace.upValues + share.lowerBound
+            var done: [Int: UnsafeRawPointer] = [:]
+            up.multiply(gathering: rows, count: n,
+                        activations: workspace.converted(input, for: up, thread: thread, done: &done), into: u)
+            if let gate {
+                gate.multiply(gathering: rows, count: n,
+                              activations: workspace.converted(input, for: gate, thread: thread, done: &done), into: g)
+                VectorKernels.gatedActivation(activation, gate: g, up: u, g, n)
+            } else {
+                VectorKernels.gatedActivation(activation, gate: u, up: nil, g, n)
+            }
+            down.accumulate(rows: rows, coefficients: g, count: n, into: y)
+        }
+        reducePartials(pool: pool, output: output, length: d, workspace: workspace)
+    }
+
+    /// The down projection alone, sparse over given neurons: output[0..<hidden) =
+    /// Σ_k coefficients[k] · down row rows[k] (gate, up and the activation done elsewhere).
+    public static func runDown(pool: ThreadPool, down: NeuronMajorMatrix, rows: UnsafePointer<Int32>,
+                               coefficients: UnsafePointer<Float>, count: Int,
+                               output: UnsafeMutablePointer<Float>, workspace: Workspace) {
+        let d = down.columns
+        precondition(workspace.threadCount >= pool.threadCount && workspace.hiddenLength == d,
+                     "SparseFeedForward: workspace too small")
+        pool.run { thread in
+            let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
+            let y = thread == 0 ? output : workspace.partial(thread)
+            y.initialize(repeating: 0, count: d)
+            if !share.isEmpty {
+                down.accumulate(rows: rows + share.lowerBound, coefficients: coefficients + share.lowerBound,
+                                count: share.count, into: y)
+            }
+        }
+        reducePartials(pool: pool, output: output, length: d, workspace: workspace)
+    }
+
+    /// output += the partials of threads 1..., each thread summing its own slice of the hidden
+    /// dimension (thread 0's partial is `output` itself).
+    private static func reducePartials(pool: ThreadPool, output: UnsafeMutablePointer<Float>, length: Int,
+                                       workspace: Workspace) {
+        guard pool.threadCount > 1 else { return }
+        pool.parallelFor(length, granularity: 16) { range in
+            for t in 1..<pool.threadCount {
+                VectorKernels.add(workspace.partial(t) + range.lowerBound, into: output + range.lowerBound, range.count)
+            }
+        }
+    }
+}
