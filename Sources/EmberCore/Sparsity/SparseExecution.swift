@@ -106,7 +106,7 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
             thresholds = Array(repeating: 0, count: layers)
         }
         self.predictor = predictor
-        decoder = SparseDecoder.make(mode: mode, model: model, pool: pool)
+        decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool)
     }
 
     public func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
@@ -175,9 +175,100 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     }
 }
 
-/// The single-token sparse FFN: computes only the selected neurons.
+/// The single-token sparse FFN: computes only the selected neurons. Selection costs a dense
+/// gate (exact, threshold:S), a dense gate and up (down:S) or the predictor; what follows reads
+/// only the selected neurons' rows of up (and gate) and their down columns, kept neuron-major.
 final class SparseDecoder {
-    static func make(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) -> SparseDecoder? { nil }
+    private let mode: SparsityMode
+    private let activation: VectorKernels.Activation
+    private let pool: ThreadPool
+    private let downs: [NeuronMajorMatrix]
+    private let workspace: SparseFeedForward.Workspace
+    private let ids: UnsafeMutablePointer<Int32>
+    private let coefficients: UnsafeMutablePointer<Float>
+    private let upValues: UnsafeMutablePointer<Float>
+    private let converted: [ActivationBuffers]
 
-    func run(_ w: LayerWeights, layer: Int, pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?) -> Int { 0 }
+    static func make(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) throws -> SparseDecoder? {
+        mode == .dense ? nil : try SparseDecoder(mode: mode, model: model, pool: pool)
+    }
+
+    private init(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) throws {
+        self.mode = mode
+        self.pool = pool
+        activation = model.config.activation
+        let f = model.config.feedForwardLength, d = model.config.embeddingLength
+        downs = try model.weights.layers.map { try NeuronMajorMatrix(transposing: $0.down, pool: pool) }
+        workspace = SparseFeedForward.Workspace(threads: pool.threadCount, hiddenLength: d, neuronCount: f)
+        ids = .allocate(capacity: f)
+        coefficients = .allocate(capacity: f)
+        upValues = .allocate(capacity: f)
+        converted = (0..<pool.threadCount).map { _ in ActivationBuffers() }
+    }
+
+    deinit {
+        ids.deallocate()
+        coefficients.deallocate()
+        upValues.deallocate()
+    }
+
+    /// Computes the FFN of the batch's single token into `pass.projected`; returns how many
+    /// neurons it computed.
+    func run(_ w: LayerWeights, layer: Int, pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?) -> Int {
+        let n = pass.config.feedForwardLength
+        let a = pass.gate.row(0)
+        let output = pass.projected.row(0)
+        switch mode {
+        case .dense:
+            preconditionFailure("dense runs without a sparse decoder")
+        case .predictor:
+            let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids)
+            SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
+                                  input: pass.normed.row(0), active: ids, count: count, output: output, workspace: workspace)
+            return count
+        case .exact, .threshold:
+            // Dense selection pass: the gate (ungated ReLU FFNs: the up projection).
+            pass.linear(pass.normed, [(w.gate ?? w.up, pass.gate)])
+            VectorKernels.gatedActivation(activation, gate: a, up: nil, a, n)
+            var count = 0
+            if mode == .exact {
+                for i in 0..<n where a[i] != 0 { ids[count] = Int32(i); count += 1 }
+            } else {
+                for i in 0..<n where abs(a[i]) >= threshold { ids[count] = Int32(i); count += 1 }
+            }
+            if w.gate != nil {
+                gatherUp(w.up, input: pass.normed.row(0), count: count)
+                for k in 0..<count { coefficients[k] = a[Int(ids[k])] * upValues[k] }
+            } else {
+                for k in 0..<count { coefficients[k] = a[Int(ids[k])] }
+            }
+            SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
+                                      output: output, workspace: workspace)
+            return count
+        case .down:
+            pass.linear(pass.normed, [(w.gate!, pass.gate), (w.up, pass.up)])
+            VectorKernels.gatedActivation(activation, gate: a, up: pass.up.row(0), a, n)
+            var count = 0
+            for i in 0..<n where abs(a[i]) >= threshold {
+                ids[count] = Int32(i)
+                coefficients[count] = a[i]
+                count += 1
+            }
+            SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
+                                      output: output, workspace: workspace)
+            return count
+        }
+    }
+
+    /// upValues[k] = up row ids[k] · input for k < count, the neurons split among threads.
+    private func gatherUp(_ up: WeightMatrix, input: UnsafePointer<Float>, count: Int) {
+        pool.run { thread in
+            let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
+            guard !share.isEmpty else { return }
+            let buffer = converted[thread].buffer(type: up.activationType, length: up.columns, capacity: 1)
+            buffer.store(input, at: 0)
+            up.multiply(gathering: ids + share.lowerBound, count: share.count, activations: buffer.vector(0),
+                        into: upValues + share.lowerBound)
+        }
+    }
 }

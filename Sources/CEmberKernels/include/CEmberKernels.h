@@ -1,0 +1,6 @@
+// The C kernels' public headers, as one module for Swift. A new header must be added here
+// (an explicit umbrella header also makes incremental builds notice it).
+#include "ember_kernels.h"
+#include "ember_runtime.h"
+#include "ember_vector.h"
+#include "ember_sparse.h"
