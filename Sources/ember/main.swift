@@ -15,6 +15,8 @@ let commands: [Command] = [
     Command(name: "chat", summary: ChatCommand.summary, flags: ChatCommand.flags, allowsPositional: false, main: ChatCommand.main),
     Command(name: "perplexity", summary: PerplexityCommand.summary, flags: PerplexityCommand.flags, allowsPositional: false,
             main: PerplexityCommand.main),
+    Command(name: "profile", summary: ProfileCommand.summary, flags: ProfileCommand.flags, allowsPositional: false,
+            main: ProfileCommand.main),
     Command(name: "bench", summary: BenchCommand.summary, flags: BenchCommand.flags, allowsPositional: false, main: BenchCommand.main),
 ]
 
