@@ -169,3 +169,33 @@ int64_t ember_threshold_mask(float *s, int64_t n, float tau) {
     }
     return count;
 }
+
+void ember_active_bits(const float *a, int64_t n, float t, int magnitude, uint64_t *bits) {
+    memset(bits, 0, (size_t)((n + 63) / 64) * sizeof(uint64_t));
+    for (int64_t i = 0; i < n; i++) {
+        const int on = magnitude ? fabsf(a[i]) >= t : a[i] > t;
+        bits[i >> 6] |= (uint64_t)on << (i & 63);
+    }
+}
+
+void ember_confusion(const float *s, const uint64_t *labels, int64_t n, float tau, int64_t counts[3]) {
+    int64_t predicted = 0, active = 0, both = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t y = (int64_t)((labels[i >> 6] >> (i & 63)) & 1), p = s[i] >= tau;
+        predicted += p;
+        active += y;
+        both += p & y;
+    }
+    counts[0] = predicted;
+    counts[1] = active;
+    counts[2] = both;
+}
+
+int64_t ember_gather_active(const float *s, const uint64_t *labels, int64_t n, float *out) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) {
+        out[count] = s[i];
+        count += (int64_t)((labels[i >> 6] >> (i & 63)) & 1);
+    }
+    return count;
+}

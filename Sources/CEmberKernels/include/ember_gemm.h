@@ -41,6 +41,17 @@ int64_t ember_threshold_indices(const float *s, int64_t n, float tau, int32_t *o
 /// In place: s[i] = s[i] >= tau ? 1 : 0; returns the number of ones.
 int64_t ember_threshold_mask(float *s, int64_t n, float tau);
 
+/// Sets bit i of bits (LSB first, (n + 63) / 64 words, cleared first) iff |a[i]| >= t
+/// (magnitude = 1) or a[i] > t (magnitude = 0: ReLU models, t = 0).
+void ember_active_bits(const float *a, int64_t n, float t, int magnitude, uint64_t *bits);
+
+/// Over n (score, label bit) pairs: counts[0] = scores >= tau, counts[1] = active labels,
+/// counts[2] = both.
+void ember_confusion(const float *s, const uint64_t *labels, int64_t n, float tau, int64_t counts[3]);
+
+/// Copies the scores whose label bit is set to out (room for n) and returns how many.
+int64_t ember_gather_active(const float *s, const uint64_t *labels, int64_t n, float *out);
+
 #ifdef __cplusplus
 }
 #endif

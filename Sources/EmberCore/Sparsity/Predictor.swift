@@ -166,8 +166,8 @@ public final class PredictorSet: @unchecked Sendable {
     // MARK: batches (prefill, perplexity, evaluation)
 
     /// Scores of `count` tokens (rows of `inputs`) into rows of `scores` (length F), the rows
-    /// of each product split over `pool`.
-    public func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool) {
+    /// of each product split over `pool` (nil: on the calling thread).
+    public func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool?) {
         let p = layers[l]!
         precondition(inputs.length == inputLength && scores.length == neuronCount && count <= inputs.rows && count <= scores.rows)
         let hidden = Matrix(rows: count, length: p.rank)
@@ -180,7 +180,7 @@ public final class PredictorSet: @unchecked Sendable {
     /// else 0, so multiplying act(gate) by it makes unpredicted neurons contribute nothing.
     /// Layers without a predictor get all ones. Returns the number of active entries.
     @discardableResult
-    public func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool) -> Int {
+    public func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int {
         precondition(masks.length == neuronCount && count <= masks.rows)
         guard let p = layers[l] else {
             masks.pointer.update(repeating: 1, count: count * neuronCount)
@@ -191,7 +191,7 @@ public final class PredictorSet: @unchecked Sendable {
     }
 
     /// out[t] = W · input[t] for t < count, W's rows split over the pool.
-    private static func multiply(_ w: WeightMatrix, _ input: Matrix, count: Int, into out: Matrix, pool: ThreadPool) {
+    private static func multiply(_ w: WeightMatrix, _ input: Matrix, count: Int, into out: Matrix, pool: ThreadPool?) {
         let act = w.activationType
         var source = UnsafeRawPointer(input.pointer), stride = input.length * 4
         var converted: ActivationBuffer?
@@ -201,9 +201,10 @@ public final class PredictorSet: @unchecked Sendable {
             (source, stride, converted) = (UnsafeRawPointer(buffer.bytes), buffer.stride, buffer)
         }
         withExtendedLifetime(converted) {
-            pool.parallelFor(w.rows, granularity: 16) { rows in
+            let body = { (rows: Range<Int>) in
                 w.multiply(source, stride: stride, count: count, into: out.pointer, ldy: out.length, rows: rows)
             }
+            if let pool { pool.parallelFor(w.rows, granularity: 16, body) } else { body(0..<w.rows) }
         }
     }
 
