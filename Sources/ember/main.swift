@@ -16,6 +16,8 @@ let commands: [Command] = [
     Command(name: "perplexity", summary: PerplexityCommand.summary, flags: PerplexityCommand.flags, allowsPositional: false,
             main: PerplexityCommand.main),
     Command(name: "bench", summary: BenchCommand.summary, flags: BenchCommand.flags, allowsPositional: false, main: BenchCommand.main),
+    Command(name: "train-predictor", summary: TrainPredictorCommand.summary, flags: TrainPredictorCommand.flags,
+            allowsPositional: false, main: TrainPredictorCommand.main),
 ]
 
 func usage() -> String {
