@@ -18,6 +18,8 @@ let commands: [Command] = [
     Command(name: "profile", summary: ProfileCommand.summary, flags: ProfileCommand.flags, allowsPositional: false,
             main: ProfileCommand.main),
     Command(name: "bench", summary: BenchCommand.summary, flags: BenchCommand.flags, allowsPositional: false, main: BenchCommand.main),
+    Command(name: "train-predictor", summary: TrainPredictorCommand.summary, flags: TrainPredictorCommand.flags,
+            allowsPositional: false, main: TrainPredictorCommand.main),
 ]
 
 func usage() -> String {

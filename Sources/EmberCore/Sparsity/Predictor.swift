@@ -1,0 +1,260 @@
+import CEmberKernels
+import Foundation
+
+/// Per-layer activation predictors, as PowerInfer defines them: for the residual stream x
+/// entering a layer's FFN (before its norm), score = fc2 · relu(fc1 · x), and neuron i is
+/// computed iff score_i ≥ τ_l. fc1 is r×d (GGUF `blk.N.fc1.weight`, ggml dims [d, r]), fc2 is
+/// F×r (`blk.N.fc2.weight`, dims [r, F]), no biases.
+///
+/// Loads Ember's own files (`general.architecture = ember.predictor`, one τ per layer in
+/// `ember.predictor.thresholds`) and PowerInfer model or predictor files (`PWRI` or GGUF magic,
+/// τ from `powerinfer.sparse_threshold`, default 0), with weights of any type the kernels know.
+///
+/// Not thread-safe: the single-token calls share one scratch buffer.
+public final class PredictorSet: @unchecked Sendable {
+    public struct Layer: @unchecked Sendable {
+        public let fc1: WeightMatrix
+        public let fc2: WeightMatrix
+        public let threshold: Float
+        public var rank: Int { fc1.rows }
+    }
+
+    /// Per layer; nil for layers without a predictor (they run dense).
+    public let layers: [Layer?]
+    public let inputLength: Int
+    public let neuronCount: Int
+    /// What Ember's trainer recorded (zeros/empty for PowerInfer files).
+    public let metadata: Metadata
+
+    public struct Metadata: Sendable, Equatable {
+        public var sourceModel = ""
+        public var targetSparsity: Float = 0
+        public var targetRecall: Float = 0
+        /// Per layer, measured on held-out tokens.
+        public var recall: [Float] = []
+        public var precision: [Float] = []
+        public var predictedShare: [Float] = []
+        public init() {}
+    }
+
+    /// Keeps the weights' memory alive: the mapped file or the trainer's buffers.
+    private let owner: AnyObject?
+    /// Row 0: relu(fc1 · x); row 1: scores.
+    private let scratch: Matrix
+    /// Two slots for x and relu(h) in a quantized activation format (at most 4 bytes per float).
+    private let converted: Matrix
+
+    static let architecture = "ember.predictor"
+
+    public convenience init(path: String) throws {
+        try self.init(file: try GGUFFile(path: path))
+    }
+
+    public convenience init(file: GGUFFile) throws {
+        let path = file.path
+        let isEmber = try file.string("general.architecture") == Self.architecture
+        var count = 0
+        while file.hasTensor("blk.\(count).fc1.weight") || file.hasTensor("blk.\(count + 1).fc1.weight") { count += 1 }
+        // Models list layers without predictors too; take the layer count when there is one.
+        if let declared = try file.int("ember.predictor.layer_count") { count = max(count, declared) }
+        guard count > 0 else { throw SparsityError.malformed(path: path, detail: "no predictor tensors (blk.N.fc1.weight)") }
+        var thresholds = [Float](repeating: Float(try file.float("powerinfer.sparse_threshold") ?? 0), count: count)
+        if isEmber {
+            guard let perLayer = try file.floatArray("ember.predictor.thresholds"), perLayer.count == count else {
+                throw SparsityError.malformed(path: path, detail: "ember.predictor.thresholds missing or not one per layer")
+            }
+            thresholds = perLayer
+        }
+        var d = 0, f = 0
+        var layers: [Layer?] = []
+        for l in 0..<count {
+            guard let i1 = file.tensorInfo("blk.\(l).fc1.weight"), let i2 = file.tensorInfo("blk.\(l).fc2.weight") else {
+                layers.append(nil)
+                continue
+            }
+            guard i1.dims.count == 2, i2.dims.count == 2, i1.dims[1] == i2.dims[0],
+                  i1.type.byteCount(elements: i1.dims[0]) != nil, i2.type.byteCount(elements: i2.dims[0]) != nil,
+                  ember_block_size(Int32(i1.type.rawValue)) > 0, ember_block_size(Int32(i2.type.rawValue)) > 0 else {
+                throw SparsityError.malformed(path: path, detail: "layer \(l): fc1 \(i1.dims) \(i1.type) and fc2 \(i2.dims) \(i2.type) are not [d, r] and [r, F] of a supported type")
+            }
+            if d == 0 { (d, f) = (i1.dims[0], i2.dims[1]) }
+            guard i1.dims[0] == d, i2.dims[1] == f else {
+                throw SparsityError.malformed(path: path, detail: "layer \(l): predictor shape differs from layer 0's [\(d) → \(f)]")
+            }
+            layers.append(Layer(
+                fc1: WeightMatrix(name: i1.name, type: i1.type, rows: i1.dims[1], columns: d, data: file.data(of: i1)),
+                fc2: WeightMatrix(name: i2.name, type: i2.type, rows: f, columns: i1.dims[1], data: file.data(of: i2)),
+                threshold: thresholds[l]))
+        }
+        var metadata = Metadata()
+        if isEmber {
+            metadata.sourceModel = try file.string("ember.predictor.source_model") ?? ""
+            metadata.targetSparsity = Float(try file.float("ember.predictor.target_sparsity") ?? 0)
+            metadata.targetRecall = Float(try file.float("ember.predictor.target_recall") ?? 0)
+            metadata.recall = try file.floatArray("ember.predictor.recall") ?? []
+            metadata.precision = try file.floatArray("ember.predictor.precision") ?? []
+            metadata.predictedShare = try file.floatArray("ember.predictor.predicted_share") ?? []
+        }
+        self.init(layers: layers, inputLength: d, neuronCount: f, metadata: metadata, owner: file)
+    }
+
+    /// Predictors from float weights in memory (the trainer's), stored as `type` (F32 or F16):
+    /// fc1[l] is rank×d row-major, fc2[l] is F×rank row-major.
+    public convenience init(fc1: [[Float]?], fc2: [[Float]?], ranks: [Int], thresholds: [Float],
+                            inputLength d: Int, neuronCount f: Int, type: TensorType = .f16, metadata: Metadata = Metadata()) {
+        precondition(type == .f32 || type == .f16)
+        let storage = WeightStorage()
+        var layers: [Layer?] = []
+        for l in 0..<ranks.count {
+            guard let w1 = fc1[l], let w2 = fc2[l] else { layers.append(nil); continue }
+            let r = ranks[l]
+            precondition(w1.count == r * d && w2.count == f * r)
+            layers.append(Layer(fc1: storage.matrix("blk.\(l).fc1.weight", w1, type: type, rows: r, columns: d),
+                                fc2: storage.matrix("blk.\(l).fc2.weight", w2, type: type, rows: f, columns: r),
+                                threshold: thresholds[l]))
+        }
+        self.init(layers: layers, inputLength: d, neuronCount: f, metadata: metadata, owner: storage)
+    }
+
+    private init(layers: [Layer?], inputLength: Int, neuronCount: Int, metadata: Metadata, owner: AnyObject) {
+        self.layers = layers
+        self.inputLength = inputLength
+        self.neuronCount = neuronCount
+        self.metadata = metadata
+        self.owner = owner
+        let maxRank = layers.compactMap { $0?.rank }.max() ?? 1
+        scratch = Matrix(rows: 2, length: max(maxRank, neuronCount))
+        converted = Matrix(rows: 2, length: max(inputLength, maxRank) + 256)
+    }
+
+    // MARK: single token (decode)
+
+    /// score = fc2 · relu(fc1 · x) for one token, F floats into `scores`.
+    public func scores(layer l: Int, input x: UnsafePointer<Float>, into scores: UnsafeMutablePointer<Float>) {
+        let p = layers[l]!
+        let h = scratch.pointer
+        Self.multiply(p.fc1, x, into: h, buffer: converted.row(0))
+        ember_relu(h, Int64(p.rank))
+        Self.multiply(p.fc2, h, into: scores, buffer: converted.row(1))
+    }
+
+    /// Writes the ids of the neurons predicted active (score ≥ τ), ascending, into `active`
+    /// (room for F) and returns how many there are. Layers without a predictor list all neurons.
+    public func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>) -> Int {
+        guard let p = layers[l] else {
+            for i in 0..<neuronCount { active[i] = Int32(i) }
+            return neuronCount
+        }
+        let s = scratch.row(1)
+        scores(layer: l, input: x, into: s)
+        return Int(ember_threshold_indices(s, Int64(neuronCount), p.threshold, active))
+    }
+
+    /// y = W · v, converting v to W's activation format first when it needs one.
+    private static func multiply(_ w: WeightMatrix, _ v: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                                 buffer: UnsafeMutablePointer<Float>) {
+        let act = w.activationType
+        if act == .f32 {
+            w.multiply(UnsafeRawPointer(v), into: y, rows: 0..<w.rows)
+        } else {
+            let bytes = UnsafeMutableRawPointer(buffer)
+            ember_quantize_activations(Int32(act.rawValue), v, bytes, Int64(w.columns))
+            w.multiply(UnsafeRawPointer(bytes), into: y, rows: 0..<w.rows)
+        }
+    }
+
+    // MARK: batches (prefill, perplexity, evaluation)
+
+    /// Scores of `count` tokens (rows of `inputs`) into rows of `scores` (length F), the rows
+    /// of each product split over `pool` (nil: on the calling thread).
+    public func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool?) {
+        let p = layers[l]!
+        precondition(inputs.length == inputLength && scores.length == neuronCount && count <= inputs.rows && count <= scores.rows)
+        let hidden = Matrix(rows: count, length: p.rank)
+        Self.multiply(p.fc1, inputs, count: count, into: hidden, pool: pool)
+        ember_relu(hidden.pointer, Int64(count * p.rank))
+        Self.multiply(p.fc2, hidden, count: count, into: scores, pool: pool)
+    }
+
+    /// Masks for `count` tokens: masks[t][i] = 1 if neuron i is predicted active for token t,
+    /// else 0, so multiplying act(gate) by it makes unpredicted neurons contribute nothing.
+    /// Layers without a predictor get all ones. Returns the number of active entries.
+    @discardableResult
+    public func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int {
+        precondition(masks.length == neuronCount && count <= masks.rows)
+        guard let p = layers[l] else {
+            masks.pointer.update(repeating: 1, count: count * neuronCount)
+            return count * neuronCount
+        }
+        scores(layer: l, inputs: inputs, count: count, into: masks, pool: pool)
+        return Int(ember_threshold_mask(masks.pointer, Int64(count * neuronCount), p.threshold))
+    }
+
+    /// out[t] = W · input[t] for t < count, W's rows split over the pool.
+    private static func multiply(_ w: WeightMatrix, _ input: Matrix, count: Int, into out: Matrix, pool: ThreadPool?) {
+        let act = w.activationType
+        var source = UnsafeRawPointer(input.pointer), stride = input.length * 4
+        var converted: ActivationBuffer?
+        if act != .f32 {
+            let buffer = ActivationBuffer(type: act, length: w.columns, capacity: count)
+            for t in 0..<count { buffer.store(input.row(t), at: t) }
+            (source, stride, converted) = (UnsafeRawPointer(buffer.bytes), buffer.stride, buffer)
+        }
+        withExtendedLifetime(converted) {
+            let body = { (rows: Range<Int>) in
+                w.multiply(source, stride: stride, count: count, into: out.pointer, ldy: out.length, rows: rows)
+            }
+            if let pool { pool.parallelFor(w.rows, granularity: 16, body) } else { body(0..<w.rows) }
+        }
+    }
+
+    // MARK: writing
+
+    /// Writes Ember's predictor file: per-layer thresholds and the trainer's figures in
+    /// metadata, tensors in the types they are held in.
+    public func write(to path: String) throws {
+        guard let storage = owner as? WeightStorage else {
+            throw SparsityError.mismatch("only predictors built in memory can be written (\(path))")
+        }
+        var writer = GGUFWriter()
+        writer.set("general.architecture", .string(Self.architecture))
+        writer.set("ember.predictor.source_model", .string(metadata.sourceModel))
+        writer.set("ember.predictor.layer_count", .uint32(UInt32(layers.count)))
+        writer.set("ember.predictor.input_length", .uint32(UInt32(inputLength)))
+        writer.set("ember.predictor.neuron_count", .uint32(UInt32(neuronCount)))
+        writer.set("ember.predictor.target_sparsity", .float32(metadata.targetSparsity))
+        writer.set("ember.predictor.target_recall", .float32(metadata.targetRecall))
+        writer.set("ember.predictor.ranks", .array(.uint32, layers.map { .uint32(UInt32($0?.rank ?? 0)) }))
+        writer.set("ember.predictor.thresholds", .array(.float32, layers.map { .float32($0?.threshold ?? 0) }))
+        for (key, values) in [("recall", metadata.recall), ("precision", metadata.precision), ("predicted_share", metadata.predictedShare)] {
+            writer.set("ember.predictor.\(key)", .array(.float32, values.map { .float32($0) }))
+        }
+        for case let p? in layers {
+            for w in [p.fc1, p.fc2] {
+                writer.addTensor(w.name, type: w.type, dims: [w.columns, w.rows],
+                                 bytes: Array(UnsafeRawBufferPointer(start: w.data, count: w.byteCount)))
+            }
+        }
+        withExtendedLifetime(storage) {}
+        try writer.write(to: path)
+    }
+}
+
+/// Weight bytes owned in memory, for predictors that did not come from a file.
+final class WeightStorage {
+    private var buffers: [UnsafeMutableRawPointer] = []
+
+    func matrix(_ name: String, _ floats: [Float], type: TensorType, rows: Int, columns: Int) -> WeightMatrix {
+        let rowBytes = type.byteCount(elements: columns)!
+        let bytes = UnsafeMutableRawPointer.allocate(byteCount: max(rows * rowBytes, 64), alignment: 64)
+        buffers.append(bytes)
+        floats.withUnsafeBufferPointer { f in
+            for r in 0..<rows {
+                ember_quantize_row(Int32(type.rawValue), f.baseAddress! + r * columns, bytes + r * rowBytes, Int64(columns))
+            }
+        }
+        return WeightMatrix(name: name, type: type, rows: rows, columns: columns, data: UnsafeRawPointer(bytes))
+    }
+
+    deinit { buffers.forEach { $0.deallocate() } }
+}

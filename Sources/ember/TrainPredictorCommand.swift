@@ -1,0 +1,115 @@
+import EmberCore
+import Foundation
+
+/// `ember train-predictor`: trains one activation predictor per FFN layer on a text, with
+/// labels from a statistics file's gate thresholds, and writes them as Ember's predictor file.
+enum TrainPredictorCommand {
+    static let flags: [Arguments.Flag] = [CommonFlags.model, CommonFlags.threads] + [
+        .init(names: ["--stats"], takesValue: true, help: "activation statistics file (from `ember profile`; required)"),
+        .init(names: ["--file", "-f"], takesValue: true, help: "UTF-8 training text (required); its last 15 % is held out"),
+        .init(names: ["--output", "-o"], takesValue: true, help: "predictor file to write (required)"),
+        .init(names: ["--sparsity"], takesValue: true, help: "target sparsity, one of the statistics file's (default: its only one)"),
+        .init(names: ["--recall"], takesValue: true, help: "share of active neurons the predictors must keep (default 0.95)"),
+        .init(names: ["--tokens"], takesValue: true, help: "use only the first N tokens of the text"),
+        .init(names: ["--ctx", "-c"], takesValue: true, help: "tokens per chunk, each from an empty cache (default 256)"),
+        .init(names: ["--min-rank"], takesValue: true, help: "smallest predictor rank (default 32)"),
+        .init(names: ["--max-rank"], takesValue: true, help: "largest predictor rank (default 256)"),
+        .init(names: ["--epochs"], takesValue: true, help: "passes over the training tokens per rank tried (default 12)"),
+        .init(names: ["--seed"], takesValue: true, help: "random seed (default 1)"),
+        .init(names: ["--f32"], takesValue: false, help: "store weights as F32 (default F16: half the bytes read per token)"),
+    ]
+
+    static let summary = "train per-layer activation predictors (PowerInfer's form) on a text"
+
+    static func main(_ arguments: Arguments) throws {
+        guard let statsPath = arguments.string("--stats") else { throw UsageError("give the statistics file with --stats FILE") }
+        guard let textPath = arguments.string("--file") else { throw UsageError("give the training text with -f FILE") }
+        guard let output = arguments.string("--output") else { throw UsageError("give the output file with -o FILE") }
+        var options = PredictorTrainingOptions()
+        options.targetRecall = try arguments.float("--recall", default: 0.95, range: 0.5...1)
+        options.minRank = try arguments.int("--min-rank", default: 32, range: 1...65536)
+        options.maxRank = try arguments.int("--max-rank", default: 256, range: options.minRank...65536)
+        options.epochs = try arguments.int("--epochs", default: options.epochs, range: 1...10_000)
+        options.weightType = arguments.has("--f32") ? .f32 : .f16
+        if let seed = arguments.string("--seed") {
+            guard let value = UInt64(seed) else { throw UsageError("--seed must be a non-negative integer, not \"\(seed)\"") }
+            options.seed = value
+        }
+        let context = try arguments.int("--ctx", default: 256, range: 2...1 << 20)
+        let tokenLimit = try arguments.int("--tokens", default: Int.max, range: 1...Int.max)
+
+        let stats = try ActivationStatistics(path: statsPath)
+        let sparsity: Float
+        if arguments.has("--sparsity") {
+            sparsity = try arguments.float("--sparsity", default: 0, range: 0...1)
+        } else {
+            guard stats.sparsityTargets.count == 1 else {
+                throw UsageError("\(statsPath) has targets \(stats.sparsityTargets): choose one with --sparsity")
+            }
+            sparsity = stats.sparsityTargets[0]
+        }
+        guard let target = stats.targetIndex(for: sparsity) else {
+            throw UsageError("\(statsPath) has no threshold for sparsity \(sparsity); it has \(stats.sparsityTargets)")
+        }
+
+        let loaded = try LoadedModel(arguments)
+        let config = loaded.model.config
+        guard stats.feedForwardLength == config.feedForwardLength, stats.layers.count == config.layerCount else {
+            throw SparsityError.mismatch("\(statsPath) describes \(stats.layers.count) layers of \(stats.feedForwardLength) neurons, "
+                                         + "\(loaded.path) has \(config.layerCount) of \(config.feedForwardLength)")
+        }
+        let text = try TextInput.readFile(textPath)
+        // As perplexity: no BOS, special tokens as plain text.
+        let tokens = Array(loaded.tokenizer.encode(text, addSpecial: false, parseSpecial: false).prefix(tokenLimit))
+        let threads = try arguments.int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+        let session = Session(model: loaded.model, threads: threads, contextLength: context, batchSize: 64)
+        let relu = stats.activation == "relu"
+
+        let start = DispatchTime.now()
+        let collecting = Progress("collecting")
+        let data = try PredictorTrainingData.collect(
+            session: session, tokens: tokens, context: context, layers: Array(0..<config.layerCount),
+            thresholds: stats.layers.map { $0.gateThresholds[target] }, relu: relu) { collecting.update($0, of: $1) }
+        collecting.finish()
+        let collected = seconds(since: start)
+        Terminal.note(String(format: "collected %d tokens × %d layers in %.1f s", data.tokenCount, config.layerCount, collected))
+
+        let training = Progress("training")
+        var done = 0
+        let result = PredictorTrainer.train(
+            data: data, layerCount: config.layerCount,
+            hotShares: stats.layers.map { PredictorTrainer.hotShare(counts: $0.counts[target]) },
+            options: options, pool: session.pool,
+            sourceModel: (try? loaded.model.file.string("general.name")) ?? URL(fileURLWithPath: loaded.path).lastPathComponent,
+            targetSparsity: sparsity) { report in
+                done += 1
+                training.update(done, of: config.layerCount, detail: "layer \(report.layer): rank \(report.rank)")
+            }
+        training.finish()
+        let trained = seconds(since: start) - collected
+        try result.predictors.write(to: output)
+
+        print(String(format: "predictors for %@ at sparsity %.2f, recall target %.2f; tokens: %d train, %d validation (τ, rank), %d held out",
+                     URL(fileURLWithPath: loaded.path).lastPathComponent, sparsity, options.targetRecall,
+                     result.trainTokens, result.validationTokens, result.heldOutTokens))
+        print("layer  rank  tried          hot80  active  τ         recall  precision  predicted")
+        for r in result.reports {
+            let tried = r.attempts.map { String(format: "%d:%.2f", $0.rank, $0.validationShare) }.joined(separator: " ")
+            print(String(format: "%5d  %4d  %@  %.3f  %.3f   %-8.4g  %.3f   %.3f      %.3f", r.layer, r.rank,
+                         tried.padding(toLength: 13, withPad: " ", startingAt: 0), r.hotShare, r.activeShare,
+                         r.threshold, r.recall, r.precision, r.predictedShare))
+        }
+        let reports = result.reports
+        func mean(_ values: [Float]) -> Float { values.reduce(0, +) / Float(max(values.count, 1)) }
+        let predictorBytes = result.predictors.layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) }
+        print(String(format: "mean: recall %.3f, precision %.3f, predicted %.3f (truly active %.3f); ranks %d–%d",
+                     mean(reports.map(\.recall)), mean(reports.map(\.precision)), mean(reports.map(\.predictedShare)),
+                     mean(reports.map(\.activeShare)), reports.map(\.rank).min() ?? 0, reports.map(\.rank).max() ?? 0))
+        print(String(format: "wrote %@: %.2f MB of %@ weights (read per token); collection %.1f s, training %.1f s on %d threads",
+                     output, Double(predictorBytes) / 1e6, options.weightType.description, collected, trained, threads))
+    }
+
+    static func seconds(since start: DispatchTime) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+    }
+}
