@@ -4,3 +4,4 @@
 #include "ember_runtime.h"
 #include "ember_vector.h"
 #include "ember_sparse.h"
+#include "ember_gemm.h"
