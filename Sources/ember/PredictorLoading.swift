@@ -1,6 +1,5 @@
 import EmberCore
 
-extension PredictorSet: ActiveNeuronPredictor {}
 
 /// Opens a predictor file (Ember's, or PowerInfer's fc1/fc2 tensors) for `--sparsity predictor`
 /// and checks it fits the model.

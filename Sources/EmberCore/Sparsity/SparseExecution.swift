@@ -5,7 +5,13 @@ public protocol ActiveNeuronPredictor: AnyObject {
     /// Writes the ids of the neurons predicted active for `input` to `into` (room for every
     /// neuron) and returns how many there are.
     func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>) -> Int
+    /// For `count` tokens (rows of `inputs`): masks[t][i] = 1 when neuron i is predicted
+    /// active for token t, else 0; returns how many are active in all.
+    func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int
 }
+
+/// Ember's trained predictors (and PowerInfer's) are such predictors.
+extension PredictorSet: ActiveNeuronPredictor {}
 
 public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
     case needsStatistics(SparsityMode)
@@ -45,6 +51,8 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     private let thresholds: [Float]
     private let predictor: ActiveNeuronPredictor?
     private let decoder: SparseDecoder?
+    /// Scratch for the predictor's masks of a batch.
+    private var predictorMasks: Matrix?
 
     /// Neurons computed and neuron slots seen, over all layers and tokens so far.
     public private(set) var activeNeurons = 0
@@ -121,7 +129,7 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
 
     /// Dense gate and up, left-out neurons zeroed, dense down: the batch path, and the
     /// reference the decode path must equal.
-    private func maskedFeedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
+    func maskedFeedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
         let n = config.feedForwardLength
         let activation = config.activation
         let threshold = thresholds[layer]
@@ -132,7 +140,12 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         }
         var counts = Array(repeating: 0, count: pass.tokenCount)
         let mode = self.mode
-        let predictor = self.predictor
+        var masks: Matrix?
+        if mode == .predictor {
+            if predictorMasks?.rows ?? 0 < pass.tokenCount { predictorMasks = Matrix(rows: pass.maxTokens, length: n) }
+            masks = predictorMasks
+            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: pass.tokenCount, into: masks!, pool: pass.pool)
+        }
         counts.withUnsafeMutableBufferPointer { counts in
             pass.forEachToken { t in
                 let a = pass.gate.row(t)
@@ -156,15 +169,11 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
                         if abs(a[i]) >= threshold { active += 1 } else { a[i] = 0 }
                     }
                 case .predictor:
-                    let ids = UnsafeMutablePointer<Int32>.allocate(capacity: n)
-                    defer { ids.deallocate() }
-                    let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(t), into: ids)
-                    let keep = UnsafeMutablePointer<Bool>.allocate(capacity: n)
-                    defer { keep.deallocate() }
-                    keep.initialize(repeating: false, count: n)
-                    for k in 0..<count { keep[Int(ids[k])] = true }
-                    for i in 0..<n { a[i] = keep[i] ? a[i] * (up?[i] ?? 1) : 0 }
-                    active = count
+                    let mask = masks!.row(t)
+                    for i in 0..<n {
+                        a[i] *= mask[i] * (up?[i] ?? 1)
+                        if mask[i] != 0 { active += 1 }
+                    }
                 }
                 counts[t] = active
             }

@@ -1,0 +1,141 @@
+@testable import EmberCore
+import Foundation
+import XCTest
+
+/// The sparse FFN modes on the real model: the single-token path (gathered rows, neuron-major
+/// down) must compute what the batch path (dense products with left-out neurons zeroed) does,
+/// and each mode must skip what it says.
+final class SparseExecutionTests: XCTestCase {
+    func testModesParse() {
+        XCTAssertEqual(SparsityMode("dense"), .dense)
+        XCTAssertEqual(SparsityMode("exact"), .exact)
+        XCTAssertEqual(SparsityMode("threshold:0.6"), .threshold(0.6))
+        XCTAssertEqual(SparsityMode("down:0.5"), .down(0.5))
+        XCTAssertEqual(SparsityMode("predictor"), .predictor)
+        for bad in ["", "sparse", "threshold", "threshold:1.5", "down:0", "down:x", "exact:0.5"] {
+            XCTAssertNil(SparsityMode(bad), bad)
+        }
+    }
+
+    /// Statistics of SmolLM2 on a little text, shared by the tests below.
+    static let statistics: Result<ActivationStatistics, Error> = Result {
+        let model = try TestData.model(.smolLM2)
+        let text = try String(contentsOf: TestData.fixtures.appendingPathComponent("eval-gpl3.txt"), encoding: .utf8)
+        let tokens = try Tokenizer(file: model.file).encode(text, addSpecial: false, parseSpecial: false)
+        let session = Session(model: model, threads: 2, contextLength: 128, batchSize: 128)
+        return try session.profileActivations(Array(tokens.prefix(512)), context: 128, targets: [0.5, 0.7])
+    }
+
+    /// A real FFN input: the normed residual of a token after a few layers of a prompt.
+    func passAtLayer(_ layer: Int, model: LanguageModel) throws -> ForwardPass {
+        let session = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let prompt = try ReferenceTests.greedyCases()[1].promptIDs
+        try session.evaluate(Array(prompt.dropLast()))
+        // Run the last token up to `layer`, then stop before its FFN.
+        let pass = session.pass
+        pass.begin(tokens: prompt.suffix(1), start: session.position, embedding: model.weights.tokenEmbedding)
+        for l in 0..<layer { Llama.block(model.weights.layers[l], layer: l, pass: pass, cache: session.cache) }
+        pass.rmsNorm(pass.x, model.weights.layers[layer].ffnNorm, into: pass.normed)
+        retained.append(session)
+        return pass
+    }
+    private var retained: [Session] = []
+
+    /// The FFN output of the single-token path and of the batch path on the same input.
+    /// Also checks both computed the same number of neurons.
+    func bothPaths(_ execution: SparseExecution, layer: Int, pass: ForwardPass, model: LanguageModel,
+                   file: StaticString = #filePath, line: UInt = #line) -> (decode: [Float], masked: [Float]) {
+        let w = model.weights.layers[layer]
+        let d = model.config.embeddingLength
+        execution.feedForward(w, layer: layer, pass: pass)
+        let decode = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+        let decodeCount = execution.activeNeurons
+        execution.maskedFeedForward(w, layer: layer, pass: pass)
+        let masked = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+        XCTAssertEqual(execution.activeNeurons - decodeCount, decodeCount, "neurons computed", file: file, line: line)
+        return (decode, masked)
+    }
+
+    /// Both paths select the same neurons (the gathered rows are bit-identical to the dense
+    /// ones); they differ in the down projection only: Q4_1 weights times 8-bit activations
+    /// against the same weights re-quantized neuron-major to Q8_0 and summed in float. Each
+    /// rounds to about 1 % of a block's largest value, so the outputs agree within 3 %.
+    func assertSameFFN(_ a: [Float], _ b: [Float], _ label: String) {
+        let error = zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+        let norm = b.map { $0 * $0 }.reduce(0, +).squareRoot()
+        XCTAssertGreaterThan(norm, 0, label)
+        XCTAssertLessThan(error / norm, 0.03, label)
+    }
+
+    func testDecodePathComputesWhatTheBatchPathDoes() throws {
+        let model = try TestData.model(.smolLM2)
+        let statistics = try Self.statistics.get()
+        let config = model.config
+        let d = config.embeddingLength, f = config.feedForwardLength, r = 8
+        var random = SystemRandomNumberGenerator()
+        func weights(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -0.1...0.1, using: &random) } }
+        let predictor = PredictorSet(fc1: (0..<config.layerCount).map { _ in weights(r * d) },
+                                     fc2: (0..<config.layerCount).map { _ in weights(f * r) },
+                                     ranks: Array(repeating: r, count: config.layerCount),
+                                     thresholds: Array(repeating: 0, count: config.layerCount), inputLength: d, neuronCount: f)
+        for layer in [2, 17] {
+            let pass = try passAtLayer(layer, model: model)
+            for mode in [SparsityMode.threshold(0.5), .down(0.7), .predictor] {
+                let execution = try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pass.pool)
+                let (decode, masked) = bothPaths(execution, layer: layer, pass: pass, model: model)
+                assertSameFFN(decode, masked, "\(mode) at layer \(layer)")
+                XCTAssertGreaterThan(execution.reachedSparsity, 0.2, "\(mode) at layer \(layer)")
+            }
+        }
+    }
+
+    func testSelectingEveryNeuronEqualsTheDenseFFN() throws {
+        let model = try TestData.model(.smolLM2)
+        let config = model.config
+        let d = config.embeddingLength, f = config.feedForwardLength
+        // A rank-1 predictor with zero weights scores 0 everywhere; a threshold of 0 keeps all.
+        let everyone = PredictorSet(fc1: Array(repeating: [Float](repeating: 0, count: d), count: config.layerCount),
+                                    fc2: Array(repeating: [Float](repeating: 0, count: f), count: config.layerCount),
+                                    ranks: Array(repeating: 1, count: config.layerCount),
+                                    thresholds: Array(repeating: 0, count: config.layerCount), inputLength: d, neuronCount: f)
+        let layer = 5
+        let pass = try passAtLayer(layer, model: model)
+        pass.feedForward(model.weights.layers[layer], layer: layer)
+        let dense = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+        let execution = try SparseExecution(mode: .predictor, model: model, statistics: nil, predictor: everyone, pool: pass.pool)
+        let (decode, masked) = bothPaths(execution, layer: layer, pass: pass, model: model)
+        XCTAssertEqual(execution.reachedSparsity, 0)
+        XCTAssertEqual(masked, dense, "the batch path with every neuron is the dense FFN")
+        assertSameFFN(decode, dense, "decode path with every neuron")
+    }
+
+    func testThresholdsReachTheirTargetOnAnotherText() throws {
+        let model = try TestData.model(.smolLM2)
+        let session = Session(model: model, threads: 2, contextLength: 64)
+        let sparse = try SparseExecution(mode: .threshold(0.7), model: model, statistics: try Self.statistics.get(), predictor: nil, pool: session.pool)
+        session.pass.sparsity = sparse
+        for test in try ReferenceTests.greedyCases() {
+            session.reset()
+            try session.evaluate(test.promptIDs)
+        }
+        // Calibrated on GPL text, measured on four short prompts: near, not at, the target.
+        XCTAssertEqual(sparse.reachedSparsity, 0.7, accuracy: 0.1)
+    }
+
+    func testModesNeedWhatTheyUse() throws {
+        let model = try TestData.model(.smolLM2)
+        let pool = ThreadPool(threads: 1)
+        XCTAssertThrowsError(try SparseExecution(mode: .exact, model: model, statistics: nil, predictor: nil, pool: pool)) {
+            XCTAssertEqual($0 as? SparseExecutionError, .needsReLU)
+        }
+        XCTAssertThrowsError(try SparseExecution(mode: .threshold(0.5), model: model, statistics: nil, predictor: nil, pool: pool)) {
+            XCTAssertEqual($0 as? SparseExecutionError, .needsStatistics(.threshold(0.5)))
+        }
+        XCTAssertThrowsError(try SparseExecution(mode: .down(0.6), model: model, statistics: try Self.statistics.get(), predictor: nil, pool: pool)) {
+            XCTAssertEqual($0 as? SparseExecutionError, .targetMissing(0.6, available: [0.5, 0.7]))
+        }
+        XCTAssertThrowsError(try SparseExecution(mode: .predictor, model: model, statistics: nil, predictor: nil, pool: pool)) {
+            XCTAssertEqual($0 as? SparseExecutionError, .needsPredictor)
+        }
+    }
+}
