@@ -7,7 +7,8 @@
 
 // How far ahead, in gathered rows, whole rows are prefetched. The active rows are scattered,
 // so neither the hardware prefetcher nor the tiles' own PF_ROWS prefetch (which assumes the
-// next rows are adjacent) can find them.
+// next rows are adjacent) can find them. Measured on Zen3 (Q4_0, 4096 columns, 10 % of rows):
+// 1 to 16 rows ahead all alike; hint T1 (locality 2) clearly ahead of T0 and NTA.
 enum { GATHER_AHEAD = 4 };
 
 static void prefetch_rows(const uint8_t *w, size_t row_bytes, const int32_t *rows, int64_t count) {
@@ -32,8 +33,9 @@ enum { G_Q4_0, G_Q4_1, G_Q5_0, G_Q5_1, G_Q8_0 };
 // Four scattered rows of a 32-element block format against Q8_0/Q8_1 activations: dot_avx2.c's
 // b32_tile for a 4 x 1 tile, step for step (so results are bit-identical to ember_matvec),
 // except that rows come from a pointer table and the prefetch targets the next four gathered
-// rows rather than the next four adjacent ones. Four independent accumulator chains keep the
-// FMA latency hidden, which single-row calls could not (measured ~25 % slower).
+// rows rather than the next four adjacent ones. Four independent accumulator chains hide the
+// FMA latency that bounds a single-row tile (Q4_0, 4096 columns, 10 % of 11008 rows, one
+// thread, cold caches: 7.7x faster than dense, against 5.1x with single-row tiles).
 INLINE void b32_gather4(const int kind, int64_t n, const uint8_t *const *w, const uint8_t *const *next,
                         const uint8_t *act, float *y) {
     const int has_min = kind == G_Q4_1 || kind == G_Q5_1;
