@@ -9,9 +9,9 @@ enum SparseBenchCommand {
         .init(names: ["--rows"], takesValue: true, help: "neurons: rows of the gathered matrix (default 11008)"),
         .init(names: ["--columns"], takesValue: true, help: "hidden size: columns (default 4096)"),
         .init(names: ["--type"], takesValue: true, help: "weight type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_k q5_k q6_k (default q4_0)"),
-        .init(names: ["--down-type"], takesValue: true, help: "storage type of the neuron-major down copy (default q8_0)"),
+        .init(names: ["--down-type"], takesValue: true, help: "storage type of the neuron-major down copy (default q8_0; f16 if --columns is no multiple of 32)"),
         CommonFlags.threads,
-        .init(names: ["--repetitions", "-r"], takesValue: true, help: "repetitions per measurement, median reported (default 20)"),
+        .init(names: ["--repetitions", "-r"], takesValue: true, help: "repetitions per measurement; medians and minima reported (default 20)"),
     ]
 
     static let summary = "time gather matvec and column-gather axpy against dense matvec at several active fractions"
