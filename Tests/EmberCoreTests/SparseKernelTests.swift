@@ -1,0 +1,379 @@
+import CEmberKernels
+import EmberCore
+import XCTest
+
+/// Tests of the neuron-aware sparse operators (ember_sparse.h, SparseKernels.swift) on
+/// generated data, for every weight type.
+///
+/// Tolerances (u = 2^-24, float32 unit roundoff):
+/// - Gathered dot products go through the same tiles, or a step-for-step copy of one, as
+///   ember_matvec: compared bit for bit, on each path (AVX2 and portable).
+/// - Column gather against a double-precision sum of coef · (row expanded by
+///   ember_dequantize_row): each kernel adds count rows in sequence, each step a product and an
+///   add (or one FMA), and the fast paths fold the block scale into the coefficient first (one
+///   more rounding) and add Q4_1's offsets per block. Every intermediate is bounded by
+///   3 · Σ|c_k| · max|row_k| (Q4_1: |q·d| + |m| ≤ 3 · the block's largest value), so
+///   8u · (count + 4) · (|y0| + Σ_k |c_k| · max|row_k|) bounds the difference with margin.
+///   One wrong row changes an element by about |c · x|, orders of magnitude more.
+final class SparseKernelTests: XCTestCase {
+    typealias Rng = KernelTests.Rng
+    static let u = Double(Float.ulpOfOne) / 2
+
+    /// A generated matrix (rows x n of `type`) with its rows expanded back to floats.
+    struct Matrix {
+        let type: Int32
+        let rows: Int, n: Int, rowBytes: Int
+        var bytes: [UInt8]
+        var floats: [[Float]]
+
+        init(type: Int32, rows: Int, n: Int, rng: inout Rng) {
+            self.type = type
+            self.rows = rows
+            self.n = n
+            rowBytes = ember_row_bytes(type, Int64(n))
+            bytes = [UInt8](repeating: 0, count: rows * rowBytes)
+            floats = []
+            for r in 0..<rows {
+                let x = rng.vector(n)
+                var row = [UInt8](repeating: 0, count: rowBytes)
+                ember_quantize_row(type, x, &row, Int64(n))
+                bytes.replaceSubrange(r * rowBytes..<(r + 1) * rowBytes, with: row)
+                var back = [Float](repeating: 0, count: n)
+                ember_dequantize_row(type, row, &back, Int64(n))
+                floats.append(back)
+            }
+        }
+
+        func weightMatrix(_ pointer: UnsafeRawPointer) -> WeightMatrix {
+            WeightMatrix(name: "test", type: TensorType(rawValue: UInt32(type))!, rows: rows, columns: n, data: pointer)
+        }
+    }
+
+    static func activations(_ weightType: Int32, _ x: [Float]) -> [UInt8] {
+        let at = ember_activation_type(weightType)
+        var out = [UInt8](repeating: 0, count: ember_activation_bytes(at, Int64(x.count)))
+        ember_quantize_activations(at, x, &out, Int64(x.count))
+        return out
+    }
+
+    /// Row ids: shuffled, with an adjacent run and a repeat, so every grouping case occurs.
+    static func rowIds(_ count: Int, of rows: Int, rng: inout Rng) -> [Int32] {
+        var ids = (0..<count).map { _ in Int32(rng.next() % UInt64(rows)) }
+        if count >= 8 { ids[2] = 5; ids[3] = 6; ids[4] = 7; ids[5] = 8; ids[7] = ids[0] }
+        return ids
+    }
+
+    func withPaths(_ body: (String) throws -> Void) rethrows {
+        try body(ember_has_avx2() != 0 ? "AVX2" : "portable")
+        ember_force_portable(1)
+        defer { ember_force_portable(0) }
+        try body("portable")
+    }
+
+    /// Row lengths per type: a few blocks, plus a length that is no multiple of 8 for floats.
+    static func lengths(_ type: Int32) -> [Int] {
+        let block = Int(ember_block_size(type))
+        return block == 1 ? [256, 100] : [block * max(1, 512 / block)]
+    }
+
+    // MARK: Row gather
+
+    func testGatherMatchesDenseMatvecBitForBit() {
+        var rng = Rng(state: 1)
+        for (type, name) in KernelTests.weightTypes {
+            for n in Self.lengths(type) {
+                let m = Matrix(type: type, rows: 37, n: n, rng: &rng)
+                let act = Self.activations(type, rng.vector(n))
+                for count in [1, 3, 4, 13, 37] {
+                    let ids = Self.rowIds(count, of: m.rows, rng: &rng)
+                    withPaths { path in
+                        var dense = [Float](repeating: 0, count: m.rows)
+                        var gathered = [Float](repeating: .nan, count: count)
+                        ember_matvec(type, Int64(n), m.bytes, m.rowBytes, act, &dense, 0, Int64(m.rows))
+                        ember_matvec_gather(type, Int64(n), m.bytes, m.rowBytes, act, ids, Int64(count), &gathered)
+                        for k in 0..<count where gathered[k].bitPattern != dense[Int(ids[k])].bitPattern {
+                            XCTFail("\(name) \(path) n=\(n) count=\(count): y[\(k)] = \(gathered[k]), row \(ids[k]) dense \(dense[Int(ids[k])])")
+                            return
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testWeightMatrixGatherWrapper() {
+        var rng = Rng(state: 2)
+        let m = Matrix(type: Int32(EMBER_TYPE_Q4_0), rows: 20, n: 128, rng: &rng)
+        m.bytes.withUnsafeBytes { raw in
+            let w = m.weightMatrix(raw.baseAddress!)
+            let a = ActivationBuffer(type: w.activationType, length: 128, capacity: 1)
+            a.store(rng.vector(128), at: 0)
+            var dense = [Float](repeating: 0, count: 20), gathered = [Float](repeating: 0, count: 6)
+            let ids: [Int32] = [19, 0, 7, 7, 3, 12]
+            w.multiply(a.vector(0), into: &dense, rows: 0..<20)
+            w.multiply(gathering: ids, count: ids.count, activations: a.vector(0), into: &gathered)
+            XCTAssertEqual(gathered, ids.map { dense[Int($0)] })
+        }
+    }
+
+    // MARK: Column gather
+
+    /// Checks y0 + Σ coef[k] · row ids[k] against a double sum, on both paths.
+    func checkAxpy(_ m: Matrix, ids: [Int32], coef: [Float], y0: [Float], label: String) {
+        let n = m.n
+        var reference = y0.map(Double.init), magnitude = y0.map { abs(Double($0)) }
+        for (k, r) in ids.enumerated() {
+            let row = m.floats[Int(r)]
+            let largest = Double(row.map(abs).max() ?? 0)
+            for i in 0..<n {
+                reference[i] += Double(coef[k]) * Double(row[i])
+                magnitude[i] += abs(Double(coef[k])) * largest
+            }
+        }
+        withPaths { path in
+            var y = y0
+            ember_axpy_gather(m.type, Int64(n), m.bytes, m.rowBytes, ids, coef, Int64(ids.count), &y)
+            let bound = 8 * Self.u * Double(ids.count + 4)
+            for i in 0..<n where abs(Double(y[i]) - reference[i]) > bound * magnitude[i] {
+                XCTFail("\(label) \(path): y[\(i)] = \(y[i]), reference \(reference[i]), bound \(bound * magnitude[i])")
+                return
+            }
+        }
+    }
+
+    func testAxpyGatherMatchesFloatReference() {
+        var rng = Rng(state: 3)
+        for (type, name) in KernelTests.weightTypes {
+            for n in Self.lengths(type) {
+                let m = Matrix(type: type, rows: 29, n: n, rng: &rng)
+                for count in [1, 3, 4, 11, 29] {
+                    let ids = Self.rowIds(count, of: m.rows, rng: &rng)
+                    let coef = (0..<count).map { _ in rng.float() * 2 }
+                    checkAxpy(m, ids: ids, coef: coef, y0: rng.vector(n), label: "\(name) n=\(n) count=\(count)")
+                }
+            }
+        }
+    }
+
+    // MARK: Neuron-major transposition
+
+    /// A down projection (d rows x f columns) to transpose, kept alive with its bytes.
+    func downMatrix(type: Int32, d: Int, f: Int, rng: inout Rng) -> Matrix {
+        Matrix(type: type, rows: d, n: f, rng: &rng)
+    }
+
+    func testNeuronMajorDefaultIsQ8_0WithinOneStep() throws {
+        var rng = Rng(state: 4)
+        let pool1 = ThreadPool(threads: 1), pool2 = ThreadPool(threads: 2)
+        for (type, name) in KernelTests.weightTypes {
+            let d = 64, f = 512
+            let m = downMatrix(type: type, d: d, f: f, rng: &rng)
+            try m.bytes.withUnsafeBytes { raw in
+                let down = m.weightMatrix(raw.baseAddress!)
+                let t = try NeuronMajorMatrix(transposing: down, pool: pool2)
+                XCTAssertEqual(t.type, .q8_0)
+                XCTAssertEqual(t.rows, f)
+                XCTAssertEqual(t.columns, d)
+                // Built on one thread: the same bytes.
+                let t1 = try NeuronMajorMatrix(transposing: down, pool: pool1)
+                XCTAssertEqual(memcmp(t.weights.data, t1.weights.data, t.weights.byteCount), 0, "\(name): 1 vs 2 threads")
+                var row = [Float](repeating: 0, count: d)
+                for j in 0..<f {
+                    t.weights.dequantizeRow(j, into: &row)
+                    for b in 0..<(d / 32) {
+                        // Q8_0 error: half a step (amax/127) plus 127 times the half-float
+                        // rounding of the step (2^-11 relative): under 0.57 of a step.
+                        let block = (b * 32..<(b + 1) * 32).map { m.floats[$0][j] }
+                        let step = Double(block.map(abs).max()!) / 127
+                        for i in 0..<32 where abs(Double(row[b * 32 + i]) - Double(block[i])) > 0.57 * step + 1e-30 {
+                            XCTFail("\(name): neuron \(j) element \(b * 32 + i) = \(row[b * 32 + i]), source \(block[i])")
+                            return
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testNeuronMajorOtherFormats() throws {
+        var rng = Rng(state: 5)
+        let pool = ThreadPool(threads: 2)
+        // F32 source, d not a multiple of 32: default F16; F32 exact; Q4_0 source kept as Q4_0.
+        let m = downMatrix(type: Int32(EMBER_TYPE_F32), d: 40, f: 96, rng: &rng)
+        try m.bytes.withUnsafeBytes { raw in
+            let down = m.weightMatrix(raw.baseAddress!)
+            let half = try NeuronMajorMatrix(transposing: down, pool: pool)
+            XCTAssertEqual(half.type, .f16)
+            let exact = try NeuronMajorMatrix(transposing: down, as: .f32, pool: pool)
+            var row = [Float](repeating: 0, count: 40)
+            for j in 0..<96 {
+                exact.weights.dequantizeRow(j, into: &row)
+                XCTAssertEqual(row, (0..<40).map { m.floats[$0][j] })
+                half.weights.dequantizeRow(j, into: &row)
+                for i in 0..<40 {
+                    XCTAssertEqual(row[i], m.floats[i][j], accuracy: abs(m.floats[i][j]) * 0x1p-11 + 0x1p-24)
+                }
+            }
+            XCTAssertThrowsError(try NeuronMajorMatrix(transposing: down, as: .q8_0, pool: pool))
+            XCTAssertThrowsError(try NeuronMajorMatrix(transposing: down, as: .q4_K, pool: pool))
+        }
+        // Source type kept: every row is the requantized column, as ember_quantize_row makes it.
+        let q = downMatrix(type: Int32(EMBER_TYPE_Q4_0), d: 64, f: 64, rng: &rng)
+        try q.bytes.withUnsafeBytes { raw in
+            let t = try NeuronMajorMatrix(transposing: q.weightMatrix(raw.baseAddress!), as: .q4_0, pool: pool)
+            for j in 0..<64 {
+                let column = (0..<64).map { q.floats[$0][j] }
+                var expected = [UInt8](repeating: 0, count: t.weights.rowBytes)
+                ember_quantize_row(Int32(EMBER_TYPE_Q4_0), column, &expected, 64)
+                XCTAssertEqual(memcmp(t.weights.data + j * t.weights.rowBytes, expected, expected.count), 0)
+            }
+        }
+    }
+
+    // MARK: Sparse FFN
+
+    /// A small gated FFN: gate and up (f x d), down (d x f) of `type`, and its neuron-major copy.
+    final class FFN {
+        let d: Int, f: Int
+        let gate: Matrix, up: Matrix, down: Matrix
+        let storage: [UnsafeMutableRawPointer]
+        let gateW: WeightMatrix, upW: WeightMatrix, downW: WeightMatrix
+        let neuronMajor: NeuronMajorMatrix
+
+        init(type: Int32, d: Int, f: Int, rng: inout Rng, pool: ThreadPool) throws {
+            self.d = d
+            self.f = f
+            gate = Matrix(type: type, rows: f, n: d, rng: &rng)
+            up = Matrix(type: type, rows: f, n: d, rng: &rng)
+            down = Matrix(type: type, rows: d, n: f, rng: &rng)
+            storage = [gate, up, down].map { m in
+                let p = UnsafeMutableRawPointer.allocate(byteCount: m.bytes.count, alignment: 64)
+                m.bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: m.bytes.count) }
+                return p
+            }
+            gateW = gate.weightMatrix(storage[0])
+            upW = up.weightMatrix(storage[1])
+            downW = down.weightMatrix(storage[2])
+            neuronMajor = try NeuronMajorMatrix(transposing: downW, pool: pool)
+        }
+
+        deinit { storage.forEach { $0.deallocate() } }
+
+        /// act(gate · x) · (up · x) per neuron, from the dense matvecs.
+        func hidden(_ x: [Float], activation: VectorKernels.Activation, gated: Bool) -> [Float] {
+            let a = ActivationBuffer(type: upW.activationType, length: d, capacity: 1)
+            a.store(x, at: 0)
+            var g = [Float](repeating: 0, count: f), u = [Float](repeating: 0, count: f)
+            gateW.multiply(a.vector(0), into: &g, rows: 0..<f)
+            upW.multiply(a.vector(0), into: &u, rows: 0..<f)
+            var h = [Float](repeating: 0, count: f)
+            if gated {
+                VectorKernels.gatedActivation(activation, gate: g, up: u, &h, f)
+            } else {
+                VectorKernels.gatedActivation(activation, gate: u, up: nil, &h, f)
+            }
+            return h
+        }
+
+        func run(pool: ThreadPool, x: [Float], active: [Int32], activation: VectorKernels.Activation, gated: Bool) -> [Float] {
+            var y = [Float](repeating: .nan, count: d)
+            let workspace = SparseFeedForward.Workspace(threads: pool.threadCount, hiddenLength: d, neuronCount: f)
+            SparseFeedForward.run(pool: pool, gate: gated ? gateW : nil, up: upW, down: neuronMajor, activation: activation,
+                                  input: x, active: active, count: active.count, output: &y, workspace: workspace)
+            return y
+        }
+    }
+
+    func testSparseFeedForwardAllActiveMatchesDense() throws {
+        var rng = Rng(state: 6)
+        let pool = ThreadPool(threads: 2)
+        for (type, name) in [(Int32(EMBER_TYPE_Q4_0), "Q4_0"), (Int32(EMBER_TYPE_Q4_K), "Q4_K"), (Int32(EMBER_TYPE_F16), "F16")] {
+            let ffn = try FFN(type: type, d: 256, f: 512, rng: &rng, pool: pool)
+            let x = rng.vector(256)
+            let h = ffn.hidden(x, activation: .silu, gated: true)
+            // Dense: down · h with h converted to down's activation format.
+            let a = ActivationBuffer(type: ffn.downW.activationType, length: ffn.f, capacity: 1)
+            a.store(h, at: 0)
+            var dense = [Float](repeating: 0, count: ffn.d)
+            ffn.downW.multiply(a.vector(0), into: &dense, rows: 0..<ffn.d)
+            let sparse = ffn.run(pool: pool, x: x, active: (0..<Int32(ffn.f)).shuffled(), activation: .silu, gated: true)
+            // The two differ by the 8-bit rounding of h (dense; at most 0.57 of a step of its
+            // block, as for Q8_0 weights; Q8_K has a float scale: 0.5) and of the neuron-major
+            // Q8_0 copy of down (sparse; measured exactly), plus float rounding.
+            var hRounding = [Double](repeating: 0, count: ffn.f)
+            let block = Int(ember_block_size(ember_activation_type(type)))
+            for start in Swift.stride(from: 0, to: ffn.f, by: max(block, 1)) {
+                let end = min(ffn.f, start + max(block, 1))
+                let step = block == 1 ? 0 : Double(h[start..<end].map(abs).max()!) / 127
+                for j in start..<end { hRounding[j] = block == 1 ? 0 : 0.57 * step }
+            }
+            var row = [Float](repeating: 0, count: ffn.d)
+            var bound = [Double](repeating: 0, count: ffn.d)
+            for j in 0..<ffn.f {
+                ffn.neuronMajor.weights.dequantizeRow(j, into: &row)
+                for i in 0..<ffn.d {
+                    let w = Double(ffn.down.floats[i][j])
+                    bound[i] += abs(w) * hRounding[j] + abs(Double(h[j])) * abs(Double(row[i]) - w)
+                        + 1e-5 * abs(w * Double(h[j]))
+                }
+            }
+            for i in 0..<ffn.d where abs(Double(sparse[i]) - Double(dense[i])) > bound[i] {
+                XCTFail("\(name): y[\(i)] sparse \(sparse[i]) dense \(dense[i]) bound \(bound[i])")
+                break
+            }
+        }
+    }
+
+    /// Random subsets against a masked reference: Σ over active neurons of h_j · (neuron-major
+    /// row j) in double; gated and ungated; 1 and 2 threads.
+    func testSparseFeedForwardSubsetsMatchMaskedReference() throws {
+        var rng = Rng(state: 7)
+        let pools = [ThreadPool(threads: 1), ThreadPool(threads: 2)]
+        let ffn = try FFN(type: Int32(EMBER_TYPE_Q4_1), d: 128, f: 320, rng: &rng, pool: pools[1])
+        var row = [Float](repeating: 0, count: ffn.d)
+        let rows: [[Float]] = (0..<ffn.f).map { j in
+            ffn.neuronMajor.weights.dequantizeRow(j, into: &row)
+            return row
+        }
+        for (activation, gated) in [(VectorKernels.Activation.silu, true), (.relu, false), (.gelu, true)] {
+            for fraction in [0.0, 0.03, 0.1, 0.5, 1.0] {
+                let x = rng.vector(ffn.d)
+                let h = ffn.hidden(x, activation: activation, gated: gated)
+                let active = Array((0..<Int32(ffn.f)).shuffled().prefix(Int(Double(ffn.f) * fraction)))
+                var reference = [Double](repeating: 0, count: ffn.d), magnitude = reference
+                for j in active.map(Int.init) {
+                    let largest = Double(rows[j].map(abs).max()!)
+                    for i in 0..<ffn.d {
+                        reference[i] += Double(h[j]) * Double(rows[j][i])
+                        magnitude[i] += abs(Double(h[j])) * largest
+                    }
+                }
+                let results = pools.map { ffn.run(pool: $0, x: x, active: active, activation: activation, gated: gated) }
+                // The activation may take its vector or scalar path per neuron depending on
+                // where a thread's share starts: allow 1e-6 relative on h (a few ulps).
+                let bound = 8 * Self.u * Double(active.count + 4) + 1e-6
+                for (p, y) in results.enumerated() {
+                    for i in 0..<ffn.d where abs(Double(y[i]) - reference[i]) > bound * magnitude[i] {
+                        XCTFail("\(activation) gated=\(gated) \(fraction) threads=\(p + 1): y[\(i)] = \(y[i]), reference \(reference[i])")
+                        break
+                    }
+                }
+            }
+        }
+    }
+
+    func testSparseDownOnlyMatchesReference() throws {
+        var rng = Rng(state: 8)
+        let pool = ThreadPool(threads: 2)
+        let ffn = try FFN(type: Int32(EMBER_TYPE_Q8_0), d: 96, f: 256, rng: &rng, pool: pool)
+        let ids: [Int32] = Array((0..<Int32(256)).shuffled().prefix(77))
+        let coef = (0..<77).map { _ in rng.float() }
+        var y = [Float](repeating: .nan, count: 96)
+        let workspace = SparseFeedForward.Workspace(threads: 2, hiddenLength: 96, neuronCount: 256)
+        SparseFeedForward.runDown(pool: pool, down: ffn.neuronMajor, rows: ids, coefficients: coef, count: 77,
+                                  output: &y, workspace: workspace)
+        var expected = [Float](repeating: 0, count: 96)
+        ffn.neuronMajor.accumulate(rows: ids, coefficients: coef, count: 77, into: &expected)
+        for i in 0..<96 { XCTAssertEqual(y[i], expected[i], accuracy: 1e-4 * max(1, abs(expected[i]))) }
+    }
+}
