@@ -16,6 +16,7 @@ let commands: [Command] = [
     Command(name: "perplexity", summary: PerplexityCommand.summary, flags: PerplexityCommand.flags, allowsPositional: false,
             main: PerplexityCommand.main),
     Command(name: "bench", summary: BenchCommand.summary, flags: BenchCommand.flags, allowsPositional: false, main: BenchCommand.main),
+    Command(name: "synth", summary: SynthCommand.summary, flags: SynthCommand.flags, allowsPositional: false, main: SynthCommand.main),
 ]
 
 func usage() -> String {
