@@ -116,6 +116,25 @@ final class SyntheticModelTests: XCTestCase {
         }
     }
 
+    /// The same check on a large file written by `ember synth` (slow: opt in with
+    /// EMBER_SYNTH_MODEL=FILE.gguf; EMBER_SYNTH_TOKENS sets the token count, default 64).
+    func testPlantedSparsityOfGivenFile() throws {
+        let environment = ProcessInfo.processInfo.environment
+        guard let path = environment["EMBER_SYNTH_MODEL"] else { throw XCTSkip("set EMBER_SYNTH_MODEL to a synth file") }
+        let requested = try XCTUnwrap(try GGUFFile(path: path).float("ember.synthetic.sparsity"))
+        let tokens = Int(environment["EMBER_SYNTH_TOKENS"] ?? "") ?? 64
+        let frequencies = try measuredFrequencies(path, tokens: tokens)
+        let perLayer = frequencies.map { 1 - $0.reduce(0, +) / Double($0.count) }
+        let measured = perLayer.reduce(0, +) / Double(perLayer.count)
+        let shares = frequencies.map { layer -> Double in
+            let sorted = layer.sorted(by: >)
+            return sorted.prefix(sorted.count / 5).reduce(0, +) / sorted.reduce(0, +)
+        }
+        print("synth \(path): requested sparsity \(requested), measured \(measured) over \(tokens) tokens;",
+              "per layer min \(perLayer.min()!) max \(perLayer.max()!); hottest 20 % carry \(shares.min()!)...\(shares.max()!)")
+        XCTAssertEqual(measured, requested, accuracy: 0.03)
+    }
+
     func testSameSeedSameBytes() throws {
         let a = try write(seed: 7, threads: 1, name: "a.gguf")
         let b = try write(seed: 7, threads: 2, name: "b.gguf")
