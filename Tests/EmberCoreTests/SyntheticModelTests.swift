@@ -74,6 +74,32 @@ final class SyntheticModelTests: XCTestCase {
         XCTAssertEqual(generated.count, 8)
     }
 
+    /// llama.cpp (through llama-cpp-python, when its venv is set up) loads the same file and
+    /// decodes; it runs the FFN with SiLU, so only loading and running are compared.
+    func testLlamaCppLoadsAndDecodes() throws {
+        let python = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/ember/llama-venv/bin/python")
+        guard FileManager.default.isExecutableFile(atPath: python.path) else { throw XCTSkip("no llama-cpp-python venv") }
+        let path = try write()
+        let script = """
+            import sys
+            from llama_cpp import Llama
+            m = Llama(sys.argv[1], n_ctx=64, n_threads=2, verbose=False)
+            out = m.create_completion("Hello", max_tokens=4, temperature=0)
+            print("tokens", out["usage"]["completion_tokens"])
+            """
+        let process = Process()
+        process.executableURL = python
+        process.arguments = ["-c", script, path]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = Pipe()
+        try process.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        XCTAssertTrue(text.contains("tokens "), text)
+    }
+
     func testOtherTypesLoadAndRun() throws {
         for type in [TensorType.q8_0, .f16] {
             let path = try write(type: type, name: "\(type).gguf")

@@ -153,7 +153,12 @@ public enum SyntheticModel {
 
     /// Per-layer probabilities in neuron order: the curve, ranks shuffled by a seeded permutation.
     public static func layerProbabilities(_ options: Options, layer: Int) -> [Double] {
-        let sorted = firingProbabilities(neurons: options.shape.feedForwardLength, sparsity: options.sparsity)
+        layerProbabilities(options, layer: layer,
+                           curve: firingProbabilities(neurons: options.shape.feedForwardLength, sparsity: options.sparsity))
+    }
+
+    /// The same, given the curve (computed once per model).
+    static func layerProbabilities(_ options: Options, layer: Int, curve sorted: [Double]) -> [Double] {
         var rng = RowRandom(seed: options.seed, stream: "blk.\(layer).ffn_rank", row: 0)
         var order = Array(0..<sorted.count)
         for i in stride(from: order.count - 1, to: 0, by: -1) {
@@ -259,7 +264,7 @@ public enum SyntheticModel {
             let variance = 1 + addedVariance * Double(2 * l + 1) / Double(L)
             let gateName = n + "ffn_gate.weight"
             w.addTensor(gateName, type: type, dims: [d, ff]) { buffer in
-                let p = layerProbabilities(options, layer: l)
+                let p = layerProbabilities(options, layer: l, curve: curve)
                 fillRows(buffer, rows: ff, columns: d, type: type, pool: pool) { r, x, out in
                     var rng = RowRandom(seed: seed, stream: gateName, row: r)
                     for j in x.indices { x[j] = j < k ? 0 : sigma * rng.normal() }
