@@ -1,0 +1,69 @@
+import EmberCore
+import Foundation
+
+/// `ember synth`: writes a synthetic llama-shaped ReLU model with planted activation sparsity,
+/// for speed measurements at sizes no downloadable ReLU model offers here.
+enum SynthCommand {
+    static let flags: [Arguments.Flag] = [
+        .init(names: ["--shape"], takesValue: true,
+              help: "model shape: " + SyntheticModel.Shape.all.map(\.name).joined(separator: ", ") + " (default tiny)"),
+        .init(names: ["--act"], takesValue: true, help: "FFN activation; only relu (the default) plants exact zeros"),
+        .init(names: ["--sparsity"], takesValue: true, help: "average fraction of FFN neurons at zero per token (default 0.9)"),
+        .init(names: ["--type"], takesValue: true,
+              help: "matrix type: " + SyntheticModel.supportedTypes.map { $0.description.lowercased() }.joined(separator: ", ")
+                + " (default q4_0)"),
+        .init(names: ["--seed"], takesValue: true, help: "random seed; the same seed gives the same bytes (default 0)"),
+        .init(names: ["--output", "-o"], takesValue: true, help: "the GGUF file to write"),
+        CommonFlags.threads,
+    ]
+
+    static let summary = "write a synthetic llama-shaped ReLU model with planted FFN sparsity (for speed tests)"
+
+    static func main(_ arguments: Arguments) throws {
+        let options = try parse(arguments)
+        guard let path = arguments.string("--output") else { throw UsageError("give the output file with -o FILE.gguf") }
+        let threads = try arguments.int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+
+        let tokenizerPath = try ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") }
+        let tokenizer = try GGUFFile(path: tokenizerPath)
+        let pool = ThreadPool(threads: threads)
+        let progress = Progress("synth \(options.shape.name)")
+        let start = DispatchTime.now()
+        try SyntheticModel.write(options, tokenizer: tokenizer, to: path, pool: pool) { done, total in
+            progress.update(done >> 20, of: total >> 20, detail: "MiB")
+        }
+        progress.finish()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        print(String(format: "wrote %@: %.1f MB in %.1f s (shape %@, %@, sparsity %.2f, seed %llu)",
+                     path, Double(size) / 1e6, seconds, options.shape.name, options.type.description,
+                     options.sparsity, options.seed))
+        print(SyntheticModel.description(options))
+    }
+
+    static func parse(_ arguments: Arguments) throws -> SyntheticModel.Options {
+        let shapeName = arguments.string("--shape") ?? "tiny"
+        guard let shape = SyntheticModel.Shape.named(shapeName) else {
+            throw UsageError("--shape must be one of " + SyntheticModel.Shape.all.map(\.name).joined(separator: ", ")
+                + ", not \"\(shapeName)\"")
+        }
+        let activation = arguments.string("--act") ?? "relu"
+        guard activation == "relu" else {
+            throw UsageError("--act must be relu (the only activation with planted exact zeros), not \"\(activation)\"")
+        }
+        let range = SyntheticModel.sparsityRange
+        let sparsity = try arguments.float("--sparsity", default: 0.9,
+                                           range: Float(range.lowerBound)...Float(range.upperBound))
+        let typeName = arguments.string("--type") ?? "q4_0"
+        guard let type = TensorType(name: typeName), SyntheticModel.supportedTypes.contains(type) else {
+            throw UsageError("--type must be one of "
+                + SyntheticModel.supportedTypes.map { $0.description.lowercased() }.joined(separator: ", ") + ", not \"\(typeName)\"")
+        }
+        var seed: UInt64 = 0
+        if let text = arguments.string("--seed") {
+            guard let value = UInt64(text) else { throw UsageError("--seed must be a non-negative integer, not \"\(text)\"") }
+            seed = value
+        }
+        return SyntheticModel.Options(shape: shape, sparsity: Double(sparsity), type: type, seed: seed)
+    }
+}
