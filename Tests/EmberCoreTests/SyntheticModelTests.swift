@@ -49,6 +49,36 @@ final class SyntheticModelTests: XCTestCase {
         return counts.map { $0.map { Double($0) / Double(tokens) } }
     }
 
+    /// `exact` computes only the neurons ReLU lets through, so it must pick dense mode's tokens.
+    /// Decoded token by token, the two differ only in rounding: the down projection is read
+    /// neuron-major in Q8_0 instead of Q4_0 with 8-bit activations.
+    func testExactSparsityGivesTheDenseTokens() throws {
+        let model = try LanguageModel(path: try write(sparsity: 0.9))
+        let prompt: [Int32] = [504, 3575, 282, 4649, 314]
+        let dense = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let exact = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let execution = try SparseExecution(mode: .exact, model: model, statistics: nil, predictor: nil, pool: exact.pool)
+        exact.pass.sparsity = execution
+        var next = prompt
+        var worst: Float = 0
+        for step in 0..<40 {
+            let a = Array(try dense.evaluate(next)), b = Array(try exact.evaluate(next))
+            let difference = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+            worst = max(worst, difference)
+            let sorted = a.sorted(by: >)
+            let denseChoice = Session.argmax(a.withUnsafeBufferPointer { $0 })
+            // A different choice is only allowed where the dense top two are closer than the
+            // logits moved.
+            if sorted[0] - sorted[1] > 2 * difference {
+                XCTAssertEqual(Session.argmax(b.withUnsafeBufferPointer { $0 }), denseChoice, "step \(step)")
+            }
+            next = [denseChoice]
+        }
+        // Measured 0.019 (logits here span about ±3): a bound five times that.
+        XCTAssertLessThan(worst, 0.1)
+        XCTAssertEqual(execution.reachedSparsity, 0.9, accuracy: 0.03)
+    }
+
     func testLoadsAndGeneratesWithLlamaMetadata() throws {
         let path = try write()
         let file = try GGUFFile(path: path)
