@@ -74,7 +74,7 @@ final class SyntheticModelTests: XCTestCase {
             }
             next = [denseChoice]
         }
-        // Measured 0.019 (logits here span about ±3): a bound five times that.
+        // Measured 0.019: a bound five times that.
         XCTAssertLessThan(worst, 0.1)
         XCTAssertEqual(execution.reachedSparsity, 0.9, accuracy: 0.03)
     }
