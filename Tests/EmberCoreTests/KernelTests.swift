@@ -1,5 +1,6 @@
 import XCTest
 import CEmberKernels
+import EmberCore
 
 /// Tests of the C kernels (CEmberKernels) on generated data, for every weight type.
 ///
@@ -26,16 +27,11 @@ final class KernelTests: XCTestCase {
 
     static let u = Double(Float.ulpOfOne) / 2  // 2^-24
 
-    /// SplitMix64: a small seeded generator so every run sees the same data.
+    /// A seeded generator so every run sees the same data.
     struct Rng {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var generator: SplitMix64
+        init(state: UInt64) { generator = SplitMix64(seed: state) }
+        mutating func next() -> UInt64 { generator.next() }
         /// Uniform in [-1, 1).
         mutating func float() -> Float { Float(Double(next() >> 11) * 0x1p-53 * 2 - 1) }
         /// Values with varying magnitude per 32-element stretch and an occasional offset, so

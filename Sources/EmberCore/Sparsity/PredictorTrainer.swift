@@ -330,23 +330,3 @@ public enum PredictorTrainer {
                          share: Float(predicted) / Float(max(tokens.count * f, 1)))
     }
 }
-
-/// Draws for weight initialisation and shuffling, from the sampler's seeded generator.
-extension SplitMix64 {
-    /// Uniform in (0, 1].
-    mutating func uniform() -> Float { Float((next() >> 40) + 1) / Float(1 << 24) }
-
-    /// Standard normal (Box–Muller).
-    mutating func normal() -> Float {
-        let u = uniform(), v = uniform()
-        return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
-    }
-
-    /// Fisher–Yates with this generator, so the order is fixed by the seed on every platform.
-    mutating func shuffle<T>(_ a: inout [T]) {
-        guard a.count > 1 else { return }
-        for i in stride(from: a.count - 1, to: 0, by: -1) {
-            a.swapAt(i, Int(next() % UInt64(i + 1)))
-        }
-    }
-}
