@@ -13,7 +13,7 @@ enum TrainPredictorCommand {
         .init(names: ["--tokens"], takesValue: true, help: "use only the first N tokens of the text"),
         .init(names: ["--ctx", "-c"], takesValue: true, help: "tokens per chunk, each from an empty cache (default 256)"),
         .init(names: ["--min-rank"], takesValue: true, help: "smallest predictor rank (default 32)"),
-        .init(names: ["--max-rank"], takesValue: true, help: "largest predictor rank (default 256)"),
+        .init(names: ["--max-rank"], takesValue: true, help: "largest predictor rank (default: d·F / (3·(d + F)), a third of the gate's work)"),
         .init(names: ["--epochs"], takesValue: true, help: "passes over the training tokens per rank tried (default 12)"),
         .init(names: ["--seed"], takesValue: true, help: "random seed (default 1)"),
         .init(names: ["--f32"], takesValue: false, help: "store weights as F32 (default F16: half the bytes read per token)"),
@@ -28,7 +28,7 @@ enum TrainPredictorCommand {
         var options = PredictorTrainingOptions()
         options.targetRecall = try arguments.float("--recall", default: 0.95, range: 0.5...1)
         options.minRank = try arguments.int("--min-rank", default: 32, range: 1...65536)
-        options.maxRank = try arguments.int("--max-rank", default: 256, range: options.minRank...65536)
+        options.maxRank = try arguments.int("--max-rank", default: 0, range: options.minRank...65536)
         options.epochs = try arguments.int("--epochs", default: options.epochs, range: 1...10_000)
         options.weightType = arguments.has("--f32") ? .f32 : .f16
         if let seed = arguments.string("--seed") {

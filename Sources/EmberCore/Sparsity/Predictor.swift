@@ -53,10 +53,15 @@ public final class PredictorSet: @unchecked Sendable {
     public convenience init(file: GGUFFile) throws {
         let path = file.path
         let isEmber = try file.string("general.architecture") == Self.architecture
-        var count = 0
-        while file.hasTensor("blk.\(count).fc1.weight") || file.hasTensor("blk.\(count + 1).fc1.weight") { count += 1 }
-        // Models list layers without predictors too; take the layer count when there is one.
-        if let declared = try file.int("ember.predictor.layer_count") { count = max(count, declared) }
+        // Layers by the declared count (a model's block_count, or ours), else up to the last fc1.
+        let architecture = try file.string("general.architecture") ?? ""
+        var count = 1 + (file.tensors.compactMap { t -> Int? in
+            let parts = t.name.split(separator: ".")
+            return parts.count == 4 && parts[0] == "blk" && parts[2] == "fc1" ? Int(parts[1]) : nil
+        }.max() ?? -1)
+        if let declared = try file.int(isEmber ? "ember.predictor.layer_count" : "\(architecture).block_count") {
+            count = max(count, declared)
+        }
         guard count > 0 else { throw SparsityError.malformed(path: path, detail: "no predictor tensors (blk.N.fc1.weight)") }
         var thresholds = [Float](repeating: Float(try file.float("powerinfer.sparse_threshold") ?? 0), count: count)
         if isEmber {
