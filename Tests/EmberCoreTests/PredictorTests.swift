@@ -202,6 +202,11 @@ final class PredictorTests: XCTestCase {
             for i in 0..<f {
                 XCTAssertEqual(scores[i], expected[i], accuracy: types[l].0 == .q8_0 ? 0.02 * scale : 1e-4, "layer \(l) neuron \(i)")
             }
+            // The threaded path converts activations the same way, so it agrees exactly.
+            var single = [Int32](repeating: -1, count: f), threaded = single
+            let count = set.activeNeurons(layer: l, input: x, into: &single)
+            let threadedCount = set.activeNeurons(layer: l, input: x, into: &threaded, pool: ThreadPool(threads: 2))
+            XCTAssertEqual(Array(threaded.prefix(threadedCount)), Array(single.prefix(count)))
         }
     }
 
@@ -237,6 +242,9 @@ final class PredictorTests: XCTestCase {
             let unsure = Set((0..<f).filter { abs(reference[$0] - 0.3) < 1e-4 }.map { Int32($0) })
             XCTAssertEqual(Set(got).subtracting(unsure), Set(expected).subtracting(unsure), "token \(t)")
             XCTAssertEqual(got, got.sorted())
+            var threaded = [Int32](repeating: -1, count: f)
+            let threadedCount = set.activeNeurons(layer: 0, input: x, into: &threaded, pool: pool)
+            XCTAssertEqual(Array(threaded.prefix(threadedCount)), got, "token \(t), threaded")
             XCTAssertGreaterThan(count, 0)
             XCTAssertLessThan(count, f)
             expectedTotal += count

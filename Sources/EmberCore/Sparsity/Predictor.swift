@@ -155,6 +155,28 @@ public final class PredictorSet: @unchecked Sendable {
         return Int(ember_threshold_indices(s, Int64(neuronCount), p.threshold, active))
     }
 
+    /// `activeNeurons` with both products' rows split over `pool` (for models whose predictor
+    /// matrices are large enough that one thread cannot read them at full bandwidth).
+    public func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>,
+                              pool: ThreadPool) -> Int {
+        guard let p = layers[l] else { return activeNeurons(layer: l, input: x, into: active) }
+        let h = scratch.row(0), s = scratch.row(1)
+        for (w, v, y, slot) in [(p.fc1, UnsafePointer(x), h, 0), (p.fc2, UnsafePointer(h), s, 1)] {
+            // Convert once, then every thread multiplies its rows.
+            var source = UnsafeRawPointer(v)
+            if w.activationType != .f32 {
+                let bytes = UnsafeMutableRawPointer(converted.row(slot))
+                ember_quantize_activations(Int32(w.activationType.rawValue), v, bytes, Int64(w.columns))
+                source = UnsafeRawPointer(bytes)
+            }
+            pool.parallelFor(w.rows, granularity: 16) { rows in
+                w.multiply(source, into: y + rows.lowerBound, rows: rows)
+            }
+            if slot == 0 { ember_relu(h, Int64(p.rank)) }
+        }
+        return Int(ember_threshold_indices(s, Int64(neuronCount), p.threshold, active))
+    }
+
     /// y = W · v, converting v to W's activation format first when it needs one.
     private static func multiply(_ w: WeightMatrix, _ v: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
                                  buffer: UnsafeMutablePointer<Float>) {
