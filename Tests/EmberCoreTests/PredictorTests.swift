@@ -365,4 +365,33 @@ final class PredictorTests: XCTestCase {
         let stats = try Self.calibrate(session: session, tokens: tokens, context: 256, sparsities: [0.5, 0.7])
         try stats.write(to: out)
     }
+
+    /// Not a test: with EMBER_PREDICTOR_FILE set, times `activeNeurons` (one token, all
+    /// layers) on that file, single-threaded and on 2 threads.
+    func testTimePredictorFile() throws {
+        guard let path = ProcessInfo.processInfo.environment["EMBER_PREDICTOR_FILE"] else {
+            throw XCTSkip("set EMBER_PREDICTOR_FILE to time a predictor file")
+        }
+        let set = try PredictorSet(path: path)
+        var rng = Rng(state: 1)
+        let x = rng.floats(set.inputLength)
+        var active = [Int32](repeating: 0, count: set.neuronCount)
+        let pool = ThreadPool(threads: 2)
+        for threaded in [false, true] {
+            let repetitions = 200
+            let start = DispatchTime.now()
+            var total = 0
+            for _ in 0..<repetitions {
+                for l in set.layers.indices {
+                    total += threaded ? set.activeNeurons(layer: l, input: x, into: &active, pool: pool)
+                                      : set.activeNeurons(layer: l, input: x, into: &active)
+                }
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            let bytes = set.layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) }
+            print(String(format: "%@: %.1f µs per token for %d layers (%.2f MB, %.1f GB/s), threads %d, %d active",
+                         path, seconds / Double(repetitions) * 1e6, set.layers.count, Double(bytes) / 1e6,
+                         Double(bytes) * Double(repetitions) / seconds / 1e9, threaded ? 2 : 1, total / repetitions))
+        }
+    }
 }
