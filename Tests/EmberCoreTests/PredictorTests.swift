@@ -394,4 +394,31 @@ final class PredictorTests: XCTestCase {
                          Double(bytes) * Double(repetitions) / seconds / 1e9, threaded ? 2 : 1, total / repetitions))
         }
     }
+
+    /// Not a test: with EMBER_TIME_GEMM set, GFLOP/s of ember_sgemm on the shapes of one
+    /// training step of a SmolLM2 predictor (batch 256, d 576, F 1536, rank 128), one thread.
+    func testTimeGemm() throws {
+        guard ProcessInfo.processInfo.environment["EMBER_TIME_GEMM"] != nil else {
+            throw XCTSkip("set EMBER_TIME_GEMM to time the GEMM")
+        }
+        var rng = Rng(state: 2)
+        let b = 256, d = 576, f = 1536, r = 128
+        let x = rng.floats(b * d), w1 = rng.floats(r * d), w2 = rng.floats(f * r), g = rng.floats(b * f), h = rng.floats(b * r)
+        var out = [Float](repeating: 0, count: max(b * f, f * r, r * d))
+        let shapes: [(String, () -> Void, Int)] = [
+            ("h = x·W1ᵀ  (NT)", { ember_sgemm(0, 1, Int64(b), Int64(r), Int64(d), x, Int64(d), w1, Int64(d), 0, &out, Int64(r)) }, b * r * d),
+            ("s = h·W2ᵀ  (NT)", { ember_sgemm(0, 1, Int64(b), Int64(f), Int64(r), h, Int64(r), w2, Int64(r), 0, &out, Int64(f)) }, b * f * r),
+            ("dW2 = gᵀ·h (TN)", { ember_sgemm(1, 0, Int64(f), Int64(r), Int64(b), g, Int64(f), h, Int64(r), 0, &out, Int64(r)) }, b * f * r),
+            ("dh = g·W2  (NN)", { ember_sgemm(0, 0, Int64(b), Int64(r), Int64(f), g, Int64(f), w2, Int64(r), 0, &out, Int64(r)) }, b * f * r),
+            ("dW1 = dhᵀ·x (TN)", { ember_sgemm(1, 0, Int64(r), Int64(d), Int64(b), h, Int64(r), x, Int64(d), 0, &out, Int64(d)) }, b * r * d),
+        ]
+        for (name, run, macs) in shapes {
+            run()
+            let repetitions = 20
+            let start = DispatchTime.now()
+            for _ in 0..<repetitions { run() }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            print(String(format: "%@: %.1f GFLOP/s", name, 2 * Double(macs) * Double(repetitions) / seconds / 1e9))
+        }
+    }
 }
