@@ -13,9 +13,10 @@ enum TrainPredictorCommand {
         .init(names: ["--tokens"], takesValue: true, help: "use only the first N tokens of the text"),
         .init(names: ["--ctx", "-c"], takesValue: true, help: "tokens per chunk, each from an empty cache (default 256)"),
         .init(names: ["--min-rank"], takesValue: true, help: "smallest predictor rank (default 32)"),
-        .init(names: ["--max-rank"], takesValue: true, help: "largest predictor rank (default 256)"),
+        .init(names: ["--max-rank"], takesValue: true, help: "largest predictor rank (default: d·F / (3·(d + F)), a third of the gate's work)"),
         .init(names: ["--epochs"], takesValue: true, help: "passes over the training tokens per rank tried (default 12)"),
         .init(names: ["--seed"], takesValue: true, help: "random seed (default 1)"),
+        .init(names: ["--layers"], takesValue: true, help: "comma-separated layers to train (default all; the others run dense)"),
         .init(names: ["--f32"], takesValue: false, help: "store weights as F32 (default F16: half the bytes read per token)"),
     ]
 
@@ -28,7 +29,7 @@ enum TrainPredictorCommand {
         var options = PredictorTrainingOptions()
         options.targetRecall = try arguments.float("--recall", default: 0.95, range: 0.5...1)
         options.minRank = try arguments.int("--min-rank", default: 32, range: 1...65536)
-        options.maxRank = try arguments.int("--max-rank", default: 256, range: options.minRank...65536)
+        options.maxRank = try arguments.int("--max-rank", default: 0, range: options.minRank...65536)
         options.epochs = try arguments.int("--epochs", default: options.epochs, range: 1...10_000)
         options.weightType = arguments.has("--f32") ? .f32 : .f16
         if let seed = arguments.string("--seed") {
@@ -58,6 +59,15 @@ enum TrainPredictorCommand {
             throw SparsityError.mismatch("\(statsPath) describes \(stats.layers.count) layers of \(stats.feedForwardLength) neurons, "
                                          + "\(loaded.path) has \(config.layerCount) of \(config.feedForwardLength)")
         }
+        var layers = Array(0..<config.layerCount)
+        if let list = arguments.string("--layers") {
+            layers = try list.split(separator: ",").map { item in
+                guard let l = Int(item.trimmingCharacters(in: .whitespaces)), (0..<config.layerCount).contains(l) else {
+                    throw UsageError("--layers takes layer numbers below \(config.layerCount), not \"\(item)\"")
+                }
+                return l
+            }
+        }
         let text = try TextInput.readFile(textPath)
         // As perplexity: no BOS, special tokens as plain text.
         let tokens = Array(loaded.tokenizer.encode(text, addSpecial: false, parseSpecial: false).prefix(tokenLimit))
@@ -68,11 +78,11 @@ enum TrainPredictorCommand {
         let start = DispatchTime.now()
         let collecting = Progress("collecting")
         let data = try PredictorTrainingData.collect(
-            session: session, tokens: tokens, context: context, layers: Array(0..<config.layerCount),
+            session: session, tokens: tokens, context: context, layers: layers,
             thresholds: stats.layers.map { $0.gateThresholds[target] }, relu: relu) { collecting.update($0, of: $1) }
         collecting.finish()
         let collected = seconds(since: start)
-        Terminal.note(String(format: "collected %d tokens × %d layers in %.1f s", data.tokenCount, config.layerCount, collected))
+        Terminal.note(String(format: "collected %d tokens × %d layers in %.1f s", data.tokenCount, layers.count, collected))
 
         let training = Progress("training")
         var done = 0
@@ -83,7 +93,7 @@ enum TrainPredictorCommand {
             sourceModel: (try? loaded.model.file.string("general.name")) ?? URL(fileURLWithPath: loaded.path).lastPathComponent,
             targetSparsity: sparsity) { report in
                 done += 1
-                training.update(done, of: config.layerCount, detail: "layer \(report.layer): rank \(report.rank)")
+                training.update(done, of: layers.count, detail: "layer \(report.layer): rank \(report.rank)")
             }
         training.finish()
         let trained = seconds(since: start) - collected
@@ -92,11 +102,11 @@ enum TrainPredictorCommand {
         print(String(format: "predictors for %@ at sparsity %.2f, recall target %.2f; tokens: %d train, %d validation (τ, rank), %d held out",
                      URL(fileURLWithPath: loaded.path).lastPathComponent, sparsity, options.targetRecall,
                      result.trainTokens, result.validationTokens, result.heldOutTokens))
-        print("layer  rank  tried          hot80  active  τ         recall  precision  predicted")
+        print("layer  rank  tried (rank:validation share)  hot80  active  τ         recall  precision  predicted")
         for r in result.reports {
             let tried = r.attempts.map { String(format: "%d:%.2f", $0.rank, $0.validationShare) }.joined(separator: " ")
             print(String(format: "%5d  %4d  %@  %.3f  %.3f   %-8.4g  %.3f   %.3f      %.3f", r.layer, r.rank,
-                         tried.padding(toLength: 13, withPad: " ", startingAt: 0), r.hotShare, r.activeShare,
+                         tried.padding(toLength: max(28, tried.count), withPad: " ", startingAt: 0), r.hotShare, r.activeShare,
                          r.threshold, r.recall, r.precision, r.predictedShare))
         }
         let reports = result.reports

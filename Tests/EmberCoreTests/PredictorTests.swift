@@ -197,6 +197,11 @@ final class PredictorTests: XCTestCase {
             for i in 0..<f {
                 XCTAssertEqual(scores[i], expected[i], accuracy: types[l].0 == .q8_0 ? 0.02 * scale : 1e-4, "layer \(l) neuron \(i)")
             }
+            // The threaded path converts activations the same way, so it agrees exactly.
+            var single = [Int32](repeating: -1, count: f), threaded = single
+            let count = set.activeNeurons(layer: l, input: x, into: &single)
+            let threadedCount = set.activeNeurons(layer: l, input: x, into: &threaded, pool: ThreadPool(threads: 2))
+            XCTAssertEqual(Array(threaded.prefix(threadedCount)), Array(single.prefix(count)))
         }
     }
 
@@ -232,6 +237,9 @@ final class PredictorTests: XCTestCase {
             let unsure = Set((0..<f).filter { abs(reference[$0] - 0.3) < 1e-4 }.map { Int32($0) })
             XCTAssertEqual(Set(got).subtracting(unsure), Set(expected).subtracting(unsure), "token \(t)")
             XCTAssertEqual(got, got.sorted())
+            var threaded = [Int32](repeating: -1, count: f)
+            let threadedCount = set.activeNeurons(layer: 0, input: x, into: &threaded, pool: pool)
+            XCTAssertEqual(Array(threaded.prefix(threadedCount)), got, "token \(t), threaded")
             XCTAssertGreaterThan(count, 0)
             XCTAssertLessThan(count, f)
             expectedTotal += count
@@ -351,5 +359,61 @@ final class PredictorTests: XCTestCase {
         let session = Session(model: model, threads: 2, contextLength: 256)
         let stats = try Self.calibrate(session: session, tokens: tokens, context: 256, sparsities: [0.5, 0.7])
         try stats.write(to: out)
+    }
+
+    /// Not a test: with EMBER_PREDICTOR_FILE set, times `activeNeurons` (one token, all
+    /// layers) on that file, single-threaded and on 2 threads.
+    func testTimePredictorFile() throws {
+        guard let path = ProcessInfo.processInfo.environment["EMBER_PREDICTOR_FILE"] else {
+            throw XCTSkip("set EMBER_PREDICTOR_FILE to time a predictor file")
+        }
+        let set = try PredictorSet(path: path)
+        var rng = Rng(state: 1)
+        let x = rng.floats(set.inputLength)
+        var active = [Int32](repeating: 0, count: set.neuronCount)
+        let pool = ThreadPool(threads: 2)
+        for threaded in [false, true] {
+            let repetitions = 200
+            let start = DispatchTime.now()
+            var total = 0
+            for _ in 0..<repetitions {
+                for l in set.layers.indices {
+                    total += threaded ? set.activeNeurons(layer: l, input: x, into: &active, pool: pool)
+                                      : set.activeNeurons(layer: l, input: x, into: &active)
+                }
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            let bytes = set.layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) }
+            print(String(format: "%@: %.1f µs per token for %d layers (%.2f MB, %.1f GB/s), threads %d, %d active",
+                         path, seconds / Double(repetitions) * 1e6, set.layers.count, Double(bytes) / 1e6,
+                         Double(bytes) * Double(repetitions) / seconds / 1e9, threaded ? 2 : 1, total / repetitions))
+        }
+    }
+
+    /// Not a test: with EMBER_TIME_GEMM set, GFLOP/s of ember_sgemm on the shapes of one
+    /// training step of a SmolLM2 predictor (batch 256, d 576, F 1536, rank 128), one thread.
+    func testTimeGemm() throws {
+        guard ProcessInfo.processInfo.environment["EMBER_TIME_GEMM"] != nil else {
+            throw XCTSkip("set EMBER_TIME_GEMM to time the GEMM")
+        }
+        var rng = Rng(state: 2)
+        let b = 256, d = 576, f = 1536, r = 128
+        let x = rng.floats(b * d), w1 = rng.floats(r * d), w2 = rng.floats(f * r), g = rng.floats(b * f), h = rng.floats(b * r)
+        var out = [Float](repeating: 0, count: max(b * f, f * r, r * d))
+        let shapes: [(String, () -> Void, Int)] = [
+            ("h = x·W1ᵀ  (NT)", { ember_sgemm(0, 1, Int64(b), Int64(r), Int64(d), x, Int64(d), w1, Int64(d), 0, &out, Int64(r)) }, b * r * d),
+            ("s = h·W2ᵀ  (NT)", { ember_sgemm(0, 1, Int64(b), Int64(f), Int64(r), h, Int64(r), w2, Int64(r), 0, &out, Int64(f)) }, b * f * r),
+            ("dW2 = gᵀ·h (TN)", { ember_sgemm(1, 0, Int64(f), Int64(r), Int64(b), g, Int64(f), h, Int64(r), 0, &out, Int64(r)) }, b * f * r),
+            ("dh = g·W2  (NN)", { ember_sgemm(0, 0, Int64(b), Int64(r), Int64(f), g, Int64(f), w2, Int64(r), 0, &out, Int64(r)) }, b * f * r),
+            ("dW1 = dhᵀ·x (TN)", { ember_sgemm(1, 0, Int64(r), Int64(d), Int64(b), h, Int64(r), x, Int64(d), 0, &out, Int64(d)) }, b * r * d),
+        ]
+        for (name, run, macs) in shapes {
+            run()
+            let repetitions = 20
+            let start = DispatchTime.now()
+            for _ in 0..<repetitions { run() }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            print(String(format: "%@: %.1f GFLOP/s", name, 2 * Double(macs) * Double(repetitions) / seconds / 1e9))
+        }
     }
 }

@@ -53,10 +53,15 @@ public final class PredictorSet: @unchecked Sendable {
     public convenience init(file: GGUFFile) throws {
         let path = file.path
         let isEmber = try file.string("general.architecture") == Self.architecture
-        var count = 0
-        while file.hasTensor("blk.\(count).fc1.weight") || file.hasTensor("blk.\(count + 1).fc1.weight") { count += 1 }
-        // Models list layers without predictors too; take the layer count when there is one.
-        if let declared = try file.int("ember.predictor.layer_count") { count = max(count, declared) }
+        // Layers by the declared count (a model's block_count, or ours), else up to the last fc1.
+        let architecture = try file.string("general.architecture") ?? ""
+        var count = 1 + (file.tensors.compactMap { t -> Int? in
+            let parts = t.name.split(separator: ".")
+            return parts.count == 4 && parts[0] == "blk" && parts[2] == "fc1" ? Int(parts[1]) : nil
+        }.max() ?? -1)
+        if let declared = try file.int(isEmber ? "ember.predictor.layer_count" : "\(architecture).block_count") {
+            count = max(count, declared)
+        }
         guard count > 0 else { throw SparsityError.malformed(path: path, detail: "no predictor tensors (blk.N.fc1.weight)") }
         var thresholds = [Float](repeating: Float(try file.float("powerinfer.sparse_threshold") ?? 0), count: count)
         if isEmber {
@@ -147,6 +152,28 @@ public final class PredictorSet: @unchecked Sendable {
         }
         let s = scratch.row(1)
         scores(layer: l, input: x, into: s)
+        return Int(ember_threshold_indices(s, Int64(neuronCount), p.threshold, active))
+    }
+
+    /// `activeNeurons` with both products' rows split over `pool` (for models whose predictor
+    /// matrices are large enough that one thread cannot read them at full bandwidth).
+    public func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>,
+                              pool: ThreadPool) -> Int {
+        guard let p = layers[l] else { return activeNeurons(layer: l, input: x, into: active) }
+        let h = scratch.row(0), s = scratch.row(1)
+        for (w, v, y, slot) in [(p.fc1, UnsafePointer(x), h, 0), (p.fc2, UnsafePointer(h), s, 1)] {
+            // Convert once, then every thread multiplies its rows.
+            var source = UnsafeRawPointer(v)
+            if w.activationType != .f32 {
+                let bytes = UnsafeMutableRawPointer(converted.row(slot))
+                ember_quantize_activations(Int32(w.activationType.rawValue), v, bytes, Int64(w.columns))
+                source = UnsafeRawPointer(bytes)
+            }
+            pool.parallelFor(w.rows, granularity: 16) { rows in
+                w.multiply(source, into: y + rows.lowerBound, rows: rows)
+            }
+            if slot == 0 { ember_relu(h, Int64(p.rank)) }
+        }
         return Int(ember_threshold_indices(s, Int64(neuronCount), p.threshold, active))
     }
 

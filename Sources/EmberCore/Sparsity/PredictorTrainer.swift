@@ -6,7 +6,9 @@ public struct PredictorTrainingOptions: Sendable {
     /// Share of truly active neurons the threshold τ_l must keep (chosen on validation tokens).
     public var targetRecall: Float = 0.95
     public var minRank = 32
-    public var maxRank = 256
+    /// 0: the largest multiple of 16 at which the predictor costs at most a third of the
+    /// multiply-adds of the gate projection it saves, r·(d + F) ≤ d·F / 3.
+    public var maxRank = 0
     /// Rank tries per layer (each doubles the previous rank).
     public var maxAttempts = 3
     /// A rank is enough when, at the recall target, the predicted share is at most
@@ -130,6 +132,11 @@ public enum PredictorTrainer {
         return min(options.maxRank, max(options.minRank, (raw + 15) / 16 * 16))
     }
 
+    /// The largest rank worth trying for inputs of length d and F neurons (see `maxRank`).
+    public static func rankLimit(inputLength d: Int, neurons f: Int, options: PredictorTrainingOptions) -> Int {
+        options.maxRank > 0 ? options.maxRank : max(options.minRank, d * f / (3 * (d + f)) / 16 * 16)
+    }
+
     // MARK: one layer
 
     struct Split { var train: Range<Int>, validation: Range<Int>, test: Range<Int> }
@@ -150,6 +157,8 @@ public enum PredictorTrainer {
         let start = DispatchTime.now()
         let d = data.inputLength
         let samples = data.layers[l]!
+        var options = options
+        options.maxRank = rankLimit(inputLength: d, neurons: data.neuronCount, options: options)
         // Per-dimension RMS over training tokens: the residual stream has a few huge dimensions
         // that would otherwise dominate fc1's first steps. The scale folds into fc1 exactly.
         var inverseScale = [Float](repeating: 0, count: d)
