@@ -1,20 +1,22 @@
 import Foundation
 
-/// Accumulates how FFN neurons fire over a corpus and turns that into `ActivationStatistics`.
+/// The first of the profiler's two passes: calibrates per-layer thresholds for target
+/// sparsities from histograms of the FFN activations. (The second pass, `Session.measureSparsity`,
+/// counts each neuron exactly at those thresholds.)
 ///
-/// One pass. Per layer and neuron, a coarse histogram of |act(gate)| (1/16 octave bins); per
-/// layer, fine histograms (1/1024 octave) of |act(gate)| and of |act(gate) · up|, all on
-/// log-spaced bins from 2^-16 to 2^10 plus bins for exact zeros, (0, 2^-16) and ≥ 2^10.
-/// - A layer's threshold for target sparsity S is where its fine cumulative histogram reaches
-///   S, linear inside that fine bin: within 0.07 % of the exact quantile of the corpus values,
-///   so the sparsity it reaches on the same tokens is the target to about 0.01 %. (Coarse bins
-///   alone were not enough: SiLU's values pile up at |min silu| ≈ 0.278, right where the
-///   thresholds for 60–80 % fall, and linear interpolation in a 4 % bin missed by up to 2 %.)
-/// - A neuron's count is its coarse mass above the threshold's coarse bin plus the part of
-///   that bin above the threshold, taken in the proportion the layer's fine histogram has
-///   there (its shape inside one 1/16 octave assumed to be the layer's). Per layer the counts
-///   then sum to exactly (1 − S) · tokens · F.
-/// Memory: F · 419 · 4 bytes per layer (77 MB for SmolLM2-135M) plus 0.4 MB per layer and thread.
+/// Per layer, histograms of |act(gate)| and of |act(gate) · up| on log-spaced bins, 1024 per
+/// octave from 2^-16 to 2^10, plus bins for exact zeros, (0, 2^-16) and ≥ 2^10. A threshold
+/// for target S is where the layer's cumulative histogram reaches S, linear inside that bin:
+/// within 0.07 % of the exact quantile of the corpus values, so on the same tokens it reaches
+/// the target to about 0.01 % (measured on SmolLM2: ≤ 0.03 % except 0.2 % on one layer at 90 %).
+///
+/// Why not one pass with per-neuron histograms: SiLU's values pile up at |min silu| ≈ 0.278,
+/// right where SmolLM2's thresholds for 60–80 % fall, and a neuron whose gate often sits near
+/// that minimum has a shape inside any affordable bin unlike its layer's. Per-neuron counts
+/// interpolated in 1/16-octave bins missed by up to 13 % of the tokens (68 of 512), and the
+/// thresholds themselves by up to 2 % of sparsity; exact counts cost one more forward pass.
+///
+/// ReLU models need no calibration: active means act > 0, counted exactly here in one pass.
 public final class ActivationProfiler: @unchecked Sendable {
     public let layerCount: Int
     public let feedForwardLength: Int
@@ -25,12 +27,12 @@ public final class ActivationProfiler: @unchecked Sendable {
     public private(set) var tokensSeen: [Int]
     public private(set) var gated = false
 
-    /// neuronHistograms[l]: F rows of `Bins.coarse.count` counts.
-    private let neuronHistograms: [UnsafeMutablePointer<UInt32>]
-    /// Per layer and thread, fine histograms of |act(gate)| and |act(gate) · up|; each thread
-    /// owns its own so the hot loop needs no atomics.
-    private var fineGate: [[UnsafeMutablePointer<UInt64>]]
-    private var fineDown: [[UnsafeMutablePointer<UInt64>]]
+    /// Per layer and thread, histograms of |act(gate)| and |act(gate) · up|; each thread owns
+    /// its own so the hot loop needs no atomics.
+    private var gateHistograms: [[UnsafeMutablePointer<UInt64>]]
+    private var downHistograms: [[UnsafeMutablePointer<UInt64>]]
+    /// Per layer and neuron, tokens with act > 0 (the ReLU counts).
+    private var positive: [[Int]]
 
     public init(layerCount: Int, feedForwardLength: Int, activation: VectorKernels.Activation, targets: [Float]) {
         precondition(layerCount > 0 && feedForwardLength > 0)
@@ -39,13 +41,9 @@ public final class ActivationProfiler: @unchecked Sendable {
         self.activation = activation
         self.targets = targets.sorted()
         tokensSeen = Array(repeating: 0, count: layerCount)
-        neuronHistograms = (0..<layerCount).map { _ in
-            let p = UnsafeMutablePointer<UInt32>.allocate(capacity: feedForwardLength * Bins.coarse.count)
-            p.initialize(repeating: 0, count: feedForwardLength * Bins.coarse.count)
-            return p
-        }
-        fineGate = Array(repeating: [], count: layerCount)
-        fineDown = Array(repeating: [], count: layerCount)
+        gateHistograms = Array(repeating: [], count: layerCount)
+        downHistograms = Array(repeating: [], count: layerCount)
+        positive = Array(repeating: Array(repeating: 0, count: feedForwardLength), count: layerCount)
     }
 
     public convenience init(config: ModelConfig, targets: [Float]) {
@@ -53,10 +51,7 @@ public final class ActivationProfiler: @unchecked Sendable {
                   activation: config.activation, targets: targets)
     }
 
-    deinit {
-        neuronHistograms.forEach { $0.deallocate() }
-        (fineGate + fineDown).joined().forEach { $0.deallocate() }
-    }
+    deinit { (gateHistograms + downHistograms).joined().forEach { $0.deallocate() } }
 
     public func observe(_ o: FeedForwardObservation, pool: ThreadPool) {
         add(layer: o.layer, tokenCount: o.tokenCount, activated: o.activated, up: o.up, pool: pool)
@@ -70,60 +65,52 @@ public final class ActivationProfiler: @unchecked Sendable {
             p.initialize(repeating: 0, count: Bins.fine.count)
             return p
         }
-        while fineGate[layer].count < pool.threadCount { fineGate[layer].append(zeroed()) }
-        while fineDown[layer].count < pool.threadCount { fineDown[layer].append(zeroed()) }
+        while gateHistograms[layer].count < pool.threadCount { gateHistograms[layer].append(zeroed()) }
+        while downHistograms[layer].count < pool.threadCount { downHistograms[layer].append(zeroed()) }
         if up != nil { gated = true }
         let f = feedForwardLength
-        let histograms = neuronHistograms[layer]
-        let fineGate = self.fineGate[layer], fineDown = self.fineDown[layer]
-        let coarse = Bins.coarse, fine = Bins.fine
-        pool.run { thread in
-            // Neurons in blocks of 64 so their histograms (107 KB) stay in L2 while the block's
-            // tokens stream by.
-            let gateFine = fineGate[thread]
-            let neurons = ThreadPool.share(of: f, thread: thread, threads: pool.threadCount, granularity: 64)
-            var block = neurons.lowerBound
-            while block < neurons.upperBound {
-                let end = min(block + 64, neurons.upperBound)
+        let gateHistograms = self.gateHistograms[layer], downHistograms = self.downHistograms[layer]
+        let fine = Bins.fine
+        positive[layer].withUnsafeMutableBufferPointer { positive in
+            pool.run { thread in
+                // Threads own disjoint neurons, so the per-neuron counters need no locks.
+                let neurons = ThreadPool.share(of: f, thread: thread, threads: pool.threadCount, granularity: 16)
+                let gateHistogram = gateHistograms[thread], downHistogram = downHistograms[thread]
                 for t in 0..<tokenCount {
-                    let row = activated.row(t)
-                    for i in block..<end {
-                        histograms[i * coarse.count + coarse.index(row[i])] += 1
-                        gateFine[fine.index(row[i])] += 1
+                    let a = activated.row(t)
+                    for i in neurons {
+                        gateHistogram[fine.index(a[i])] += 1
+                        if a[i] > 0 { positive[i] += 1 }
+                    }
+                    if let up {
+                        let u = up.row(t)
+                        for i in neurons { downHistogram[fine.index(a[i] * u[i])] += 1 }
                     }
                 }
-                block = end
-            }
-            guard let up else { return }
-            let downFine = fineDown[thread]
-            for t in ThreadPool.share(of: tokenCount, thread: thread, threads: pool.threadCount) {
-                let a = activated.row(t), u = up.row(t)
-                for i in 0..<f { downFine[fine.index(a[i] * u[i])] += 1 }
             }
         }
         tokensSeen[layer] += tokenCount
     }
 
-    /// The statistics of everything added so far.
+    /// The calibrated statistics. For ReLU models they are complete; otherwise each layer has
+    /// its thresholds and zero counts, to be filled by counting at those thresholds.
     public func statistics(sourceModel: String = "", corpusSHA256: String = "") -> ActivationStatistics {
         let tokens = tokensSeen.min() ?? 0
         let f = feedForwardLength
-        let coarse = Bins.coarse, fine = Bins.fine
+        let fine = Bins.fine
         func summed(_ parts: [UnsafeMutablePointer<UInt64>]) -> [UInt64] {
             (0..<fine.count).map { b in parts.reduce(0) { $0 + $1[b] } }
         }
 
         if activation == .relu {
-            // Active means act > 0: everything outside the exact-zero bin. One target, the
-            // natural sparsity averaged over layers; thresholds 0.
+            // Active means act > 0. One target, the natural sparsity averaged over layers;
+            // thresholds 0.
             let natural = (0..<layerCount).map { l -> Double in
                 let total = Double(tokensSeen[l]) * Double(f)
-                return total > 0 ? Double(summed(fineGate[l])[0]) / total : 0
+                return total > 0 ? 1 - Double(positive[l].reduce(0, +)) / total : 0
             }.reduce(0, +) / Double(layerCount)
-            let layers = (0..<layerCount).map { l in
-                let h = neuronHistograms[l]
-                let counts = (0..<f).map { i in Float(UInt32(tokensSeen[l]) - h[i * coarse.count]) }
-                return ActivationStatistics.Layer(gateThresholds: [0], downThresholds: [0], counts: [counts])
+            let layers = positive.map {
+                ActivationStatistics.Layer(gateThresholds: [0], downThresholds: [0], counts: [$0.map(Float.init)])
             }
             return ActivationStatistics(sourceModel: sourceModel, corpusSHA256: corpusSHA256, tokens: tokens,
                                         activation: activation.rawValue, gated: gated, feedForwardLength: f,
@@ -131,27 +118,12 @@ public final class ActivationProfiler: @unchecked Sendable {
         }
 
         let layers = (0..<layerCount).map { l -> ActivationStatistics.Layer in
-            let gateHistogram = summed(fineGate[l])
-            let gateCuts = targets.map { fine.cut(gateHistogram, atShare: Double($0)) }
-            let downThresholds = gated ? targets.map { fine.cut(summed(fineDown[l]), atShare: Double($0)).threshold }
-                                       : gateCuts.map(\.threshold)
-            let counts = gateCuts.map { cut in
-                // The coarse bin holding the cut, and the share of its (layer) mass below the cut.
-                let bin = Bins.coarseIndex(ofFine: cut.bin)
-                let members = (0..<fine.count).filter { Bins.coarseIndex(ofFine: $0) == bin }
-                let mass = members.reduce(0.0) { $0 + Double(gateHistogram[$1]) }
-                let below = members.filter { $0 < cut.bin }.reduce(0.0) { $0 + Double(gateHistogram[$1]) }
-                    + cut.fraction * Double(gateHistogram[cut.bin])
-                let fraction = mass > 0 ? below / mass : 0
-                return (0..<f).map { i -> Float in
-                    let h = neuronHistograms[l] + i * coarse.count
-                    var above = Double(h[bin]) * (1 - fraction)
-                    for b in (bin + 1)..<coarse.count { above += Double(h[b]) }
-                    return Float(above)
-                }
-            }
-            return ActivationStatistics.Layer(gateThresholds: gateCuts.map(\.threshold),
-                                              downThresholds: downThresholds, counts: counts)
+            let gate = summed(gateHistograms[l])
+            let gateThresholds = targets.map { fine.threshold(gate, atShare: Double($0)) }
+            let down = gated ? summed(downHistograms[l]) : gate
+            return ActivationStatistics.Layer(gateThresholds: gateThresholds,
+                                              downThresholds: targets.map { fine.threshold(down, atShare: Double($0)) },
+                                              counts: targets.map { _ in Array(repeating: 0, count: f) })
         }
         return ActivationStatistics(sourceModel: sourceModel, corpusSHA256: corpusSHA256, tokens: tokens,
                                     activation: activation.rawValue, gated: gated, feedForwardLength: f,
@@ -177,15 +149,7 @@ public final class ActivationProfiler: @unchecked Sendable {
             count = highKey - lowKey + 3
         }
 
-        static let coarse = Bins(subBits: 4)
         static let fine = Bins(subBits: 10)
-
-        /// The coarse bin holding fine bin `b` (fine bins nest exactly in coarse ones).
-        static func coarseIndex(ofFine b: Int) -> Int {
-            if b < 2 { return b }
-            if b == fine.count - 1 { return coarse.count - 1 }
-            return ((b - 2 + fine.lowKey) >> Int(fine.subBits - coarse.subBits)) - coarse.lowKey + 2
-        }
 
         @inline(__always)
         func index(_ value: Float) -> Int {
@@ -206,104 +170,122 @@ public final class ActivationProfiler: @unchecked Sendable {
             }
         }
 
-        /// Where a histogram's cumulative share reaches `share`: the bin, the fraction of that
-        /// bin's mass below the cut, and the threshold value (linear inside the bin).
-        func cut(_ histogram: [UInt64], atShare share: Double) -> (bin: Int, fraction: Double, threshold: Float) {
-            let total = Double(histogram.reduce(0, +))
-            let wanted = share * total
+        /// The value where a histogram's cumulative share reaches `share`, linear inside the bin
+        /// that crosses it.
+        func threshold(_ histogram: [UInt64], atShare share: Double) -> Float {
+            let wanted = share * Double(histogram.reduce(0, +))
             var below = 0.0
             for b in 0..<count {
                 let mass = Double(histogram[b])
                 if mass > 0 && below + mass >= wanted {
-                    let fraction = min(1, max(0, (wanted - below) / mass))
+                    let fraction = Float(min(1, max(0, (wanted - below) / mass)))
                     let (lower, upper) = bounds(b)
                     switch b {
-                    case 0:
-                        // Zeros can't be split by a threshold: cut just above them (the sparsity
-                        // reached is then the share of zeros, above the target).
-                        return (0, 1, .leastNonzeroMagnitude)
-                    case count - 1:
-                        return (b, fraction, lower)
-                    default:
-                        return (b, fraction, lower + Float(fraction) * (upper - lower))
+                    // Zeros can't be split by a threshold: cut just above them (the sparsity
+                    // reached is then the share of zeros, above the target).
+                    case 0: return .leastNonzeroMagnitude
+                    case count - 1: return lower
+                    default: return lower + fraction * (upper - lower)
                     }
                 }
                 below += mass
             }
-            return (count - 1, 1, bounds(count - 1).lower)
+            return bounds(count - 1).lower
         }
     }
 }
 
-/// Per layer and target, the share of neuron activations a set of thresholds leaves inactive.
+/// What a set of thresholds does on a text, counted exactly: per layer and target, the share of
+/// neuron activations left inactive, and each neuron's active count.
 public struct MeasuredSparsity: Sendable {
     /// [layer][target]: share with |act(gate)| below the gate threshold (ReLU: act == 0).
     public var gate: [[Double]]
     /// [layer][target]: share with |act(gate) · up| below the down threshold.
     public var down: [[Double]]
+    /// [layer][target][neuron]: tokens with |act(gate)| at or above the gate threshold.
+    public var counts: [[[Float]]]
 }
 
 extension Session {
     /// Runs the model over `tokens` by the perplexity rule (consecutive chunks of `context`
     /// tokens, a shorter tail dropped, each from an empty cache) and records how its FFN neurons
-    /// fire. `progress(chunksDone, chunks)` is called after every chunk.
+    /// fire: a pass to calibrate the thresholds, then one to count each neuron at them (ReLU
+    /// models: one pass). `progress(chunksDone, chunks)` is called after every chunk of either.
     public func profileActivations(_ tokens: [Int32], context: Int, targets: [Float],
                                    progress: (Int, Int) -> Void = { _, _ in }) throws -> ActivationStatistics {
         let profiler = ActivationProfiler(config: model.config, targets: targets)
         let pool = self.pool
-        try runChunks(tokens, context: context, observer: { profiler.observe($0, pool: pool) }, progress: progress)
-        return profiler.statistics()
+        let chunks = tokens.count / max(context, 1)
+        let passes = model.config.activation == .relu ? 1 : 2
+        try runChunks(tokens, context: context, observer: { profiler.observe($0, pool: pool) }) { done, _ in
+            progress(done, passes * chunks)
+        }
+        var statistics = profiler.statistics()
+        guard passes == 2 else { return statistics }
+        let measured = try measureSparsity(tokens, context: context, statistics: statistics) { done, _ in
+            progress(chunks + done, passes * chunks)
+        }
+        for l in statistics.layers.indices { statistics.layers[l].counts = measured.counts[l] }
+        return statistics
     }
 
-    /// Re-runs `tokens` (same rule) and measures the sparsity each layer has at the thresholds
-    /// of `statistics`: a check of the calibration.
+    /// Re-runs `tokens` (same rule) and counts exactly what the thresholds of `statistics` do:
+    /// a check of the calibration.
     public func measureSparsity(_ tokens: [Int32], context: Int, statistics: ActivationStatistics,
                                 progress: (Int, Int) -> Void = { _, _ in }) throws -> MeasuredSparsity {
         let layers = statistics.layers.count, targets = statistics.sparsityTargets.count
         let relu = statistics.activation == VectorKernels.Activation.relu.rawValue
         let f = statistics.feedForwardLength
-        var gateActive = Array(repeating: Array(repeating: 0, count: targets), count: layers)
-        var downActive = gateActive
+        // Thresholds ascend with the target, so one scan per value finds how many it passes.
+        // gatePassed[l][i * (targets + 1) + k]: tokens on which neuron i passed exactly k gate
+        // thresholds; downPassed[l][k] the same for the down thresholds, over all neurons.
+        var gatePassed = Array(repeating: [Int](repeating: 0, count: f * (targets + 1)), count: layers)
+        var downPassed = Array(repeating: [Int](repeating: 0, count: targets + 1), count: layers)
         var seen = Array(repeating: 0, count: layers)
         let pool = self.pool
         try runChunks(tokens, context: context, observer: { o in
             let layer = statistics.layers[o.layer]
-            // Thresholds ascend with the target, so one scan per value finds how many it passes:
-            // passed[k] counts values at or above exactly k thresholds. Per thread: gate, down.
-            var partial = Array(repeating: Array(repeating: 0, count: 2 * (targets + 1)), count: pool.threadCount)
-            partial.withUnsafeMutableBufferPointer { partial in
-                pool.run { thread in
-                    partial[thread].withUnsafeMutableBufferPointer { passed in
-                        for t in ThreadPool.share(of: o.tokenCount, thread: thread, threads: pool.threadCount) {
-                            let a = o.activated.row(t)
-                            let u = o.up?.row(t)
-                            for i in 0..<f {
-                                let gate = relu ? (a[i] > 0 ? Float.infinity : -1) : abs(a[i])
-                                let down = relu ? gate : abs(u == nil ? a[i] : a[i] * u![i])
-                                var k = 0
-                                while k < targets && gate >= layer.gateThresholds[k] { k += 1 }
-                                passed[k] += 1
-                                k = 0
-                                while k < targets && down >= layer.downThresholds[k] { k += 1 }
-                                passed[targets + 1 + k] += 1
+            var partialDown = Array(repeating: [Int](repeating: 0, count: targets + 1), count: pool.threadCount)
+            gatePassed[o.layer].withUnsafeMutableBufferPointer { gate in
+                partialDown.withUnsafeMutableBufferPointer { partialDown in
+                    pool.run { thread in
+                        // Threads own disjoint neurons, so the per-neuron counters need no locks.
+                        let neurons = ThreadPool.share(of: f, thread: thread, threads: pool.threadCount, granularity: 16)
+                        partialDown[thread].withUnsafeMutableBufferPointer { down in
+                            for t in 0..<o.tokenCount {
+                                let a = o.activated.row(t)
+                                let u = o.up?.row(t)
+                                for i in neurons {
+                                    let g = relu ? (a[i] > 0 ? Float.infinity : -1) : abs(a[i])
+                                    let d = relu ? g : abs(u == nil ? a[i] : a[i] * u![i])
+                                    var k = 0
+                                    while k < targets && g >= layer.gateThresholds[k] { k += 1 }
+                                    gate[i * (targets + 1) + k] += 1
+                                    k = 0
+                                    while k < targets && d >= layer.downThresholds[k] { k += 1 }
+                                    down[k] += 1
+                                }
                             }
                         }
                     }
                 }
             }
-            for p in partial {
-                for s in 0..<targets {
-                    // Active at target s: values passing more than s thresholds.
-                    gateActive[o.layer][s] += p[(s + 1)...targets].reduce(0, +)
-                    downActive[o.layer][s] += p[(targets + 2 + s)...(2 * targets + 1)].reduce(0, +)
-                }
+            for p in partialDown {
+                for k in 0...targets { downPassed[o.layer][k] += p[k] }
             }
             seen[o.layer] += o.tokenCount
         }, progress: progress)
-        func shares(_ active: [[Int]]) -> [[Double]] {
-            active.enumerated().map { l, row in row.map { 1 - Double($0) / (Double(seen[l]) * Double(f)) } }
+        // Active at target s: passed more than s thresholds.
+        let counts = (0..<layers).map { l in
+            (0..<targets).map { s in
+                (0..<f).map { i in Float(gatePassed[l][(i * (targets + 1) + s + 1)...(i * (targets + 1) + targets)].reduce(0, +)) }
+            }
         }
-        return MeasuredSparsity(gate: shares(gateActive), down: shares(downActive))
+        let all = { (l: Int) in Double(seen[l]) * Double(f) }
+        return MeasuredSparsity(
+            gate: (0..<layers).map { l in counts[l].map { 1 - $0.reduce(0.0) { $0 + Double($1) } / all(l) } },
+            down: (0..<layers).map { l in (0..<targets).map { s in 1 - Double(downPassed[l][(s + 1)...].reduce(0, +)) / all(l) } },
+            counts: counts)
     }
 
     /// Evaluates `tokens` in chunks of `context` from an empty cache with `observer` watching
