@@ -27,7 +27,7 @@ final class ProfilerTests: XCTestCase {
         let tokens = Array(tokenizer.encode(String(text.prefix(4000)), addSpecial: false, parseSpecial: false).prefix(2 * context))
         XCTAssertEqual(tokens.count, 2 * context)
         let session = Session(model: model, threads: 2, contextLength: context)
-        let statistics = try session.profileActivations(tokens, context: context, targets: targets)
+        let statistics = try session.profileActivations(tokens, context: context, targets: targets).statistics
         let result = Profiled(session: session, tokens: tokens, statistics: statistics)
         profiled = result
         return result

@@ -209,13 +209,21 @@ public struct MeasuredSparsity: Sendable {
     public var counts: [[[Float]]]
 }
 
+/// What `Session.profileActivations` found: the statistics, and for calibrated models the
+/// sparsity their thresholds reach on the same tokens (the check of the calibration).
+public struct ActivationProfile: Sendable {
+    public var statistics: ActivationStatistics
+    public var measured: MeasuredSparsity?
+}
+
 extension Session {
     /// Runs the model over `tokens` by the perplexity rule (consecutive chunks of `context`
     /// tokens, a shorter tail dropped, each from an empty cache) and records how its FFN neurons
-    /// fire: a pass to calibrate the thresholds, then one to count each neuron at them (ReLU
-    /// models: one pass). `progress(chunksDone, chunks)` is called after every chunk of either.
+    /// fire: a pass to calibrate the thresholds, then one to count each neuron at them, which
+    /// also measures the sparsity they reach (ReLU models: one pass, nothing to calibrate).
+    /// `progress(chunksDone, chunks)` is called after every chunk of either.
     public func profileActivations(_ tokens: [Int32], context: Int, targets: [Float],
-                                   progress: (Int, Int) -> Void = { _, _ in }) throws -> ActivationStatistics {
+                                   progress: (Int, Int) -> Void = { _, _ in }) throws -> ActivationProfile {
         let profiler = ActivationProfiler(config: model.config, targets: targets)
         let pool = self.pool
         let chunks = tokens.count / max(context, 1)
@@ -224,12 +232,12 @@ extension Session {
             progress(done, passes * chunks)
         }
         var statistics = profiler.statistics()
-        guard passes == 2 else { return statistics }
+        guard passes == 2 else { return ActivationProfile(statistics: statistics, measured: nil) }
         let measured = try measureSparsity(tokens, context: context, statistics: statistics) { done, _ in
             progress(chunks + done, passes * chunks)
         }
         for l in statistics.layers.indices { statistics.layers[l].counts = measured.counts[l] }
-        return statistics
+        return ActivationProfile(statistics: statistics, measured: measured)
     }
 
     /// Re-runs `tokens` (same rule) and counts exactly what the thresholds of `statistics` do:
