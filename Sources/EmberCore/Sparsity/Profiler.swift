@@ -1,24 +1,27 @@
 import Foundation
 
 /// The first of the profiler's two passes: calibrates per-layer thresholds for target
-/// sparsities from histograms of the FFN activations. (The second pass, `Session.measureSparsity`,
-/// counts each neuron exactly at those thresholds.)
+/// sparsities from histograms of the FFN activations. The second pass
+/// (`Session.profileActivations`) counts each neuron exactly at those thresholds and moves each
+/// threshold to the exact quantile.
 ///
 /// Per layer, histograms of |act(gate)| and of |act(gate) · up| on log-spaced bins, 1024 per
 /// octave from 2^-16 to 2^10, plus bins for exact zeros, (0, 2^-16) and ≥ 2^10. A threshold
 /// for target S is where the layer's cumulative histogram reaches S, linear inside that bin:
 /// within 0.07 % of the exact quantile of the corpus values, so on the same tokens it reaches
-/// the target to about 0.01 %. The exception is a threshold right on the pile-up at the
-/// activation's minimum (|min silu| ≈ 0.2785: 3 % of SmolLM2's values lie within 0.2 % of it;
-/// |min gelu| ≈ 0.17): there one bin holds a sizeable mass and the reached sparsity is off by
-/// up to a few tenths of a percent (measured on the GPL text: SmolLM2 0.23 % on one layer at
-/// 90 %, Gemma 3 270M 0.32 % on one layer at 80 %; at most 0.03 % elsewhere).
+/// the target to about 0.01 % — except right on the pile-up at the activation's minimum
+/// (|min silu| ≈ 0.2785: 3 % of SmolLM2's values lie within 0.2 % of it; |min gelu| ≈ 0.17),
+/// where one bin holds a sizeable mass: there it missed by up to 0.23 % (SmolLM2, one layer,
+/// 90 %) and 0.32 % (Gemma 3 270M, one layer, 80 %). The second pass therefore collects the
+/// values within ±0.2 % of each gate threshold and takes the exact quantile: the stored gate
+/// thresholds reach their targets on the calibration tokens to one value (tested to 1e-5), and
+/// the counts sum to (1 − S) · tokens · F. Down thresholds keep the histogram estimate
+/// (measured within 0.01 %: the product has no pile-up).
 ///
-/// Why not one pass with per-neuron histograms: SiLU's values pile up at |min silu| ≈ 0.278,
-/// right where SmolLM2's thresholds for 60–80 % fall, and a neuron whose gate often sits near
-/// that minimum has a shape inside any affordable bin unlike its layer's. Per-neuron counts
-/// interpolated in 1/16-octave bins missed by up to 13 % of the tokens (68 of 512), and the
-/// thresholds themselves by up to 2 % of sparsity; exact counts cost one more forward pass.
+/// Why not one pass with per-neuron histograms: a neuron whose gate often sits near the
+/// activation's minimum has a shape inside any affordable bin unlike its layer's. Per-neuron
+/// counts interpolated in 1/16-octave bins missed by up to 13 % of the tokens (68 of 512);
+/// exact counts cost one more forward pass.
 ///
 /// ReLU models need no calibration: active means act > 0, counted exactly here in one pass.
 public final class ActivationProfiler: @unchecked Sendable {
@@ -234,17 +237,64 @@ extension Session {
         }
         var statistics = profiler.statistics()
         guard passes == 2 else { return ActivationProfile(statistics: statistics, measured: nil) }
-        let measured = try measureSparsity(tokens, context: context, statistics: statistics) { done, _ in
+        var near: NearValues = Array(repeating: Array(repeating: [], count: statistics.sparsityTargets.count),
+                                     count: statistics.layers.count)
+        var measured = try measureSparsity(tokens, context: context, statistics: statistics, near: &near) { done, _ in
             progress(chunks + done, passes * chunks)
         }
-        for l in statistics.layers.indices { statistics.layers[l].counts = measured.counts[l] }
+        for l in statistics.layers.indices {
+            for s in statistics.sparsityTargets.indices {
+                Self.refine(&statistics, &measured, layer: l, target: s, near: near[l][s])
+            }
+            statistics.layers[l].counts = measured.counts[l]
+        }
         return ActivationProfile(statistics: statistics, measured: measured)
+    }
+
+    /// Moves a gate threshold from its histogram estimate to the exact quantile of the values
+    /// seen, using the values counted near it, and corrects the neurons' counts to match. The
+    /// histogram's bin is exact, so the quantile lies within the window; the estimate inside it
+    /// can miss where values pile up at the activation's minimum.
+    static func refine(_ statistics: inout ActivationStatistics, _ measured: inout MeasuredSparsity,
+                       layer l: Int, target s: Int, near: [(value: Float, neuron: Int32)]) {
+        let threshold = statistics.layers[l].gateThresholds[s]
+        guard threshold > .leastNonzeroMagnitude, !near.isEmpty else { return }
+        let f = statistics.feedForwardLength
+        let all = Double(statistics.tokens) * Double(f)
+        let active = measured.counts[l][s].reduce(0.0) { $0 + Double($1) }
+        let sorted = near.sorted { $0.value < $1.value }
+        // Inactive values below the window, and how many of the window's must join them.
+        let belowWindow = (all - active) - Double(sorted.prefix { $0.value < threshold }.count)
+        let wanted = (Double(statistics.sparsityTargets[s]) * all).rounded() - belowWindow
+        guard wanted >= 0, wanted < Double(sorted.count) else { return }
+        let exact = sorted[Int(wanted)].value
+        // Thresholds must keep the order of their targets; one that would cross a neighbour
+        // (windows overlapping) stays where the histogram put it.
+        let thresholds = statistics.layers[l].gateThresholds
+        guard s == 0 || exact >= thresholds[s - 1], s + 1 == thresholds.count || exact <= thresholds[s + 1] else { return }
+        for (value, neuron) in sorted {
+            if value >= threshold && value < exact { measured.counts[l][s][Int(neuron)] -= 1 }
+            if value >= exact && value < threshold { measured.counts[l][s][Int(neuron)] += 1 }
+        }
+        statistics.layers[l].gateThresholds[s] = exact
+        measured.gate[l][s] = 1 - measured.counts[l][s].reduce(0.0) { $0 + Double($1) } / all
     }
 
     /// Re-runs `tokens` (same rule) and counts exactly what the thresholds of `statistics` do:
     /// a check of the calibration.
     public func measureSparsity(_ tokens: [Int32], context: Int, statistics: ActivationStatistics,
                                 progress: (Int, Int) -> Void = { _, _ in }) throws -> MeasuredSparsity {
+        try measureSparsity(tokens, context: context, statistics: statistics, near: nil, progress: progress)
+    }
+
+    /// Gate values within `Self.window` of each gate threshold, with their neuron: [layer][target].
+    typealias NearValues = [[[(value: Float, neuron: Int32)]]]
+    /// Half-width of the window around a threshold, relative: three 1/1024-octave bins, so it
+    /// holds the bin where the exact quantile lies.
+    static let window: Float = 1.0 / 512
+
+    func measureSparsity(_ tokens: [Int32], context: Int, statistics: ActivationStatistics,
+                         near: UnsafeMutablePointer<NearValues>?, progress: (Int, Int) -> Void) throws -> MeasuredSparsity {
         let layers = statistics.layers.count, targets = statistics.sparsityTargets.count
         let relu = statistics.activation == VectorKernels.Activation.relu.rawValue
         let f = statistics.feedForwardLength
@@ -258,8 +308,14 @@ extension Session {
         try runChunks(tokens, context: context, observer: { o in
             let layer = statistics.layers[o.layer]
             var partialDown = Array(repeating: [Int](repeating: 0, count: targets + 1), count: pool.threadCount)
+            let collecting = near != nil
+            let lows = layer.gateThresholds.map { $0 * (1 - Self.window) }
+            let highs = layer.gateThresholds.map { $0 * (1 + Self.window) }
+            var partialNear = Array(repeating: Array(repeating: [(value: Float, neuron: Int32)](), count: targets),
+                                    count: pool.threadCount)
             gatePassed[o.layer].withUnsafeMutableBufferPointer { gate in
                 partialDown.withUnsafeMutableBufferPointer { partialDown in
+                  partialNear.withUnsafeMutableBufferPointer { partialNear in
                     pool.run { thread in
                         // Threads own disjoint neurons, so the per-neuron counters need no locks.
                         let neurons = ThreadPool.share(of: f, thread: thread, threads: pool.threadCount, granularity: 16)
@@ -273,6 +329,11 @@ extension Session {
                                     var k = 0
                                     while k < targets && g >= layer.gateThresholds[k] { k += 1 }
                                     gate[i * (targets + 1) + k] += 1
+                                    if collecting {
+                                        // g lies between thresholds k - 1 and k: near either?
+                                        if k < targets && g >= lows[k] { partialNear[thread][k].append((g, Int32(i))) }
+                                        if k > 0 && g < highs[k - 1] { partialNear[thread][k - 1].append((g, Int32(i))) }
+                                    }
                                     k = 0
                                     while k < targets && d >= layer.downThresholds[k] { k += 1 }
                                     down[k] += 1
@@ -280,6 +341,12 @@ extension Session {
                             }
                         }
                     }
+                  }
+                }
+            }
+            if let near {
+                for p in partialNear {
+                    for t in 0..<targets { near.pointee[o.layer][t] += p[t] }
                 }
             }
             for p in partialDown {
