@@ -14,7 +14,6 @@ enum ProfileCommand {
         .init(names: ["--at"], takesValue: true, help: "target for the per-layer summary and the plot (default 0.7)"),
         .init(names: ["--plot"], takesValue: true, help: "also draw the activation frequencies as an SVG chart"),
         .init(names: ["--compare"], takesValue: true, help: "statistics of another text: report the hottest-20 % overlap"),
-        .init(names: ["--verify"], takesValue: false, help: "re-run the text and measure the sparsity the thresholds reach"),
     ]
 
     static let summary = "activation statistics and thresholds of the FFN neurons on a text"
@@ -35,9 +34,10 @@ enum ProfileCommand {
         let session = try loaded.session(arguments, minimumContext: context)
         let progress = Progress("profile")
         let start = DispatchTime.now()
-        var statistics = try session.profileActivations(tokens, context: context, targets: targets) { done, total in
-            progress.update(done, of: total, detail: "chunks of \(context)")
+        let profile = try session.profileActivations(tokens, context: context, targets: targets) { done, total in
+            progress.update(done, of: total, detail: done * 2 <= total ? "calibrating" : "counting")
         }
+        var statistics = profile.statistics
         progress.finish()
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
         let modelName = (try? loaded.model.file.string("general.name")) ?? nil
@@ -59,13 +59,8 @@ enum ProfileCommand {
             try FrequencyPlot.write(statistics, targetIndex: index, title: title, to: plot)
             Terminal.note("[wrote \(plot)]")
         }
-        if arguments.has("--verify") {
-            let progress = Progress("verify")
-            let measured = try session.measureSparsity(tokens, context: context, statistics: statistics) { done, total in
-                progress.update(done, of: total)
-            }
-            progress.finish()
-            print("\nsparsity re-measured at the thresholds (mean / largest deviation over layers):")
+        if let measured = profile.measured {
+            print("\ncheck: sparsity the thresholds reach on the same tokens (mean over layers / largest deviation):")
             for (s, target) in statistics.sparsityTargets.enumerated() {
                 func line(_ values: [[Double]]) -> String {
                     let column = values.map { $0[s] }
