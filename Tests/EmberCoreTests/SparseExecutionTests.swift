@@ -23,7 +23,7 @@ final class SparseExecutionTests: XCTestCase {
         let text = try String(contentsOf: TestData.fixtures.appendingPathComponent("eval-gpl3.txt"), encoding: .utf8)
         let tokens = try Tokenizer(file: model.file).encode(text, addSpecial: false, parseSpecial: false)
         let session = Session(model: model, threads: 2, contextLength: 128, batchSize: 128)
-        return try session.profileActivations(Array(tokens.prefix(512)), context: 128, targets: [0.5, 0.7])
+        return try session.profileActivations(Array(tokens.prefix(512)), context: 128, targets: [0.5, 0.7]).statistics
     }
 
     /// A real FFN input: the normed residual of a token after a few layers of a prompt.
