@@ -39,7 +39,7 @@ struct LoadedModel {
 enum SparsityFlags {
     static let all: [Arguments.Flag] = [
         .init(names: ["--sparsity"], takesValue: true,
-              help: "dense | exact | threshold:S | down:S | predictor (default: dense; predictor when the model ships predictors)"),
+              help: "dense | exact | threshold[:S] | down[:S] | predictor (default: dense; predictor when the model ships predictors)"),
         .init(names: ["--stats"], takesValue: true, help: "activation statistics from `ember profile` (default: MODEL.stats.gguf beside the model)"),
         .init(names: ["--predictor"], takesValue: true, help: "predictors from `ember train-predictor` (default: MODEL.predictor.gguf beside the model)"),
     ]
@@ -58,7 +58,7 @@ enum SparsityFlags {
         let mode: SparsityMode
         if let text = arguments.string("--sparsity") {
             guard let parsed = SparsityMode(text) else {
-                throw UsageError("--sparsity must be dense, exact, threshold:S, down:S or predictor (0 < S < 1), not \"\(text)\"")
+                throw UsageError("--sparsity must be dense, exact, threshold[:S], down[:S] or predictor (0 < S < 1), not \"\(text)\"")
             }
             mode = parsed
         } else {

@@ -12,7 +12,9 @@ final class SparseExecutionTests: XCTestCase {
         XCTAssertEqual(SparsityMode("threshold:0.6"), .threshold(0.6))
         XCTAssertEqual(SparsityMode("down:0.5"), .down(0.5))
         XCTAssertEqual(SparsityMode("predictor"), .predictor)
-        for bad in ["", "sparse", "threshold", "threshold:1.5", "down:0", "down:x", "exact:0.5"] {
+        XCTAssertEqual(SparsityMode("down"), .down(SparsityMode.defaultDownSparsity))
+        XCTAssertEqual(SparsityMode("threshold"), .threshold(SparsityMode.defaultThresholdSparsity))
+        for bad in ["", "sparse", "threshold:", "threshold:1.5", "down:0", "down:x", "exact:0.5"] {
             XCTAssertNil(SparsityMode(bad), bad)
         }
     }
