@@ -288,16 +288,9 @@ final class PredictorTests: XCTestCase {
                                     sparsityTargets: sparsities, layers: layers)
     }
 
-    /// The shared evaluation text: TestData.fixtures assumes the package sits next to `shared`;
-    /// a worktree one level deeper finds it further up.
+    /// The fixtures' evaluation text, carried with the tests.
     static func evalTextPath() -> String {
-        var directory = TestData.packageRoot
-        for _ in 0..<4 {
-            let candidate = directory.appendingPathComponent("shared/fixtures/eval-gpl3.txt").path
-            if FileManager.default.fileExists(atPath: candidate) { return candidate }
-            directory = directory.deletingLastPathComponent()
-        }
-        return TestData.fixtures.appendingPathComponent("eval-gpl3.txt").path
+        TestData.fixtures.appendingPathComponent("eval-gpl3.txt").path
     }
 
     func testEndToEndOnSmolLM2() throws {

@@ -33,15 +33,9 @@ final class ProfilerTests: XCTestCase {
         return result
     }
 
-    /// The shared fixtures sit beside the repository, or beside the folder of worktrees.
+    /// The fixtures' evaluation text, carried with the tests.
     static func corpus() throws -> URL {
-        var folder = TestData.packageRoot
-        while folder.path != "/" {
-            let candidate = folder.appendingPathComponent("shared/fixtures/eval-gpl3.txt")
-            if FileManager.default.fileExists(atPath: candidate.path) { return candidate }
-            folder.deleteLastPathComponent()
-        }
-        throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: "shared/fixtures/eval-gpl3.txt"])
+        TestData.fixtures.appendingPathComponent("eval-gpl3.txt")
     }
 
     func testThresholdsRiseWithTheTarget() throws {

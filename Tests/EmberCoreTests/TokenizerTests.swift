@@ -3,7 +3,7 @@ import XCTest
 @testable import EmberCore
 
 /// Tokenizer tests against llama.cpp's output on the real models (fixtures made by
-/// scripts/make-gemma-tokenizer-fixture and /work/shared/fixtures), plus hand-made GGUF files for
+/// scripts/make-gemma-tokenizer-fixture and Fixtures/smollm2-135m-q4_1), plus hand-made GGUF files for
 /// the error paths.
 final class TokenizerTests: XCTestCase {
     // MARK: fixtures and models
