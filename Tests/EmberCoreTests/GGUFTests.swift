@@ -898,10 +898,8 @@ final class GGUFTests: XCTestCase {
     // MARK: real models
 
     /// The test models installed by scripts/setup, read as gguf-py (llama.cpp's own reader)
-    /// reads them: these figures were taken from gguf-py's GGUFReader. Skipped when absent.
+    /// reads them: these figures were taken from gguf-py's GGUFReader. Fetched when absent.
     func testRealModelsMatchGGUFPy() throws {
-        let dir = ProcessInfo.processInfo.environment["EMBER_MODEL_DIR"]
-            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/ember/models").path
         struct Expected {
             let file: String, architecture: String, keys: Int, vocab: Int, tensors: Int, dataOffset: Int
             let first: GGUFTensorInfo, last: GGUFTensorInfo
@@ -920,12 +918,9 @@ final class GGUFTests: XCTestCase {
                      last: GGUFTensorInfo(name: "blk.17.post_ffw_norm.weight", dims: [640], type: .f32,
                                           offset: 253_110_464, byteCount: 640 * 4)),
         ]
-        var found = 0
         for m in models {
-            let p = (dir as NSString).appendingPathComponent(m.file)
-            guard FileManager.default.fileExists(atPath: p) else { continue }
-            found += 1
-            let f = try GGUFFile(path: p)
+            let known = try XCTUnwrap(KnownModel.all.first { $0.fileName == m.file })
+            let f = try GGUFFile(path: try TestData.modelPath(known))
             XCTAssertEqual(f.flavor, .gguf)
             XCTAssertEqual(f.version, 3)
             XCTAssertEqual(try f.string("general.architecture"), m.architecture)
@@ -940,7 +935,6 @@ final class GGUFTests: XCTestCase {
                 XCTAssertLessThanOrEqual(t.offset + t.byteCount, f.file.bytes.count, t.name)
             }
         }
-        if found == 0 { throw XCTSkip("no test models in \(dir); run scripts/setup") }
     }
 
     func testTensorTypeTable() {
