@@ -108,6 +108,12 @@ final class SparseExecutionTests: XCTestCase {
         let (decode, masked) = bothPaths(execution, layer: layer, pass: pass, model: model)
         XCTAssertEqual(execution.reachedSparsity, 0)
         XCTAssertEqual(masked, dense, "the batch path with every neuron is the dense FFN")
+        // Every neuron selected: the dense bytes, with down read from its Q8_0 neuron-major copy
+        // (34 bytes per 32 values), plus the predictors.
+        let neuronMajorDown = f * d / 32 * 34
+        let expectedBytes = model.weights.bytesPerToken + everyone.byteCount
+            + model.weights.layers.reduce(0) { $0 + neuronMajorDown - $1.down.byteCount }
+        XCTAssertEqual(execution.weightBytesPerToken(model.weights), expectedBytes)
         assertSameFFN(decode, dense, "decode path with every neuron")
     }
 

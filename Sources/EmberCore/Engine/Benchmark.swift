@@ -64,9 +64,9 @@ extension Session {
         }
         reset()
         let bandwidth = MemoryBandwidth.measureRead(threads: pool.threadCount) { body in pool.run(body) }
-        let skipped = sparse?.skippedWeightBytesPerToken(model.weights) ?? 0
         return BenchmarkResult(prefill: prefill, decode: decode,
-                               weightBytesPerToken: model.weights.bytesPerToken - skipped, readBandwidth: bandwidth,
+                               weightBytesPerToken: sparse?.weightBytesPerToken(model.weights) ?? model.weights.bytesPerToken,
+                               readBandwidth: bandwidth,
                                feedForwardSparsity: sparse?.reachedSparsity ?? 0)
     }
 

@@ -8,10 +8,14 @@ public protocol ActiveNeuronPredictor: AnyObject {
     /// For `count` tokens (rows of `inputs`): masks[t][i] = 1 when neuron i is predicted
     /// active for token t, else 0; returns how many are active in all.
     func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int
+    /// Bytes of predictor weights read per token.
+    var byteCount: Int { get }
 }
 
 /// Ember's trained predictors (and PowerInfer's) are such predictors.
-extension PredictorSet: ActiveNeuronPredictor {}
+extension PredictorSet: ActiveNeuronPredictor {
+    public var byteCount: Int { layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) } }
+}
 
 public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
     case needsStatistics(SparsityMode)
@@ -66,20 +70,25 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         neuronSlots = 0
     }
 
-    /// Bytes of FFN weights a decoded token skips at the sparsity reached so far: the
-    /// matrices this mode reads only for selected neurons, times the share left out.
-    public func skippedWeightBytesPerToken(_ weights: ModelWeights) -> Int {
-        var sparseBytes = 0
-        for layer in weights.layers {
+    /// Bytes of weights a decoded token reads at the sparsity reached so far: the dense
+    /// figure, with the matrices this mode reads per selected neuron counted at the share
+    /// selected (down from its neuron-major copy), plus the predictors.
+    public func weightBytesPerToken(_ weights: ModelWeights) -> Int {
+        var total = Double(weights.bytesPerToken)
+        let selected = 1 - reachedSparsity
+        for (l, layer) in weights.layers.enumerated() {
+            var gathered = 0
             switch mode {
-            case .dense: break
-            case .exact: sparseBytes += (layer.gate == nil ? 0 : layer.up.byteCount) + layer.down.byteCount
-            case .threshold: sparseBytes += layer.up.byteCount + layer.down.byteCount
-            case .down: sparseBytes += layer.down.byteCount
-            case .predictor: sparseBytes += (layer.gate?.byteCount ?? 0) + layer.up.byteCount + layer.down.byteCount
+            case .dense: continue
+            case .exact: gathered = layer.gate == nil ? 0 : layer.up.byteCount
+            case .threshold: gathered = layer.up.byteCount
+            case .down: gathered = 0
+            case .predictor: gathered = (layer.gate?.byteCount ?? 0) + layer.up.byteCount
             }
+            let down = decoder?.downByteCount(layer: l) ?? layer.down.byteCount
+            total += (selected - 1) * Double(gathered) + selected * Double(down) - Double(layer.down.byteCount)
         }
-        return Int(Double(sparseBytes) * reachedSparsity)
+        return Int(total) + (predictor?.byteCount ?? 0)
     }
 
     public init(mode: SparsityMode, model: LanguageModel, statistics: ActivationStatistics?,
@@ -214,6 +223,8 @@ final class SparseDecoder {
         upValues = .allocate(capacity: f)
         converted = (0..<pool.threadCount).map { _ in ActivationBuffers() }
     }
+
+    func downByteCount(layer: Int) -> Int { downs[layer].weights.byteCount }
 
     deinit {
         ids.deallocate()
