@@ -4,17 +4,13 @@
 
     python3 scripts/check_dequant.py ~/.cache/ember/models/*.gguf
 """
-import ctypes, os, subprocess, sys, tempfile
+import ctypes, os, sys
 import numpy as np
 import gguf
 
-here = os.path.dirname(os.path.abspath(__file__))
-src = os.path.join(here, "..", "Sources", "CEmberKernels")
-lib_path = os.path.join(tempfile.gettempdir(), "libember_kernels_check.so")
-files = [os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c")]
-subprocess.check_call(["cc", "-O2", "-shared", "-fPIC", "-I", os.path.join(src, "include"),
-                       "-o", lib_path] + files)
-lib = ctypes.CDLL(lib_path)
+import kernel_library
+
+lib = kernel_library.load("ember_kernels_check")
 lib.ember_dequantize_row.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
 
 worst = 0

@@ -5,17 +5,13 @@ package's dequantized weights and Ember's dequantized activations.
 
     python3 scripts/check_dot_real.py ~/.cache/ember/models/*.gguf
 """
-import ctypes, os, subprocess, sys, tempfile
+import ctypes, os, sys
 import numpy as np
 import gguf
 
-here = os.path.dirname(os.path.abspath(__file__))
-src = os.path.join(here, "..", "Sources", "CEmberKernels")
-lib_path = os.path.join(tempfile.gettempdir(), "libember_kernels_dot.so")
-files = [os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c")]
-subprocess.check_call(["cc", "-O2", "-shared", "-fPIC", "-I", os.path.join(src, "include"),
-                       "-o", lib_path] + files)
-lib = ctypes.CDLL(lib_path)
+import kernel_library
+
+lib = kernel_library.load("ember_kernels_dot")
 V, I64, I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 lib.ember_dot.restype = ctypes.c_float
 lib.ember_dot.argtypes = [I, I64, V, V]

@@ -75,6 +75,18 @@ struct Arguments {
         return value
     }
 
+    /// `--threads`: worker threads, all cores by default.
+    func threads() throws -> Int {
+        try int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+    }
+
+    /// `--seed`, when given: a non-negative integer.
+    func seed() throws -> UInt64? {
+        guard let text = values["--seed"] else { return nil }
+        guard let value = UInt64(text) else { throw UsageError("--seed must be a non-negative integer, not \"\(text)\"") }
+        return value
+    }
+
     /// Help lines for these flags.
     static func help(_ flags: [Flag]) -> String {
         flags.map { flag in

@@ -19,8 +19,19 @@ struct LoadedModel {
         tokenizer = try Tokenizer(file: file)
     }
 
+    /// The model's own name, else its file name.
+    var name: String {
+        ((try? model.file.string("general.name")) ?? nil) ?? URL(fileURLWithPath: path).lastPathComponent
+    }
+
+    /// A corpus's tokens by the rule the reference perplexity uses, which profiling and
+    /// predictor training follow too: no BOS, special tokens as plain text.
+    func corpusTokens(_ text: String) -> [Int32] {
+        tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+    }
+
     func session(_ arguments: Arguments, minimumContext: Int = 1) throws -> Session {
-        let threads = try arguments.int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+        let threads = try arguments.threads()
         let fallback = min(model.config.contextLength, max(2048, minimumContext))
         let context = try arguments.int("--ctx", default: fallback, range: 1...1 << 20)
         let batch = try arguments.int("--batch", default: 64, range: 1...4096)
@@ -99,10 +110,7 @@ enum SamplingFlags {
         settings.minP = try arguments.float("--min-p", default: settings.minP, range: 0...1)
         settings.repeatPenalty = try arguments.float("--repeat-penalty", default: settings.repeatPenalty, range: 0.01...100)
         settings.repeatLastN = try arguments.int("--repeat-last-n", default: settings.repeatLastN, range: -1...1 << 20)
-        if let seed = arguments.string("--seed") {
-            guard let value = UInt64(seed) else { throw UsageError("--seed must be a non-negative integer, not \"\(seed)\"") }
-            settings.seed = value
-        }
+        settings.seed = try arguments.seed()
         return settings
     }
 }

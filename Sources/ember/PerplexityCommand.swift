@@ -17,8 +17,7 @@ enum PerplexityCommand {
         let context = try arguments.int("--ctx", default: 512, range: 2...1 << 20)
         let chunkLimit = try arguments.int("--chunks", default: Int.max, range: 1...Int.max)
         let loaded = try LoadedModel(arguments)
-        // The rule of the reference figures: no BOS, special tokens as plain text.
-        var tokens = loaded.tokenizer.encode(text, addSpecial: false, parseSpecial: false)
+        var tokens = loaded.corpusTokens(text)
         if tokens.count / context > chunkLimit { tokens = Array(tokens.prefix(chunkLimit * context)) }
         let session = try loaded.session(arguments, minimumContext: context)
         let progress = Progress("perplexity")
@@ -27,7 +26,7 @@ enum PerplexityCommand {
             progress.update(done, of: total, detail: String(format: "ppl %.4f", running))
         }
         progress.finish()
-        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let elapsed = seconds(since: start)
         print(String(format: "perplexity: %.4f (mean NLL %.6f) over %d scored tokens, %d chunks of %d",
                      result.perplexity, result.meanNegativeLogLikelihood, result.scoredTokens, result.chunks, context))
         if let sparse = session.pass.sparsity as? SparseExecution {

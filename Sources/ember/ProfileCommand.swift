@@ -29,8 +29,7 @@ enum ProfileCommand {
 
         let text = try TextInput.readFile(path)
         let loaded = try LoadedModel(arguments)
-        // The perplexity rule: no BOS, special tokens as plain text.
-        let tokens = Array(loaded.tokenizer.encode(text, addSpecial: false, parseSpecial: false).prefix(tokenLimit))
+        let tokens = Array(loaded.corpusTokens(text).prefix(tokenLimit))
         let session = try loaded.session(arguments, minimumContext: context)
         let progress = Progress("profile")
         let start = DispatchTime.now()
@@ -39,9 +38,8 @@ enum ProfileCommand {
         }
         var statistics = profile.statistics
         progress.finish()
-        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-        let modelName = (try? loaded.model.file.string("general.name")) ?? nil
-        statistics.sourceModel = modelName ?? URL(fileURLWithPath: loaded.path).lastPathComponent
+        let elapsed = seconds(since: start)
+        statistics.sourceModel = loaded.name
         statistics.corpusSHA256 = SHA256.hex(Array(text.utf8))
         try statistics.write(to: output)
         Terminal.note(String(format: "[%d tokens in %.1f s, %.0f tokens/s; wrote %@]",

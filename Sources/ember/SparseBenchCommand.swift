@@ -19,8 +19,7 @@ enum SparseBenchCommand {
     static let fractions = [5, 10, 20, 30, 50, 75, 100]
 
     static func parseType(_ text: String, flag: String) throws -> TensorType {
-        guard let type = TensorType.allCases.first(where: { "\($0)".lowercased() == text.lowercased() }),
-              ember_block_size(Int32(type.rawValue)) > 0, type != .q8_1, type != .q8_K
+        guard let type = TensorType(name: text), ember_block_size(Int32(type.rawValue)) > 0, type != .q8_1, type != .q8_K
         else { throw UsageError("\(flag): unknown or unsupported weight type \"\(text)\"") }
         return type
     }
@@ -30,7 +29,7 @@ enum SparseBenchCommand {
         let columns = try arguments.int("--columns", default: 4096, range: 1...1 << 20)
         let type = try parseType(arguments.string("--type") ?? "q4_0", flag: "--type")
         let downType = try arguments.string("--down-type").map { try parseType($0, flag: "--down-type") }
-        let threads = try arguments.int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+        let threads = try arguments.threads()
         let repetitions = try arguments.int("--repetitions", default: 20, range: 1...10000)
         guard columns % type.blockSize == 0, rows % type.blockSize == 0 else {
             throw UsageError("--rows and --columns must be multiples of \(type)'s block size \(type.blockSize)")
@@ -41,9 +40,9 @@ enum SparseBenchCommand {
         // transpose (rows x columns) for the column gather.
         let up = Generated(type: type, rows: rows, columns: columns, seed: 1, pool: pool)
         let down = Generated(type: type, rows: columns, columns: rows, seed: 2, pool: pool)
-        let transposeStart = DispatchTime.now().uptimeNanoseconds
+        let transposeStart = DispatchTime.now()
         let neuronMajor = try NeuronMajorMatrix(transposing: down.matrix, as: downType, pool: pool)
-        let transposeSeconds = Double(DispatchTime.now().uptimeNanoseconds - transposeStart) / 1e9
+        let transposeSeconds = seconds(since: transposeStart)
 
         var random = SystemRandomNumberGenerator()
         let x = (0..<max(rows, columns)).map { _ in Float.random(in: -1...1, using: &random) }
@@ -72,9 +71,9 @@ enum SparseBenchCommand {
         }
         func measure(_ body: () -> Void) -> Double {
             evictCaches()
-            let start = DispatchTime.now().uptimeNanoseconds
+            let start = DispatchTime.now()
             body()
-            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e3
+            return seconds(since: start) * 1e6
         }
         func denseMatvec(_ w: WeightMatrix, _ a: ActivationBuffer) {
             pool.run { thread in

@@ -22,7 +22,7 @@ enum SynthCommand {
     static func main(_ arguments: Arguments) throws {
         let options = try parse(arguments)
         guard let path = arguments.string("--output") else { throw UsageError("give the output file with -o FILE.gguf") }
-        let threads = try arguments.int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+        let threads = try arguments.threads()
 
         let tokenizerPath = try ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") }
         let tokenizer = try GGUFFile(path: tokenizerPath)
@@ -33,10 +33,10 @@ enum SynthCommand {
             progress.update(done >> 20, of: total >> 20, detail: "MiB")
         }
         progress.finish()
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let elapsed = seconds(since: start)
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         print(String(format: "wrote %@: %.1f MB in %.1f s (shape %@, %@, sparsity %.2f, seed %llu)",
-                     path, Double(size) / 1e6, seconds, options.shape.name, options.type.description,
+                     path, Double(size) / 1e6, elapsed, options.shape.name, options.type.description,
                      options.sparsity, options.seed))
         print(SyntheticModel.description(options))
     }
@@ -59,11 +59,6 @@ enum SynthCommand {
             throw UsageError("--type must be one of "
                 + SyntheticModel.supportedTypes.map { $0.description.lowercased() }.joined(separator: ", ") + ", not \"\(typeName)\"")
         }
-        var seed: UInt64 = 0
-        if let text = arguments.string("--seed") {
-            guard let value = UInt64(text) else { throw UsageError("--seed must be a non-negative integer, not \"\(text)\"") }
-            seed = value
-        }
-        return SyntheticModel.Options(shape: shape, sparsity: Double(sparsity), type: type, seed: seed)
+        return SyntheticModel.Options(shape: shape, sparsity: Double(sparsity), type: type, seed: try arguments.seed() ?? 0)
     }
 }

@@ -32,10 +32,7 @@ enum TrainPredictorCommand {
         options.maxRank = try arguments.int("--max-rank", default: 0, range: options.minRank...65536)
         options.epochs = try arguments.int("--epochs", default: options.epochs, range: 1...10_000)
         options.weightType = arguments.has("--f32") ? .f32 : .f16
-        if let seed = arguments.string("--seed") {
-            guard let value = UInt64(seed) else { throw UsageError("--seed must be a non-negative integer, not \"\(seed)\"") }
-            options.seed = value
-        }
+        if let seed = try arguments.seed() { options.seed = seed }
         let context = try arguments.int("--ctx", default: 256, range: 2...1 << 20)
         let tokenLimit = try arguments.int("--tokens", default: Int.max, range: 1...Int.max)
 
@@ -69,9 +66,8 @@ enum TrainPredictorCommand {
             }
         }
         let text = try TextInput.readFile(textPath)
-        // As perplexity: no BOS, special tokens as plain text.
-        let tokens = Array(loaded.tokenizer.encode(text, addSpecial: false, parseSpecial: false).prefix(tokenLimit))
-        let threads = try arguments.int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+        let tokens = Array(loaded.corpusTokens(text).prefix(tokenLimit))
+        let threads = try arguments.threads()
         let session = Session(model: loaded.model, threads: threads, contextLength: context, batchSize: 64)
         let relu = stats.activation == "relu"
 
@@ -90,7 +86,7 @@ enum TrainPredictorCommand {
             data: data, layerCount: config.layerCount,
             hotShares: stats.layers.map { PredictorTrainer.hotShare(counts: $0.counts[target]) },
             options: options, pool: session.pool,
-            sourceModel: (try? loaded.model.file.string("general.name")) ?? URL(fileURLWithPath: loaded.path).lastPathComponent,
+            sourceModel: loaded.name,
             targetSparsity: sparsity) { report in
                 done += 1
                 training.update(done, of: layers.count, detail: "layer \(report.layer): rank \(report.rank)")
@@ -111,15 +107,10 @@ enum TrainPredictorCommand {
         }
         let reports = result.reports
         func mean(_ values: [Float]) -> Float { values.reduce(0, +) / Float(max(values.count, 1)) }
-        let predictorBytes = result.predictors.layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) }
         print(String(format: "mean: recall %.3f, precision %.3f, predicted %.3f (truly active %.3f); ranks %d–%d",
                      mean(reports.map(\.recall)), mean(reports.map(\.precision)), mean(reports.map(\.predictedShare)),
                      mean(reports.map(\.activeShare)), reports.map(\.rank).min() ?? 0, reports.map(\.rank).max() ?? 0))
         print(String(format: "wrote %@: %.2f MB of %@ weights (read per token); collection %.1f s, training %.1f s on %d threads",
-                     output, Double(predictorBytes) / 1e6, options.weightType.description, collected, trained, threads))
-    }
-
-    static func seconds(since start: DispatchTime) -> Double {
-        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+                     output, Double(result.predictors.byteCount) / 1e6, options.weightType.description, collected, trained, threads))
     }
 }

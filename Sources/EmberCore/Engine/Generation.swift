@@ -70,7 +70,3 @@ public enum GenerationError: Error, CustomStringConvertible {
         }
     }
 }
-
-func seconds(since start: DispatchTime) -> Double {
-    Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-}

@@ -153,7 +153,7 @@ extension Session {
 
     /// Evaluates `tokens` in chunks of `context` from an empty cache with `observer` watching
     /// every FFN; the observer is removed afterwards, even on error.
-    private func runChunks(_ tokens: [Int32], context: Int, observer: @escaping (FeedForwardObservation) -> Void,
+    fileprivate func runChunks(_ tokens: [Int32], context: Int, observer: @escaping (FeedForwardObservation) -> Void,
                            progress: (Int, Int) -> Void) throws {
         guard context >= 1 else { throw PerplexityError.contextTooSmall(context) }
         guard context <= contextLength else { throw ModelError.contextOverflow(needed: context, context: contextLength) }
@@ -183,18 +183,14 @@ extension PredictorTrainingData {
         let config = session.model.config
         let d = config.embeddingLength, f = config.feedForwardLength
         let words = (f + 63) / 64
-        let chunks = tokens.count / context
-        guard chunks > 0 else { throw PerplexityError.textTooShort(tokens: tokens.count, context: context) }
-        let count = chunks * context
+        let count = tokens.count / context * context
         var inputs = [Int: [Float]](), labels = [Int: [UInt64]]()
         for l in layers {
             inputs[l] = []; inputs[l]!.reserveCapacity(count * d)
             labels[l] = []; labels[l]!.reserveCapacity(count * words)
         }
         let wanted = Set(layers)
-        let previous = session.pass.feedForwardObserver
-        defer { session.pass.feedForwardObserver = previous }
-        session.pass.feedForwardObserver = { observation in
+        try session.runChunks(tokens, context: context, observer: { observation in
             let l = observation.layer
             guard wanted.contains(l) else { return }
             let n = observation.tokenCount
@@ -207,13 +203,7 @@ extension PredictorTrainingData {
             }
             labels[l]!.append(contentsOf: bits)
             inputs[l]!.append(contentsOf: UnsafeBufferPointer(start: observation.input.pointer, count: n * d))
-        }
-        for chunk in 0..<chunks {
-            session.reset()
-            try session.evaluate(Array(tokens[chunk * context..<(chunk + 1) * context]))
-            progress(chunk + 1, chunks)
-        }
-        session.reset()
+        }, progress: progress)
         let all = (0..<config.layerCount).map { l in
             inputs[l].map { Layer(inputs: $0, labels: labels[l]!) }
         }

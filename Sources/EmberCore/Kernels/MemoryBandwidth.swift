@@ -20,7 +20,7 @@ public enum MemoryBandwidth {
                 let share = count / threads
                 sink[thread] = sum(buffer + thread * share, share)
             }
-            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            let elapsed = seconds(since: start)
             best = max(best, Double(count / threads * threads * MemoryLayout<SIMD8<Float>>.stride) / elapsed)
         }
         return best

@@ -81,20 +81,6 @@ public enum VectorKernels {
     /// The FFN's activation, applied to the gate (or, ungated, to the up projection).
     public enum Activation: String, Sendable {
         case silu, gelu, relu
-
-        @inline(__always)
-        public func apply(_ v: Float) -> Float {
-            switch self {
-            case .silu:
-                return v / (1 + Foundation.exp(-v))
-            case .gelu:
-                // The tanh approximation, as GeGLU models are trained with.
-                let c: Float = 0.7978845608028654  // sqrt(2/pi)
-                return 0.5 * v * (1 + Foundation.tanh(c * (v + 0.044715 * v * v * v)))
-            case .relu:
-                return max(v, 0)
-            }
-        }
     }
 
     /// out[i] = act(gate[i]) · up[i]; with `up` nil, out[i] = act(gate[i]).

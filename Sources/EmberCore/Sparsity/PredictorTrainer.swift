@@ -114,15 +114,7 @@ public enum PredictorTrainer {
 
     /// Smallest share of neurons that together account for 80 % of activations.
     public static func hotShare(counts: [Float]) -> Float {
-        let sorted = counts.sorted(by: >)
-        let total = sorted.reduce(0, +)
-        guard total > 0 else { return 0 }
-        var sum: Float = 0
-        for (i, c) in sorted.enumerated() {
-            sum += c
-            if sum >= 0.8 * total { return Float(i + 1) / Float(sorted.count) }
-        }
-        return 1
+        Float(LocalitySummary.entry(counts: counts, tokens: 0).coveringShare)
     }
 
     /// The first rank tried: proportional to the hot share (a layer whose activations spread
@@ -189,7 +181,7 @@ public enum PredictorTrainer {
         let chosen = best!
         let testScores = score(chosen.weights, data: data, layer: l, tokens: split.test)
         let test = confusion(testScores, labels: samples.labels, data: data, tokens: split.test, threshold: chosen.threshold)
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        let seconds = EmberCore.seconds(since: start)
         let report = PredictorLayerReport(
             layer: l, rank: chosen.weights.rank, hotShare: hotShare,
             activeShare: Float(data.activeShare(layer: l, tokens: split.test)), threshold: chosen.threshold,
