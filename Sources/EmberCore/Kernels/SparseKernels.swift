@@ -193,6 +193,22 @@ public enum SparseFeedForward {
         reducePartials(pool: pool, output: output, length: d, workspace: workspace)
     }
 
+    /// values[k] = row rows[k] of `matrix` · input for k < count, the rows split among threads:
+    /// the up rows of the neurons a dense gate selected.
+    public static func gather(pool: ThreadPool, matrix: WeightMatrix, input: UnsafePointer<Float>,
+                              rows: UnsafePointer<Int32>, count: Int, into values: UnsafeMutablePointer<Float>,
+                              workspace: Workspace) {
+        precondition(workspace.threadCount >= pool.threadCount && workspace.hiddenLength == matrix.columns,
+                     "SparseFeedForward: workspace too small")
+        pool.run { thread in
+            let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
+            guard !share.isEmpty else { return }
+            matrix.multiply(gathering: rows + share.lowerBound, count: share.count,
+                            activations: workspace.convert(input, to: matrix.activationType, thread: thread),
+                            into: values + share.lowerBound)
+        }
+    }
+
     /// The down projection alone, sparse over given neurons: output[0..<hidden) =
     /// Σ_k coefficients[k] · down row rows[k] (gate, up and the activation done elsewhere).
     public static func runDown(pool: ThreadPool, down: NeuronMajorMatrix, rows: UnsafePointer<Int32>,

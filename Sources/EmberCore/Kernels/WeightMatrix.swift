@@ -76,3 +76,16 @@ public final class ActivationBuffer: @unchecked Sendable {
 
     public func vector(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(bytes + index * stride) }
 }
+
+/// Activation buffers by format and length, made on first use. Each thread owns its own set.
+final class ActivationBuffers: @unchecked Sendable {
+    private var buffers: [Int: ActivationBuffer] = [:]
+
+    func buffer(type: TensorType, length: Int, capacity: Int) -> ActivationBuffer {
+        let key = Int(type.rawValue) << 32 | length
+        if let b = buffers[key] { return b }
+        let b = ActivationBuffer(type: type, length: length, capacity: capacity)
+        buffers[key] = b
+        return b
+    }
+}

@@ -292,16 +292,3 @@ public struct FeedForwardObservation {
     /// The up projection of gated FFNs.
     public let up: Matrix?
 }
-
-/// Activation buffers by format and length, made on first use. Each thread owns its own set.
-final class ActivationBuffers: @unchecked Sendable {
-    private var buffers: [Int: ActivationBuffer] = [:]
-
-    func buffer(type: TensorType, length: Int, capacity: Int) -> ActivationBuffer {
-        let key = Int(type.rawValue) << 32 | length
-        if let b = buffers[key] { return b }
-        let b = ActivationBuffer(type: type, length: length, capacity: capacity)
-        buffers[key] = b
-        return b
-    }
-}

@@ -205,7 +205,6 @@ final class SparseDecoder {
     private let ids: UnsafeMutablePointer<Int32>
     private let coefficients: UnsafeMutablePointer<Float>
     private let upValues: UnsafeMutablePointer<Float>
-    private let converted: [ActivationBuffers]
 
     static func make(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) throws -> SparseDecoder? {
         mode == .dense ? nil : try SparseDecoder(mode: mode, model: model, pool: pool)
@@ -221,7 +220,6 @@ final class SparseDecoder {
         ids = .allocate(capacity: f)
         coefficients = .allocate(capacity: f)
         upValues = .allocate(capacity: f)
-        converted = (0..<pool.threadCount).map { _ in ActivationBuffers() }
     }
 
     func downByteCount(layer: Int) -> Int { downs[layer].weights.byteCount }
@@ -257,7 +255,8 @@ final class SparseDecoder {
                 for i in 0..<n where abs(a[i]) >= threshold { ids[count] = Int32(i); count += 1 }
             }
             if w.gate != nil {
-                gatherUp(w.up, input: pass.normed.row(0), count: count)
+                SparseFeedForward.gather(pool: pool, matrix: w.up, input: pass.normed.row(0), rows: ids, count: count,
+                                         into: upValues, workspace: workspace)
                 for k in 0..<count { coefficients[k] = a[Int(ids[k])] * upValues[k] }
             } else {
                 for k in 0..<count { coefficients[k] = a[Int(ids[k])] }
@@ -277,18 +276,6 @@ final class SparseDecoder {
             SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
                                       output: output, workspace: workspace)
             return count
-        }
-    }
-
-    /// upValues[k] = up row ids[k] · input for k < count, the neurons split among threads.
-    private func gatherUp(_ up: WeightMatrix, input: UnsafePointer<Float>, count: Int) {
-        pool.run { thread in
-            let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
-            guard !share.isEmpty else { return }
-            let buffer = converted[thread].buffer(type: up.activationType, length: up.columns, capacity: 1)
-            buffer.store(input, at: 0)
-            up.multiply(gathering: ids + share.lowerBound, count: share.count, activations: buffer.vector(0),
-                        into: upValues + share.lowerBound)
         }
     }
 }
