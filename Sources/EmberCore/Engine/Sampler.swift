@@ -34,26 +34,30 @@ public struct Sampler {
 
     /// Picks the next token given the logits and the tokens so far (for the penalty).
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int32]) -> Int32 {
-        var penalized: [Int32: Float] = [:]
+        // The penalty patches a copy, made only when it applies: the scans below read every
+        // logit, and a lookup per entry would cost milliseconds on a 262k vocabulary.
+        var patched: [Float]?
         if settings.repeatPenalty != 1, settings.repeatLastN != 0 {
+            var copy = Array(logits)
             let recent = settings.repeatLastN < 0 ? history[...] : history.suffix(settings.repeatLastN)
-            for token in Set(recent) where Int(token) < logits.count {
-                let logit = logits[Int(token)]
-                penalized[token] = logit > 0 ? logit / settings.repeatPenalty : logit * settings.repeatPenalty
+            for token in Set(recent) where Int(token) < copy.count {
+                let logit = copy[Int(token)]
+                copy[Int(token)] = logit > 0 ? logit / settings.repeatPenalty : logit * settings.repeatPenalty
             }
+            patched = copy
         }
-        func logit(_ token: Int) -> Float { penalized[Int32(token)] ?? logits[token] }
+        if let patched {
+            return patched.withUnsafeBufferPointer { choose(from: $0) }
+        }
+        return choose(from: logits)
+    }
 
-        if settings.temperature <= 0 {
-            var best = 0
-            for token in 1..<logits.count where logit(token) > logit(best) { best = token }
-            return Int32(best)
-        }
+    private mutating func choose(from logits: UnsafeBufferPointer<Float>) -> Int32 {
+        if settings.temperature <= 0 { return Session.argmax(logits) }
 
         // Candidates sorted by logit, the k best when top-k is on.
-        var candidates: [(token: Int32, logit: Float)]
         let k = settings.topK > 0 ? min(settings.topK, logits.count) : logits.count
-        candidates = Self.best(k, of: logits.count, logit: logit)
+        var candidates = Self.best(k, of: logits.count) { logits[$0] }
 
         // Probabilities at temperature 1 decide the top-p and min-p cuts.
         var probabilities = Self.softmax(candidates.map(\.logit), temperature: 1)
