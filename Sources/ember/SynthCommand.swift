@@ -12,6 +12,8 @@ enum SynthCommand {
         .init(names: ["--type"], takesValue: true,
               help: "matrix type: " + SyntheticModel.supportedTypes.map { $0.description.lowercased() }.joined(separator: ", ")
                 + " (default q4_0)"),
+        .init(names: ["--input-rank"], takesValue: true,
+              help: "rank of the token structure that decides which neurons fire, so predictors can learn it; 0: none (default 16)"),
         .init(names: ["--seed"], takesValue: true, help: "random seed; the same seed gives the same bytes (default 0)"),
         .init(names: ["--output", "-o"], takesValue: true, help: "the GGUF file to write"),
         CommonFlags.threads,
@@ -59,6 +61,8 @@ enum SynthCommand {
             throw UsageError("--type must be one of "
                 + SyntheticModel.supportedTypes.map { $0.description.lowercased() }.joined(separator: ", ") + ", not \"\(typeName)\"")
         }
-        return SyntheticModel.Options(shape: shape, sparsity: Double(sparsity), type: type, seed: try arguments.seed() ?? 0)
+        let inputRank = try arguments.int("--input-rank", default: 16, range: SyntheticModel.inputRankRange)
+        return SyntheticModel.Options(shape: shape, sparsity: Double(sparsity), type: type, seed: try arguments.seed() ?? 0,
+                                      inputRank: inputRank)
     }
 }

@@ -16,7 +16,7 @@ public struct PredictorTrainingOptions: Sendable {
     /// truly inactive neurons.
     public var maxExtraShare: Float = 0.5
     public var epochs = 12
-    public var batchSize = 256
+    public var batchSize = 64
     public var learningRate: Float = 3e-3
     /// Weight of an active neuron's loss term relative to an inactive one's (misses cost quality).
     public var positiveWeight: Float = 2

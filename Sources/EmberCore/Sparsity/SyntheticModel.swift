@@ -21,6 +21,14 @@ import Foundation
 ///   [1e-4, 0.98] and scaled so its mean is 1 − sparsity; ranks are shuffled per layer.
 ///   With exponent 1.2, at 90 % sparsity 28 % of the neurons carry 80 % of the activations
 ///   (PowerInfer measured 26 % on OPT-30B).
+/// - Which neurons fire depends on the token, through a planted low-rank structure a predictor
+///   can learn: the random part of gate row i is √ρ·(a mix of `inputRank` random basis rows
+///   shared by the layer) + √(1−ρ)·(its own noise), ρ = `predictableShare`. So whether neuron i
+///   fires is, up to that noise, a linear function of inputRank directions of the residual
+///   stream (the norm scales both sides of the bias test alike). Real models have such
+///   structure (predictors work on them); without it every neuron would fire independently of
+///   the input and no predictor could beat the planted rates. `inputRank` 0 turns it off.
+///   The variance of each weight, hence the planted rates, is the same either way.
 /// - Attention and FFN outputs are scaled to add only a little variance per layer (2 % of the
 ///   embedding's over the whole model, each), so V stays near 1; the small growth is accounted for.
 /// Only block sizes of at most 32 keep the constant block one quant block, so K-quants are left out.
@@ -58,14 +66,17 @@ public enum SyntheticModel {
         public var type: TensorType
         public var seed: UInt64
         public var contextLength: Int
+        /// Rank of the input structure that decides which neurons fire (0: none).
+        public var inputRank: Int
 
         public init(shape: Shape, sparsity: Double = 0.9, type: TensorType = .q4_0, seed: UInt64 = 0,
-                    contextLength: Int = 4096) {
+                    contextLength: Int = 4096, inputRank: Int = 16) {
             self.shape = shape
             self.sparsity = sparsity
             self.type = type
             self.seed = seed
             self.contextLength = contextLength
+            self.inputRank = inputRank
         }
     }
 
@@ -80,6 +91,10 @@ public enum SyntheticModel {
     static let constantWidth = 32
     /// Variance each of attention and FFN adds to a residual channel over the whole model.
     static let addedVariance = 0.02
+    /// Share of a gate row's random variance that lies in the layer's low-rank input structure.
+    static let predictableShare = 0.95
+    /// Input ranks allowed (the structure is generated per row: cost grows with the rank).
+    public static let inputRankRange = 0...256
 
     public enum SyntheticModelError: Error, CustomStringConvertible, Equatable {
         case unsupportedType(TensorType)
@@ -103,6 +118,9 @@ public enum SyntheticModel {
         guard supportedTypes.contains(options.type) else { throw SyntheticModelError.unsupportedType(options.type) }
         guard options.sparsity.isFinite, sparsityRange.contains(options.sparsity) else {
             throw SyntheticModelError.sparsityOutOfRange(options.sparsity)
+        }
+        guard inputRankRange.contains(options.inputRank) else {
+            throw SyntheticModelError.badShape("input rank \(options.inputRank) is outside \(inputRankRange)")
         }
         let s = options.shape
         guard s.embeddingLength % 32 == 0, s.embeddingLength > constantWidth, s.feedForwardLength % 32 == 0,
@@ -169,6 +187,17 @@ public enum SyntheticModel {
         return p
     }
 
+    /// The layer's `inputRank` basis rows (unit normal entries, `d` floats each), row-major.
+    static func inputBasis(_ options: Options, layer: Int) -> [Float] {
+        let d = options.shape.embeddingLength
+        var basis = [Float](repeating: 0, count: options.inputRank * d)
+        for i in 0..<options.inputRank {
+            var rng = RowRandom(seed: options.seed, stream: "blk.\(layer).ffn_gate.input_basis", row: i)
+            for j in 0..<d { basis[i * d + j] = rng.normal() }
+        }
+        return basis
+    }
+
     // MARK: Writing
 
     /// Writes the model to `path` (atomically), generating each tensor on `pool`'s threads as it
@@ -207,6 +236,7 @@ public enum SyntheticModel {
         w.set("ember.synthetic.sparsity", .float32(Float(options.sparsity)))
         w.set("ember.synthetic.power_law_exponent", .float32(Float(powerLawExponent)))
         w.set("ember.synthetic.seed", .uint64(seed))
+        w.set("ember.synthetic.input_rank", .uint32(UInt32(options.inputRank)))
         for key in tokenizer.metadataKeys where key.hasPrefix("tokenizer.") {
             if let value = tokenizer.value(key) { w.set(key, value) }
         }
@@ -265,9 +295,21 @@ public enum SyntheticModel {
             let gateName = n + "ffn_gate.weight"
             w.addTensor(gateName, type: type, dims: [d, ff]) { buffer in
                 let p = layerProbabilities(options, layer: l, curve: curve)
+                let basis = inputBasis(options, layer: l)
+                let rank = options.inputRank
+                // Unit-variance entries: √ρ·Σ_j c_j·b_j/√rank + √(1−ρ)·noise, c_j and b_j unit normals.
+                let structured = rank == 0 ? 0 : Float((predictableShare / Double(rank)).squareRoot())
+                let noise = rank == 0 ? 1 : Float((1 - predictableShare).squareRoot())
                 fillRows(buffer, rows: ff, columns: d, type: type, pool: pool) { r, x, out in
                     var rng = RowRandom(seed: seed, stream: gateName, row: r)
-                    for j in x.indices { x[j] = j < k ? 0 : sigma * rng.normal() }
+                    for j in x.indices { x[j] = j < k ? 0 : sigma * noise * rng.normal() }
+                    basis.withUnsafeBufferPointer { b in
+                        for i in 0..<rank {
+                            let c = sigma * structured * rng.normal()
+                            let row = b.baseAddress! + i * d
+                            for j in k..<d { x[j] += c * row[j] }
+                        }
+                    }
                     quantize(type, x, out)
                     // The bias uses the norm of the weights as stored, quantization included.
                     ember_dequantize_row(Int32(type.rawValue), out.baseAddress, x.baseAddress, Int64(d))
@@ -295,7 +337,11 @@ public enum SyntheticModel {
             + "its text is noise, but its compute and its FFN activation sparsity are real. ReLU FFN (ember.ffn_activation = relu); "
             + String(format: "%.0f", options.sparsity * 100)
             + " % of FFN neurons are exactly zero per token on average, with power-law firing frequencies "
-            + "(exponent \(powerLawExponent), ranks shuffled per layer). llama.cpp runs its FFN with SiLU instead, "
+            + "(exponent \(powerLawExponent), ranks shuffled per layer)"
+            + (options.inputRank > 0
+                ? "; which neurons fire depends on the token through a planted rank-\(options.inputRank) structure"
+                : "; neurons fire independently of the token")
+            + ". llama.cpp runs its FFN with SiLU instead, "
             + "which changes the values but not the speed of dense inference."
     }
 
