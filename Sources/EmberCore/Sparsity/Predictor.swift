@@ -156,10 +156,11 @@ public final class PredictorSet: @unchecked Sendable {
     }
 
     /// `activeNeurons` with both products' rows split over `pool` (for models whose predictor
-    /// matrices are large enough that one thread cannot read them at full bandwidth).
+    /// matrices are large enough that one thread cannot read them at full bandwidth; nil: the
+    /// calling thread alone).
     public func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>,
-                              pool: ThreadPool) -> Int {
-        guard let p = layers[l] else { return activeNeurons(layer: l, input: x, into: active) }
+                              pool: ThreadPool?) -> Int {
+        guard let p = layers[l], let pool else { return activeNeurons(layer: l, input: x, into: active) }
         let h = scratch.row(0), s = scratch.row(1)
         for (w, v, y, slot) in [(p.fc1, UnsafePointer(x), h, 0), (p.fc2, UnsafePointer(h), s, 1)] {
             // Convert once, then every thread multiplies its rows.

@@ -3,8 +3,8 @@ import Foundation
 /// Guesses a layer's active neurons from the FFN's pre-norm input (a trained predictor).
 public protocol ActiveNeuronPredictor: AnyObject {
     /// Writes the ids of the neurons predicted active for `input` to `into` (room for every
-    /// neuron) and returns how many there are.
-    func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>) -> Int
+    /// neuron) and returns how many there are; `pool` (nil: the calling thread) shares the work.
+    func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>, pool: ThreadPool?) -> Int
     /// For `count` tokens (rows of `inputs`): masks[t][i] = 1 when neuron i is predicted
     /// active for token t, else 0; returns how many are active in all.
     func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int
@@ -54,6 +54,11 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     /// |act(gate)·up| (down:S) must reach.
     private let thresholds: [Float]
     private let predictor: ActiveNeuronPredictor?
+    /// The pool decode-time predictions run on: nil (one thread) for small predictors, where
+    /// handing work to the other threads costs more than it saves (SmolLM2: 0.3 MB a layer),
+    /// the pool for large ones that one thread cannot read at full bandwidth (7B: 1.9 MB).
+    private let predictorPool: ThreadPool?
+    static let threadedPredictorBytes = 1 << 20
     private let decoder: SparseDecoder?
     /// Scratch for the predictor's masks of a batch.
     private var predictorMasks: Matrix?
@@ -123,12 +128,15 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
             thresholds = Array(repeating: 0, count: layers)
         }
         self.predictor = predictor
+        let bytesPerLayer = (predictor?.byteCount ?? 0) / max(1, layers)
+        predictorPool = bytesPerLayer >= Self.threadedPredictorBytes && pool.threadCount > 1 ? pool : nil
         decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool)
     }
 
     public func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
         if pass.tokenCount == 1, let decoder {
-            let count = decoder.run(w, layer: layer, pass: pass, threshold: thresholds[layer], predictor: predictor)
+            let count = decoder.run(w, layer: layer, pass: pass, threshold: thresholds[layer], predictor: predictor,
+                                    predictorPool: predictorPool)
             activeNeurons += count
             neuronSlots += config.feedForwardLength
             return
@@ -232,7 +240,8 @@ final class SparseDecoder {
 
     /// Computes the FFN of the batch's single token into `pass.projected`; returns how many
     /// neurons it computed.
-    func run(_ w: LayerWeights, layer: Int, pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?) -> Int {
+    func run(_ w: LayerWeights, layer: Int, pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?,
+             predictorPool: ThreadPool?) -> Int {
         let n = pass.config.feedForwardLength
         let a = pass.gate.row(0)
         let output = pass.projected.row(0)
@@ -240,7 +249,7 @@ final class SparseDecoder {
         case .dense:
             preconditionFailure("dense runs without a sparse decoder")
         case .predictor:
-            let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids)
+            let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids, pool: predictorPool)
             SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
                                   input: pass.normed.row(0), active: ids, count: count, output: output, workspace: workspace)
             return count
