@@ -70,12 +70,17 @@ public struct PlacementOptions: Sendable, Equatable {
     public var sparsityTarget: Float?
     /// Reserve each placed attention block's KV cache for this many positions (0: weights only).
     public var kvCacheTokens = 0
+    /// False: the whole budget goes to FFN neurons (the dense blocks stay on the host), which
+    /// isolates the neuron placement, e.g. to compare with PowerInfer's FFN-only figures.
+    public var placesDenseBlocks = true
 
-    public init(granularity: Int = 32, minimumGroups: Int = 0, sparsityTarget: Float? = nil, kvCacheTokens: Int = 0) {
+    public init(granularity: Int = 32, minimumGroups: Int = 0, sparsityTarget: Float? = nil, kvCacheTokens: Int = 0,
+                placesDenseBlocks: Bool = true) {
         self.granularity = granularity
         self.minimumGroups = minimumGroups
         self.sparsityTarget = sparsityTarget
         self.kvCacheTokens = kvCacheTokens
+        self.placesDenseBlocks = placesDenseBlocks
     }
 }
 
@@ -174,7 +179,8 @@ extension Placement {
 
         var remaining = budget
         var dense: [PlacementCosts.DenseBlock] = []
-        for cost in costs.denseBlocks where cost.bytes <= remaining {
+        // Blocks that do not fit are skipped, so a large output head leaves room for the rest.
+        for cost in costs.denseBlocks where options.placesDenseBlocks && cost.bytes <= remaining {
             dense.append(cost.block)
             remaining -= cost.bytes
         }
@@ -229,7 +235,8 @@ extension Placement {
 
     /// SHA-256 of a file's bytes, in hex.
     public static func fileSHA256(_ path: String) throws -> String {
-        SHA256.hex(try MappedFile(path: path).bytes)
+        let mapped = try MappedFile(path: path)
+        return withExtendedLifetime(mapped) { SHA256.hex(mapped.bytes) }
     }
 }
 
@@ -264,6 +271,7 @@ extension Placement {
                 && stored.minimumGroups == options.minimumGroups && stored.layerCount == config.layerCount
                 && stored.feedForwardLength == config.feedForwardLength && stored.modelName == modelName(model, path: modelPath)
             if let target = options.sparsityTarget { matches = matches && abs(stored.sparsityTarget - target) <= 0.005 }
+            if !options.placesDenseBlocks { matches = matches && stored.denseBlocks.isEmpty }
             if matches, haveStatistics { matches = stored.statisticsSHA256 == (try fileSHA256(statisticsPath)) }
             if matches { return (stored, .file(path: placementPath)) }
         }
