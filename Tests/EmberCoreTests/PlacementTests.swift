@@ -163,8 +163,8 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(none.deviceNeurons, [[], [], []])
         XCTAssertEqual(none.expectedDeviceShare, 0)
 
-        // Less than one dense block: the budget goes to the hottest pair of layer 0 (ids 1, 3).
-        let small = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 45, options: options).placement
+        // Less than one dense block, room for one pair: the hottest pair of the model (layer 0, ids 1 and 3).
+        let small = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 25, options: options).placement
         XCTAssertEqual(small.denseBlocks, [])
         XCTAssertEqual(small.deviceNeurons, [[1, 3], [], []])
         XCTAssertEqual(small.neuronBytes, 20)
