@@ -71,10 +71,11 @@ enum PlaceCommand {
         let method = a.capacityUnits == 0 ? "everything fits"
             : "dynamic programme over \(p.layerCount) layers × \(a.capacityUnits) units of \(a.quantum) bytes"
         print(String(format: "solved in %.1f ms (%@, %@)", report.solveSeconds * 1000, a.exact ? "exact" : "capacity rounded, not exact", method))
-        print(String(format: "expected device share of activated-neuron work: %.1f %%", p.expectedDeviceShare * 100))
+        print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%)",
+                     p.expectedDeviceShare * 100, report.deviceReadShare * 100))
         let range = o.layers.isEmpty ? "none" : "\(o.layers.count) layers (\(o.layers.first!)–\(o.layers.last!))"
-        print(String(format: "offloading whole layers instead: %@, output head %@, %@: %.1f %%", range,
-                     o.outputHead ? "yes" : "no", ByteSize.format(o.bytes), o.deviceShare * 100))
+        print(String(format: "offloading whole layers instead: %@, output head %@, %@: %.1f %% (of weight bytes read per token, dense: %.1f %%)",
+                     range, o.outputHead ? "yes" : "no", ByteSize.format(o.bytes), o.deviceShare * 100, o.deviceReadShare * 100))
         if let output { print("wrote \(output)") }
     }
 
@@ -88,8 +89,9 @@ enum PlaceCommand {
             "dense_blocks": p.denseBlocks.map(\.description),
             "device_neurons_per_layer": p.deviceNeurons.map(\.count),
             "solve_seconds": report.solveSeconds, "exact": a.exact, "capacity_units": a.capacityUnits, "quantum_bytes": a.quantum,
-            "expected_device_share": p.expectedDeviceShare,
-            "layer_offloading": ["layers": o.layers, "output_head": o.outputHead, "bytes": o.bytes, "device_share": o.deviceShare] as [String: Any],
+            "expected_device_share": p.expectedDeviceShare, "device_read_share": report.deviceReadShare,
+            "layer_offloading": ["layers": o.layers, "output_head": o.outputHead, "bytes": o.bytes, "device_share": o.deviceShare,
+                                 "device_read_share": o.deviceReadShare] as [String: Any],
         ]
         if let output { object["output"] = output }
         if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {

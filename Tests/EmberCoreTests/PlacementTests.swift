@@ -171,11 +171,14 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(small.expectedDeviceShare, 1.4 / total, accuracy: 1e-12)
 
         // The attention blocks fit, the head does not (skipped), 60 bytes remain: three pairs.
-        let middle = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 360, options: options).placement
+        let middleReport = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 360, options: options)
+        let middle = middleReport.placement
         XCTAssertEqual(middle.denseBlocks, [.attention(layer: 0), .attention(layer: 1), .attention(layer: 2)])
         XCTAssertEqual(middle.denseBytes, 300)
         XCTAssertEqual(middle.deviceNeurons, [[1, 3], [0, 2], [0, 3]])  // layer 1: 0.8, then 0.3 (id 0 before id 1)
         XCTAssertEqual(middle.expectedDeviceShare, (1.4 + 1.1 + 1.3) / total, accuracy: 1e-12)
+        // Bytes read per token: all 450 dense bytes, each neuron's 10 bytes at its frequency.
+        XCTAssertEqual(middleReport.deviceReadShare, (300 + 38) / (450 + total * 10), accuracy: 1e-12)
 
         // Without dense blocks the whole budget holds neurons; the last group of a layer is partial.
         let ffnOnly = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 150,
@@ -193,6 +196,7 @@ final class PlacementTests: XCTestCase {
         XCTAssertFalse(two.outputHead)
         XCTAssertEqual(two.bytes, 260)
         XCTAssertEqual(two.deviceShare, (1.5 + 1.35) / total, accuracy: 1e-12)
+        XCTAssertEqual(two.deviceReadShare, 260.0 / 540, accuracy: 1e-12)
         let everything = LayerOffloading(costs: costs, frequencies: smallFrequencies, budget: 540)
         XCTAssertEqual(everything.layers, [0, 1, 2])
         XCTAssertTrue(everything.outputHead)

@@ -93,6 +93,9 @@ public struct LayerOffloading: Sendable, Equatable {
     public var bytes: Int
     /// Share of activated-neuron work in the offloaded layers.
     public var deviceShare: Double
+    /// Share of the weight bytes read per token that the device reads: llama.cpp computes the
+    /// FFN densely, so every byte of every layer is read, the offloaded ones on the device.
+    public var deviceReadShare: Double
 
     public init(costs: PlacementCosts, frequencies: [[Double]], budget: Int) {
         var remaining = max(budget, 0)
@@ -111,12 +114,18 @@ public struct LayerOffloading: Sendable, Equatable {
         let total = frequencies.joined().reduce(0, +)
         let placed = layers.reduce(0.0) { $0 + frequencies[$1].reduce(0, +) }
         deviceShare = total > 0 ? placed / total : 0
+        let all = costs.denseBlocks.reduce(0) { $0 + $1.bytes } + costs.feedForwardFileBytes.reduce(0, +)
+        deviceReadShare = all > 0 ? Double(bytes) / Double(all) : 0
     }
 }
 
 /// A solved placement with the figures `ember place` reports.
 public struct PlacementReport: Sendable {
     public var placement: Placement
+    /// Share of the weight bytes read per token that the device reads, when both devices compute
+    /// only the active neurons (each neuron's bytes read at its firing frequency) and the dense
+    /// blocks whole: the speed the placement buys, where `expectedDeviceShare` counts FFN work only.
+    public var deviceReadShare: Double
     public var assignment: GroupAssignment
     public var solveSeconds: Double
     public var layerOffloading: LayerOffloading
@@ -203,12 +212,20 @@ extension Placement {
         let elapsed = seconds(since: start)
 
         let total = frequencies.joined().reduce(0, +)
+        var neuronReads = 0.0, deviceNeuronReads = 0.0
+        for l in frequencies.indices {
+            neuronReads += frequencies[l].reduce(0, +) * Double(costs.neuronBytes[l])
+            deviceNeuronReads += neurons[l].reduce(0.0) { $0 + frequencies[l][Int($1)] } * Double(costs.neuronBytes[l])
+        }
+        let reads = Double(costs.denseBlocks.reduce(0) { $0 + $1.bytes }) + neuronReads
         let placement = Placement(
             budget: budget, granularity: g, minimumGroups: options.minimumGroups, modelName: modelName,
             statisticsSHA256: statisticsSHA256, sparsityTarget: sparsityTarget, feedForwardLength: f,
             denseBlocks: dense, deviceNeurons: neurons, denseBytes: budget - remaining, neuronBytes: assignment.bytes,
             expectedDeviceShare: total > 0 ? assignment.mass / total : 0)
-        return PlacementReport(placement: placement, assignment: assignment, solveSeconds: elapsed,
+        return PlacementReport(placement: placement,
+                               deviceReadShare: reads > 0 ? (Double(budget - remaining) + deviceNeuronReads) / reads : 0,
+                               assignment: assignment, solveSeconds: elapsed,
                                layerOffloading: LayerOffloading(costs: costs, frequencies: frequencies, budget: budget))
     }
 
