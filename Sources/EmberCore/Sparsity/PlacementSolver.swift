@@ -55,15 +55,17 @@ public struct GroupAssignment: Sendable, Equatable {
 /// the FFN length a multiple of the granularity), one neuron's bytes when last groups are
 /// partial, less when layers store neurons in different types. The table then has capacity
 /// C = min(budget, total FFN bytes) ÷ unit columns (a 7B shape at granularity 32: 32 × 11008
-/// cells, about 121 M steps, a fraction of a second). When the exact unit would make the work
-/// exceed `maximumSteps`, the unit is enlarged and each group's cost rounded *up* to whole units:
-/// the answer still fits the budget, is optimal for the rounded costs, and is marked inexact.
+/// cells, at most 344 counts each, about 121 M steps, a fraction of a second). When the exact
+/// unit would make the table or the work too large, the unit is enlarged and each prefix's cost
+/// rounded *up* to whole units (at most one unit lost per layer): the answer still fits the
+/// budget, is optimal for the rounded costs, and is marked inexact.
 public enum PlacementSolver {
-    /// Work above which the capacity is coarsened (about a second of single-threaded work here).
+    /// Work and table size above which the capacity is coarsened (about a second of work here, 64 MB).
     public static let defaultMaximumSteps = 600_000_000
+    public static let defaultMaximumCells = 1 << 24
 
     public static func solve(_ layers: [NeuronGroups], budget: Int, minimumGroups: Int = 0,
-                             maximumSteps: Int = defaultMaximumSteps) -> GroupAssignment {
+                             maximumSteps: Int = defaultMaximumSteps, maximumCells: Int = defaultMaximumCells) -> GroupAssignment {
         let budget = max(budget, 0)
         let totalBytes = layers.reduce(0) { $0 + $1.bytes.reduce(0, +) }
         func assignment(_ groups: [Int], exact: Bool, quantum: Int, units: Int) -> GroupAssignment {
@@ -81,53 +83,76 @@ public enum PlacementSolver {
 
         var quantum = layers.lazy.flatMap(\.bytes).filter { $0 > 0 }.reduce(0, greatestCommonDivisor)
         guard quantum > 0 else { return assignment(layers.map(\.count), exact: true, quantum: 1, units: 0) }
+        func capacity(_ quantum: Int) -> Int { min(budget, totalBytes) / quantum }
+        // An upper bound on the inner steps: per layer and capacity, one step per distinct cost.
         func steps(_ quantum: Int) -> Int {
-            let capacity = min(budget, totalBytes) / quantum + 1
-            return layers.reduce(0) { $0 + capacity * ($1.count + 1) }
+            let width = capacity(quantum) + 1
+            return layers.reduce(0) { $0 + width * (min($1.count, width) + 1) }
         }
         var exact = true
-        if steps(quantum) > maximumSteps {
+        while capacity(quantum) > 0, steps(quantum) > maximumSteps || layers.count * (capacity(quantum) + 1) > maximumCells {
             exact = false
-            quantum *= (steps(quantum) + maximumSteps - 1) / maximumSteps
+            quantum += max(1, quantum / 4)
         }
-        let capacity = min(budget, totalBytes) / quantum
+        let width = capacity(quantum) + 1
 
-        // Per layer: cumulative cost in units (rounded up: exact when the unit divides every
-        // group) and cumulative mass of its first k groups.
-        let prefixUnits: [[Int]] = layers.map { layer in
-            var sum = 0
-            return [0] + layer.bytes.map { sum += ($0 + quantum - 1) / quantum; return sum }
+        // Per layer, the counts worth trying: for each cost in units within the capacity, the
+        // allowed count of that cost with the most mass (with an exact unit every count has its
+        // own cost; coarsened, neighbours share one).
+        struct Options {
+            var units: [Int] = []
+            var mass: [Double] = []
+            var counts: [Int32] = []
         }
-        let prefixMass: [[Double]] = layers.map { layer in
-            var sum = 0.0
-            return [0] + layer.mass.map { sum += $0; return sum }
+        let options: [Options] = layers.map { layer in
+            var options = Options()
+            let first = max(1, min(minimumGroups, layer.count))  // smallest non-zero count allowed
+            var bytes = 0, mass = 0.0
+            for k in stride(from: 1, through: layer.count, by: 1) {
+                bytes += layer.bytes[k - 1]
+                mass += layer.mass[k - 1]
+                let units = (bytes + quantum - 1) / quantum
+                guard k >= first else { continue }
+                guard units < width else { break }  // costs only grow with k
+                if options.units.last == units {
+                    if mass > options.mass[options.mass.count - 1] {  // ties keep the fewer groups
+                        options.mass[options.mass.count - 1] = mass
+                        options.counts[options.counts.count - 1] = Int32(k)
+                    }
+                } else {
+                    options.units.append(units)
+                    options.mass.append(mass)
+                    options.counts.append(Int32(k))
+                }
+            }
+            return options
         }
 
-        let width = capacity + 1
         var best = [Double](repeating: 0, count: width)  // best mass of the layers so far within c units
         var next = best
-        var choice = [Int32](repeating: 0, count: layers.count * width)
+        var choice = [Int32](repeating: 0, count: layers.count * width)  // count chosen per layer and capacity
         for l in layers.indices {
-            let first = max(1, min(minimumGroups, layers[l].count))  // smallest non-zero count allowed
             let row = l * width
-            prefixUnits[l].withUnsafeBufferPointer { units in
-                prefixMass[l].withUnsafeBufferPointer { mass in
-                    best.withUnsafeBufferPointer { best in
-                        next.withUnsafeMutableBufferPointer { next in
-                            choice.withUnsafeMutableBufferPointer { choice in
-                                for c in 0..<width {
-                                    var value = best[c], chosen = 0
-                                    var k = first
-                                    while k < units.count, units[k] <= c {
-                                        let candidate = best[c - units[k]] + mass[k]
-                                        if candidate > value {  // ties keep the fewer groups
-                                            value = candidate
-                                            chosen = k
+            options[l].units.withUnsafeBufferPointer { units in
+                options[l].mass.withUnsafeBufferPointer { mass in
+                    options[l].counts.withUnsafeBufferPointer { counts in
+                        best.withUnsafeBufferPointer { best in
+                            next.withUnsafeMutableBufferPointer { next in
+                                choice.withUnsafeMutableBufferPointer { choice in
+                                    for c in 0..<width {
+                                        var value = best[c], chosen: Int32 = 0
+                                        var o = 0
+                                        while o < units.count, units[o] <= c {
+                                            let candidate = best[c - units[o]] + mass[o]
+                                            if candidate > value {  // ties keep the fewer groups
+                                                value = candidate
+                                                chosen = counts[o]
+                                            }
+                                            o += 1
                                         }
-                                        k += 1
+                                        next[c] = value
+                                        choice[row + c] = chosen
                                     }
-                                    next[c] = value
-                                    choice[row + c] = Int32(chosen)
                                 }
                             }
                         }
@@ -138,13 +163,13 @@ public enum PlacementSolver {
         }
 
         var groups = [Int](repeating: 0, count: layers.count)
-        var c = capacity
+        var c = width - 1
         for l in layers.indices.reversed() {
             let k = Int(choice[l * width + c])
             groups[l] = k
-            c -= prefixUnits[l][k]
+            c -= (layers[l].bytes[..<k].reduce(0, +) + quantum - 1) / quantum
         }
-        return assignment(groups, exact: exact, quantum: quantum, units: capacity)
+        return assignment(groups, exact: exact, quantum: quantum, units: width - 1)
     }
 
     static func greatestCommonDivisor(_ a: Int, _ b: Int) -> Int {
