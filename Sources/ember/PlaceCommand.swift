@@ -43,7 +43,7 @@ enum PlaceCommand {
         do {
             report = try Placement.solve(model: loaded.model, modelPath: loaded.path, statisticsPath: statsPath,
                                          budget: budget, options: options)
-        } catch PlacementError.invalidOptions(let detail) {
+        } catch PlacementError.sparsityTarget(let detail) {
             throw UsageError("\(statsPath): \(detail) (--sparsity)")
         }
         if let output = arguments.string("--output") {

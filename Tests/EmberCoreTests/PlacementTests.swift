@@ -239,6 +239,27 @@ final class PlacementTests: XCTestCase {
         XCTAssertThrowsError(try Placement.solve(costs: costs, frequencies: [[0.5]], budget: 10, options: PlacementOptions())) { error in
             guard case PlacementError.mismatch = error else { return XCTFail("\(error)") }
         }
+        var damaged = smallFrequencies
+        damaged[1][2] = .nan
+        XCTAssertThrowsError(try Placement.solve(costs: costs, frequencies: damaged, budget: 10, options: PlacementOptions()))
+        damaged[1][2] = -1
+        XCTAssertThrowsError(try Placement.solve(costs: costs, frequencies: damaged, budget: 10, options: PlacementOptions()))
+    }
+
+    func testFrequenciesFromStatistics() throws {
+        let layer = ActivationStatistics.Layer(gateThresholds: [0.1, 0.2], downThresholds: [0.1, 0.2],
+                                               counts: [[4, 8, 0, 2], [1, .nan, -3, 10]])
+        let statistics = ActivationStatistics(sourceModel: "m", corpusSHA256: "", tokens: 10, activation: "silu", gated: true,
+                                              feedForwardLength: 4, sparsityTargets: [0.5, 0.7], layers: [layer, layer])
+        XCTAssertThrowsError(try Placement.frequencies(statistics, sparsityTarget: nil)) { error in
+            guard case PlacementError.sparsityTarget = error else { return XCTFail("\(error)") }
+        }
+        XCTAssertThrowsError(try Placement.frequencies(statistics, sparsityTarget: 0.9))
+        let low = try Placement.frequencies(statistics, sparsityTarget: 0.5)
+        XCTAssertEqual(low.target, 0.5)
+        XCTAssertEqual(low.values, [[0.4, 0.8, 0, 0.2], [0.4, 0.8, 0, 0.2]])
+        let high = try Placement.frequencies(statistics, sparsityTarget: 0.7)
+        XCTAssertEqual(high.values[1], [0.1, 0, 0, 1])  // damaged counts read as never firing
     }
 
     /// The costs come from the weights: gate and up rows plus the Q8_0 neuron-major down row per

@@ -112,7 +112,7 @@ public struct LayerOffloading: Sendable, Equatable {
         self.layers = layers.reversed()
         bytes = max(budget, 0) - remaining
         let total = frequencies.joined().reduce(0, +)
-        let placed = layers.reduce(0.0) { $0 + frequencies[$1].reduce(0, +) }
+        let placed = layers.reduce(0.0) { $0 + ($1 < frequencies.count ? frequencies[$1].reduce(0, +) : 0) }
         deviceShare = total > 0 ? placed / total : 0
         let all = costs.denseBlocks.reduce(0) { $0 + $1.bytes } + costs.feedForwardFileBytes.reduce(0, +)
         deviceReadShare = all > 0 ? Double(bytes) / Double(all) : 0
@@ -135,6 +135,8 @@ public enum PlacementError: Error, CustomStringConvertible, Equatable {
     case notAPlacementFile(path: String)
     case malformed(path: String, detail: String)
     case invalidOptions(String)
+    /// The statistics have no such sparsity target, or several and none was chosen.
+    case sparsityTarget(String)
     case mismatch(String)
     case noStatistics(path: String)
 
@@ -143,7 +145,7 @@ public enum PlacementError: Error, CustomStringConvertible, Equatable {
         case .notAPlacementFile(let path):
             return "\(path) is not a placement file (general.architecture must be \(Placement.architecture))"
         case .malformed(let path, let detail): return "\(path): \(detail)"
-        case .invalidOptions(let detail): return detail
+        case .invalidOptions(let detail), .sparsityTarget(let detail): return detail
         case .mismatch(let detail): return detail
         case .noStatistics(let path):
             return "no placement matches the budget and there are no activation statistics at \(path) to solve one (run `ember profile`)"
@@ -159,17 +161,18 @@ extension Placement {
         let index: Int
         if let wanted = sparsityTarget {
             guard let found = statistics.targetIndex(for: wanted) else {
-                throw PlacementError.invalidOptions("the statistics have no sparsity target \(wanted); they have \(statistics.sparsityTargets)")
+                throw PlacementError.sparsityTarget("the statistics have no sparsity target \(wanted); they have \(statistics.sparsityTargets)")
             }
             index = found
         } else {
             guard statistics.sparsityTargets.count == 1 else {
-                throw PlacementError.invalidOptions("the statistics have targets \(statistics.sparsityTargets): choose one")
+                throw PlacementError.sparsityTarget("the statistics have targets \(statistics.sparsityTargets): choose one")
             }
             index = 0
         }
         let tokens = Double(max(statistics.tokens, 1))
-        let values = statistics.layers.map { layer in layer.counts[index].map { max(Double($0), 0) / tokens } }
+        // A damaged count (negative, NaN) counts as never firing rather than derailing the order.
+        let values = statistics.layers.map { layer in layer.counts[index].map { $0.isFinite ? max(Double($0), 0) / tokens : 0 } }
         return (statistics.sparsityTargets[index], values)
     }
 
@@ -183,6 +186,9 @@ extension Placement {
         guard frequencies.count == costs.layerCount, frequencies.allSatisfy({ $0.count == f }) else {
             throw PlacementError.mismatch("the statistics describe \(frequencies.count) layers of \(frequencies.first?.count ?? 0) neurons, "
                                           + "the model \(costs.layerCount) of \(f)")
+        }
+        guard frequencies.allSatisfy({ $0.allSatisfy { $0.isFinite && $0 >= 0 } }) else {
+            throw PlacementError.invalidOptions("firing frequencies must be finite and non-negative")
         }
         let start = DispatchTime.now()
 
