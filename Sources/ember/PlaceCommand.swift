@@ -68,7 +68,7 @@ enum PlaceCommand {
               + (p.denseBlocks.contains(.outputHead) ? "yes" : "no"))
         print(String(format: "FFN neurons on the device: %d of %d (%.1f %%); per layer: ", neurons, all, Double(neurons) / Double(max(all, 1)) * 100)
               + p.deviceNeurons.map { String($0.count) }.joined(separator: " "))
-        let method = a.capacityUnits == 0 ? "everything fits"
+        let method = a.quantum == 0 ? "everything fits"
             : "dynamic programme over \(p.layerCount) layers × \(a.capacityUnits) units of \(a.quantum) bytes"
         print(String(format: "solved in %.1f ms (%@, %@)", report.solveSeconds * 1000, a.exact ? "exact" : "capacity rounded, not exact", method))
         print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%)",

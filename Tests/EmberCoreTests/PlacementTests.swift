@@ -115,6 +115,8 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(all.groups, [3, 0, 1])
         XCTAssertEqual(all.bytes, 27)
         XCTAssertEqual(all.mass, 11)
+        XCTAssertEqual(all.quantum, 0)  // no programme needed
+        XCTAssertEqual(none.quantum, 1)  // gcd of 8, 8, 3 and 8
         XCTAssertEqual(PlacementSolver.solve([], budget: 100).groups, [])
         let justShort = PlacementSolver.solve(layers, budget: 26, minimumGroups: 0)
         XCTAssertEqual(justShort.groups, [2, 0, 1])

@@ -23,7 +23,8 @@ public struct GroupAssignment: Sendable, Equatable {
     /// False when the capacity had to be rounded to keep the table small (see `PlacementSolver`):
     /// the assignment then still fits the budget but may fall short of the best one.
     public var exact: Bool
-    /// Bytes per unit of capacity in the dynamic programme, and the capacity in those units.
+    /// Bytes per unit of capacity in the dynamic programme (0 when everything fitted and no
+    /// programme ran), and the capacity in those units.
     public var quantum: Int
     public var capacityUnits: Int
 
@@ -78,11 +79,11 @@ public enum PlacementSolver {
         }
         // Everything fits: nothing to choose.
         if totalBytes <= budget {
-            return assignment(layers.map(\.count), exact: true, quantum: 1, units: 0)
+            return assignment(layers.map(\.count), exact: true, quantum: 0, units: 0)
         }
 
         var quantum = layers.lazy.flatMap(\.bytes).filter { $0 > 0 }.reduce(0, greatestCommonDivisor)
-        guard quantum > 0 else { return assignment(layers.map(\.count), exact: true, quantum: 1, units: 0) }
+        guard quantum > 0 else { return assignment(layers.map(\.count), exact: true, quantum: 0, units: 0) }
         func capacity(_ quantum: Int) -> Int { min(budget, totalBytes) / quantum }
         // An upper bound on the inner steps: per layer and capacity, one step per distinct cost.
         func steps(_ quantum: Int) -> Int {
