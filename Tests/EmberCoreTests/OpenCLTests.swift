@@ -1,0 +1,334 @@
+import CEmberKernels
+import EmberCore
+import Foundation
+import XCTest
+
+/// Tests of the OpenCL backend, run for real on whatever OpenCL device is installed (PoCL on
+/// the CPU in CI: `scripts/setup --opencl`). Only the absence of libOpenCL.so.1 skips them;
+/// a library without any platform or device fails them.
+///
+/// Tolerances (u = 2^-24, float32 unit roundoff). The device quantizes activations exactly as
+/// the CPU does (checked byte for byte) and forms the same integer sums per block, so a
+/// matvec output differs from the CPU's only in float steps: each block term is a product of
+/// two or three floats (one rounding each, maybe fused differently) and the B block terms of a
+/// row are added in another order (CPU: in sequence or 8 lanes; device: 64 strided partial sums
+/// and a tree), each side at most (B + 3) roundings of partial sums bounded by Σ_b |term_b|.
+/// Σ_b |term_b| ≤ Σ_i |w_i·x̂_i| except for the K-quants' min terms, whose two halves can each be
+/// up to about twice a block's largest |w|: hence the margin factor 4, and x̂ (the quantized
+/// activation) is within 1 % of x. So |device − CPU| ≤ 8u · (B + 4) · Σ_i |w_i·x_i| holds with
+/// margin, while one wrong quant or block changes the output by orders of magnitude more.
+final class OpenCLTests: XCTestCase {
+    typealias Rng = KernelTests.Rng
+    typealias Matrix = SparseKernelTests.Matrix
+    static let u = Double(Float.ulpOfOne) / 2
+
+    /// The weight types the device kernels cover (those of the default models and a few more).
+    static let matvecTypes: [(TensorType, String)] = [
+        (.f32, "F32"), (.f16, "F16"), (.q4_0, "Q4_0"), (.q4_1, "Q4_1"), (.q5_0, "Q5_0"),
+        (.q8_0, "Q8_0"), (.q4_K, "Q4_K"), (.q6_K, "Q6_K"),
+    ]
+
+    /// One device and its kernels for the whole test class (building the program takes a while).
+    struct Shared {
+        let system: OpenCLSystem
+        let device: OpenCLDevice
+        let kernels: OpenCLMatrixKernels
+    }
+
+    nonisolated(unsafe) static var shared: Result<Shared, Error>?
+
+    /// The shared device; skips when libOpenCL.so.1 is absent, fails when it has no device.
+    func openCL() throws -> Shared {
+        if case let .failure(unavailable) = OpenCLLibrary.load() {
+            throw XCTSkip("libOpenCL.so.1 is absent, so the OpenCL backend cannot be tested here "
+                          + "(scripts/setup --opencl installs PoCL): \(unavailable.reason)")
+        }
+        if Self.shared == nil {
+            Self.shared = Result {
+                let system = try OpenCLSystem.discover().get()
+                let device = try OpenCLDevice(system, choice: .automatic)
+                return Shared(system: system, device: device, kernels: try OpenCLMatrixKernels(device: device))
+            }
+        }
+        return try Self.shared!.get()
+    }
+
+    // MARK: Loading, devices, choice
+
+    func testMissingLibraryIsReportedAsAValue() {
+        let result = OpenCLSystem.discover(libraryPath: "/nonexistent/libOpenCL.so.1")
+        guard case let .failure(unavailable) = result else { return XCTFail("a missing library was reported as available") }
+        XCTAssertTrue(unavailable.reason.contains("/nonexistent/libOpenCL.so.1"), unavailable.reason)
+    }
+
+    func testLibraryWithoutOpenCLFunctionsIsReportedAsAValue() {
+        // libm loads but has no OpenCL functions: the reason names the first one missing.
+        guard case let .failure(unavailable) = OpenCLSystem.discover(libraryPath: "libm.so.6") else {
+            return XCTFail("libm was taken for an OpenCL library")
+        }
+        XCTAssertTrue(unavailable.reason.contains("clGetPlatformIDs"), unavailable.reason)
+    }
+
+    func testDeviceChoiceFromFlagsAndEnvironment() throws {
+        let env = [OpenCLDeviceChoice.environmentVariable: "2"]
+        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: nil, device: nil, environment: [:]), .automatic)
+        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: nil, device: nil, environment: env), .index(2))
+        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: nil, device: "1", environment: env), .index(1))
+        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: "off", device: "1", environment: env), .off)
+        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: "on", device: nil, environment: [:]), .automatic)
+        XCTAssertThrowsError(try OpenCLDeviceChoice.parse(gpu: "maybe", device: nil, environment: [:]))
+        XCTAssertThrowsError(try OpenCLDeviceChoice.parse(gpu: nil, device: "-1", environment: [:]))
+        XCTAssertThrowsError(try OpenCLDeviceChoice.parse(gpu: nil, device: nil,
+                                                          environment: [OpenCLDeviceChoice.environmentVariable: "gpu"]))
+    }
+
+    func testListsDevicesGPUsFirst() throws {
+        let system = try openCL().system
+        XCTAssertFalse(system.platforms.isEmpty)
+        XCTAssertFalse(system.devices.isEmpty)
+        for (i, device) in system.devices.enumerated() {
+            XCTAssertEqual(device.index, i)
+            XCTAssertFalse(device.name.isEmpty)
+            XCTAssertGreaterThan(device.globalMemoryBytes, 0)
+            XCTAssertGreaterThan(device.maxAllocationBytes, 0)
+            XCTAssertGreaterThan(device.computeUnits, 0)
+            XCTAssertGreaterThanOrEqual(device.maxWorkGroupSize, OpenCLMatrixKernels.largestLocalSize)
+        }
+        let kinds = system.devices.map(\.kind)
+        XCTAssertEqual(kinds, kinds.filter { $0 == .gpu } + kinds.filter { $0 != .gpu }, "GPUs must come first")
+        XCTAssertEqual(try system.select(.automatic).get().index, 0)
+        XCTAssertEqual(try system.select(.index(0)).get().name, system.devices[0].name)
+        guard case .failure = try system.select(.off) else { return XCTFail("--gpu off still chose a device") }
+        XCTAssertThrowsError(try system.select(.index(system.devices.count))) { error in
+            XCTAssertEqual(error as? OpenCLError, .noSuchDevice(index: system.devices.count, count: system.devices.count))
+        }
+    }
+
+    // MARK: Memory budget
+
+    func testBuffersStayWithinTheBudget() throws {
+        let shared = try openCL()
+        let info = shared.device.info
+        let device = try OpenCLDevice(info, library: shared.system.library, memoryBudget: 1 << 20)
+        var first: OpenCLBuffer? = try device.makeBuffer(byteCount: 600_000, label: "first")
+        XCTAssertEqual(device.bytesInUse, 600_000)
+        XCTAssertThrowsError(try device.makeBuffer(byteCount: 500_000, label: "second")) { error in
+            XCTAssertEqual(error as? OpenCLError,
+                           .budgetExceeded(label: "second", requested: 500_000, inUse: 600_000, budget: 1 << 20))
+        }
+        XCTAssertEqual(device.bytesInUse, 600_000, "a refused allocation must not be counted")
+        XCTAssertNotNil(first)
+        first = nil
+        XCTAssertEqual(device.bytesInUse, 0, "a released buffer returns its bytes to the budget")
+        let second = try device.makeBuffer(byteCount: 500_000, label: "second")
+        XCTAssertEqual(device.bytesAvailable, (1 << 20) - 500_000)
+        XCTAssertThrowsError(try device.makeBuffer(byteCount: 0, label: "empty"))
+
+        // A budget beyond the device's memory is refused up front.
+        XCTAssertThrowsError(try OpenCLDevice(info, library: shared.system.library,
+                                              memoryBudget: info.globalMemoryBytes + 1)) { error in
+            XCTAssertEqual(error as? OpenCLError, .deviceTooSmall(device: info.name, requested: info.globalMemoryBytes + 1,
+                                                                 available: info.globalMemoryBytes))
+        }
+        // Reads and writes outside a buffer are errors, not memory corruption.
+        var bytes = [UInt8](repeating: 0, count: 16)
+        XCTAssertThrowsError(try bytes.withUnsafeMutableBytes { try device.read(second, into: $0, offset: 499_990) })
+        XCTAssertThrowsError(try bytes.withUnsafeBytes { try device.write($0, to: second, offset: -1) })
+    }
+
+    func testBuildFailureCarriesTheBuildLog() throws {
+        let device = try openCL().device
+        XCTAssertThrowsError(try OpenCLProgram(source: "kernel void broken(global float *x) { x[0] = undefined_name; }",
+                                               name: "broken", device: device)) { error in
+            guard case let .buildFailed(program, log)? = error as? OpenCLError else { return XCTFail("\(error)") }
+            XCTAssertEqual(program, "broken")
+            XCTAssertTrue(log.contains("undefined_name"), log)
+        }
+    }
+
+    // MARK: Matrix kernels against the CPU
+
+    /// The device's activation quantizers write the CPU's bytes exactly.
+    func testActivationQuantizersMatchTheCPUByteForByte() throws {
+        let shared = try openCL()
+        try XCTSkipUnless(shared.device.info.correctlyRoundedDivision,
+                          "the device has no correctly rounded division, so quants may differ by one step")
+        var rng = Rng(state: 11)
+        for type in [TensorType.q8_0, .q8_1, .q8_K] {
+            let n = 768
+            var x = rng.vector(n)
+            x[300] = 0  // zeros, and in Q8_K an all-zero block
+            if type == .q8_K { for i in 512..<768 { x[i] = 0 } }
+            var expected = [UInt8](repeating: 0, count: OpenCLMatrixKernels.activationBytes(type, length: n))
+            ember_quantize_activations(Int32(type.rawValue), x, &expected, Int64(n))
+            let input = try shared.device.makeBuffer(copying: x, label: "x")
+            let output = try shared.kernels.makeActivations(type, length: n)
+            try shared.kernels.quantize(input, length: n, to: type, into: output)
+            let got = try shared.device.read(output, count: expected.count, as: UInt8.self)
+            XCTAssertEqual(got, expected, "\(type) activations differ from the CPU's")
+        }
+    }
+
+    /// Row lengths per type: several blocks; floats also get a length that is no multiple of 8.
+    static func lengths(_ type: TensorType) -> [Int] {
+        type.blockSize == 1 ? [512, 100] : [type.blockSize * max(2, 768 / type.blockSize)]
+    }
+
+    /// The bound of the class comment for each output row (ids: which rows).
+    static func bounds(_ m: Matrix, x: [Float], rows: [Int]) -> [Double] {
+        let blocks = m.n / TensorType(rawValue: UInt32(m.type))!.blockSize
+        return rows.map { r in
+            let magnitude = zip(m.floats[r], x).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
+            return 8 * u * Double(blocks + 4) * magnitude + 1e-30
+        }
+    }
+
+    /// `x` on the device in `type`'s activation format (quantized by the device).
+    func deviceActivations(_ x: [Float], for type: TensorType, _ shared: Shared) throws -> OpenCLBuffer {
+        let floats = try shared.device.makeBuffer(copying: x, label: "x")
+        let activationType = OpenCLMatrixKernels.activationType(for: type)
+        if activationType == .f32 { return floats }
+        let converted = try shared.kernels.makeActivations(activationType, length: x.count)
+        try shared.kernels.quantize(floats, length: x.count, to: activationType, into: converted)
+        return converted
+    }
+
+    func testMatvecMatchesTheCPU() throws {
+        let shared = try openCL()
+        var rng = Rng(state: 12)
+        for (type, name) in Self.matvecTypes {
+            for n in Self.lengths(type) {
+                let m = Matrix(type: Int32(type.rawValue), rows: 37, n: n, rng: &rng)
+                let x = rng.vector(n)
+                let expected = try m.bytes.withUnsafeBytes { raw -> [Float] in
+                    let w = m.weightMatrix(raw.baseAddress!)
+                    let a = ActivationBuffer(type: w.activationType, length: n, capacity: 1)
+                    a.store(x, at: 0)
+                    var y = [Float](repeating: .nan, count: m.rows)
+                    w.multiply(a.vector(0), into: &y, rows: 0..<m.rows)
+                    let uploaded = try shared.kernels.upload(w)
+                    XCTAssertEqual(uploaded.activationType, w.activationType)
+                    return y
+                }
+                let got = try m.bytes.withUnsafeBytes { raw -> [Float] in
+                    let matrix = try shared.kernels.upload(m.weightMatrix(raw.baseAddress!))
+                    let y = try shared.device.makeBuffer(byteCount: m.rows * 4, label: "y")
+                    try shared.kernels.multiply(matrix, activations: try deviceActivations(x, for: type, shared), into: y)
+                    return try shared.device.read(y, count: m.rows, as: Float.self)
+                }
+                let bounds = Self.bounds(m, x: x, rows: Array(0..<m.rows))
+                for r in 0..<m.rows where !(abs(Double(got[r]) - Double(expected[r])) <= bounds[r]) {
+                    XCTFail("\(name) n=\(n): y[\(r)] = \(got[r]) on the device, \(expected[r]) on the CPU (bound \(bounds[r]))")
+                    break
+                }
+            }
+        }
+    }
+
+    func testRowGatherMatchesTheCPU() throws {
+        let shared = try openCL()
+        var rng = Rng(state: 13)
+        for (type, name) in Self.matvecTypes {
+            let n = Self.lengths(type)[0]
+            let m = Matrix(type: Int32(type.rawValue), rows: 41, n: n, rng: &rng)
+            let x = rng.vector(n)
+            let ids = SparseKernelTests.rowIds(17, of: m.rows, rng: &rng)
+            try m.bytes.withUnsafeBytes { raw in
+                let w = m.weightMatrix(raw.baseAddress!)
+                let a = ActivationBuffer(type: w.activationType, length: n, capacity: 1)
+                a.store(x, at: 0)
+                var expected = [Float](repeating: .nan, count: ids.count)
+                w.multiply(gathering: ids, count: ids.count, activations: a.vector(0), into: &expected)
+
+                let matrix = try shared.kernels.upload(w)
+                let idBuffer = try shared.kernels.ids(ids, for: matrix)
+                let y = try shared.device.makeBuffer(byteCount: ids.count * 4, label: "y")
+                try shared.kernels.multiply(matrix, gathering: idBuffer, count: ids.count,
+                                            activations: try deviceActivations(x, for: type, shared), into: y)
+                let got = try shared.device.read(y, count: ids.count, as: Float.self)
+                let bounds = Self.bounds(m, x: x, rows: ids.map(Int.init))
+                for k in ids.indices where !(abs(Double(got[k]) - Double(expected[k])) <= bounds[k]) {
+                    XCTFail("\(name): y[\(k)] (row \(ids[k])) = \(got[k]) on the device, \(expected[k]) on the CPU")
+                    break
+                }
+                // Ids outside the matrix are refused on the host, and read nothing on the device.
+                XCTAssertThrowsError(try shared.kernels.ids([0, Int32(m.rows)], for: matrix))
+                let bad = try shared.device.makeBuffer(copying: [Int32(3), -5, Int32(m.rows)], label: "bad ids")
+                try shared.kernels.multiply(matrix, gathering: bad, count: 3,
+                                            activations: try deviceActivations(x, for: type, shared), into: y)
+                let flagged = try shared.device.read(y, count: 3, as: Float.self)
+                XCTAssertFalse(flagged[0].isNaN)
+                XCTAssertTrue(flagged[1].isNaN && flagged[2].isNaN, "\(name): bad ids gave \(flagged)")
+            }
+        }
+    }
+
+    /// Column gather against NeuronMajorMatrix.accumulate. Both sides add count products to y0
+    /// (CPU: the block scale folded into the coefficient, FMAs in row order; device: the same
+    /// order into a zeroed sum, then y0): every intermediate is bounded by
+    /// |y0| + 2 · Σ_k |c_k| · max|row_k|, so 8u · (count + 4) times that bounds the difference.
+    func testColumnGatherMatchesTheCPU() throws {
+        let shared = try openCL()
+        var rng = Rng(state: 14)
+        let pool = ThreadPool(threads: 1)
+        // Hidden sizes: a multiple of 32 (stored Q8_0) and one that is not (stored F16).
+        for (hidden, expectedType) in [(96, TensorType.q8_0), (72, .f16)] {
+            let neurons = 64
+            let source = Matrix(type: Int32(TensorType.q4_1.rawValue), rows: hidden, n: neurons, rng: &rng)
+            try source.bytes.withUnsafeBytes { raw in
+                let down = try NeuronMajorMatrix(transposing: source.weightMatrix(raw.baseAddress!), pool: pool)
+                XCTAssertEqual(down.type, expectedType)
+                let ids = SparseKernelTests.rowIds(23, of: neurons, rng: &rng)
+                let coefficients = rng.vector(ids.count)
+                let y0 = rng.vector(hidden)
+                var expected = y0
+                down.accumulate(rows: ids, coefficients: coefficients, count: ids.count, into: &expected)
+
+                let matrix = try shared.kernels.upload(down)
+                let y = try shared.device.makeBuffer(copying: y0, label: "y")
+                try shared.kernels.accumulate(matrix, rows: try shared.kernels.ids(ids, for: matrix),
+                                              coefficients: try shared.device.makeBuffer(copying: coefficients, label: "c"),
+                                              count: ids.count, into: y)
+                let got = try shared.device.read(y, count: hidden, as: Float.self)
+
+                var rowFloats = [Float](repeating: 0, count: hidden)
+                var magnitude = y0.map { abs(Double($0)) }
+                for (k, id) in ids.enumerated() {
+                    down.weights.dequantizeRow(Int(id), into: &rowFloats)
+                    let largest = Double(rowFloats.map(abs).max() ?? 0)
+                    for i in 0..<hidden { magnitude[i] += 2 * abs(Double(coefficients[k])) * largest }
+                }
+                let bound = 8 * Self.u * Double(ids.count + 4)
+                for i in 0..<hidden where !(abs(Double(got[i]) - Double(expected[i])) <= bound * magnitude[i]) {
+                    XCTFail("\(expectedType) hidden=\(hidden): y[\(i)] = \(got[i]) on the device, \(expected[i]) on the CPU")
+                    break
+                }
+            }
+        }
+    }
+
+    func testMalformedRequestsThrow() throws {
+        let shared = try openCL()
+        var rng = Rng(state: 15)
+        let m = Matrix(type: Int32(TensorType.q5_K.rawValue), rows: 4, n: 256, rng: &rng)
+        try m.bytes.withUnsafeBytes { raw in
+            // A type without device kernels.
+            XCTAssertThrowsError(try shared.kernels.upload(m.weightMatrix(raw.baseAddress!))) { error in
+                XCTAssertEqual(error as? OpenCLError, .unsupportedType(matrix: "test", type: .q5_K, operation: "matrix"))
+            }
+        }
+        let q = Matrix(type: Int32(TensorType.q8_0.rawValue), rows: 8, n: 64, rng: &rng)
+        try q.bytes.withUnsafeBytes { raw in
+            let matrix = try shared.kernels.upload(q.weightMatrix(raw.baseAddress!))
+            let activations = try shared.kernels.makeActivations(.q8_0, length: 64)
+            let small = try shared.device.makeBuffer(byteCount: 4, label: "small")
+            // An output too small for every row, activations too short for a row.
+            XCTAssertThrowsError(try shared.kernels.multiply(matrix, activations: activations, into: small)) { error in
+                XCTAssertEqual(error as? OpenCLError, .bufferTooSmall(label: "small", needed: 32, available: 4))
+            }
+            XCTAssertThrowsError(try shared.kernels.multiply(matrix, activations: small, into: activations))
+            // A length that is not a whole number of activation blocks.
+            XCTAssertThrowsError(try shared.kernels.quantize(small, length: 20, to: .q8_0, into: activations))
+        }
+    }
+}
