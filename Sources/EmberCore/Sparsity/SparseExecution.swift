@@ -24,6 +24,7 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
     case needsGatedFFN(SparsityMode)
     case targetMissing(Float, available: [Float])
     case statisticsMismatch(String)
+    case hybridNeedsPredictor
 
     public var description: String {
         switch self {
@@ -39,7 +40,20 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
             return "the statistics have no thresholds for sparsity \(s); profiled targets: \(available.map { "\($0)" }.joined(separator: ", "))"
         case .statisticsMismatch(let detail):
             return "the statistics do not fit this model: \(detail)"
+        case .hybridNeedsPredictor:
+            return "hybrid execution (--vram-budget) needs --sparsity predictor: the active set must be known before the devices start"
         }
+    }
+}
+
+/// A fast device and, per layer, the FFN neurons it holds (model neuron ids, hottest first).
+public struct HybridPlacement {
+    public let device: OpenCLDevice
+    public let deviceNeurons: [[Int32]]
+
+    public init(device: OpenCLDevice, deviceNeurons: [[Int32]]) {
+        self.device = device
+        self.deviceNeurons = deviceNeurons
     }
 }
 
@@ -69,10 +83,14 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     /// The share of FFN neurons skipped so far.
     public var reachedSparsity: Double { neuronSlots == 0 ? 0 : 1 - Double(activeNeurons) / Double(neuronSlots) }
 
-    /// Starts counting `activeNeurons` and `neuronSlots` afresh.
+    /// Hybrid runs: what each side did for decoded tokens so far.
+    public var hybrid: HybridCounts { decoder?.hybridCounts ?? HybridCounts() }
+
+    /// Starts counting `activeNeurons`, `neuronSlots` and `hybrid` afresh.
     public func resetCounts() {
         activeNeurons = 0
         neuronSlots = 0
+        decoder?.hybridCounts = HybridCounts(failure: decoder?.hybridCounts.failure)
     }
 
     /// Bytes of weights a decoded token reads at the sparsity reached so far: the dense
@@ -96,8 +114,10 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         return Int(total) + (predictor?.byteCount ?? 0)
     }
 
+    /// `hybrid`: a device takes its placed neurons' share of each decoded token's FFN
+    /// (predictor mode only).
     public init(mode: SparsityMode, model: LanguageModel, statistics: ActivationStatistics?,
-                predictor: ActiveNeuronPredictor?, pool: ThreadPool) throws {
+                predictor: ActiveNeuronPredictor?, pool: ThreadPool, hybrid: HybridPlacement? = nil) throws {
         self.mode = mode
         config = model.config
         let layers = config.layerCount
@@ -130,7 +150,8 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         self.predictor = predictor
         let bytesPerLayer = (predictor?.byteCount ?? 0) / max(1, layers)
         predictorPool = bytesPerLayer >= Self.threadedPredictorBytes && pool.threadCount > 1 ? pool : nil
-        decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool)
+        if hybrid != nil, mode != .predictor { throw SparseExecutionError.hybridNeedsPredictor }
+        decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool, hybrid: hybrid)
     }
 
     public func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
@@ -214,11 +235,17 @@ final class SparseDecoder {
     private let coefficients: UnsafeMutablePointer<Float>
     private let upValues: UnsafeMutablePointer<Float>
 
-    static func make(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) throws -> SparseDecoder? {
-        mode == .dense ? nil : try SparseDecoder(mode: mode, model: model, pool: pool)
+    /// The device's half of hybrid runs (nil: CPU only, or the device failed).
+    private var device: DeviceFeedForward?
+    var hybridCounts = HybridCounts()
+    private let deviceRows: UnsafeMutablePointer<Int32>
+    private let cpuNeurons: UnsafeMutablePointer<Int32>
+
+    static func make(mode: SparsityMode, model: LanguageModel, pool: ThreadPool, hybrid: HybridPlacement?) throws -> SparseDecoder? {
+        mode == .dense ? nil : try SparseDecoder(mode: mode, model: model, pool: pool, hybrid: hybrid)
     }
 
-    private init(mode: SparsityMode, model: LanguageModel, pool: ThreadPool) throws {
+    private init(mode: SparsityMode, model: LanguageModel, pool: ThreadPool, hybrid: HybridPlacement?) throws {
         self.mode = mode
         self.pool = pool
         activation = model.config.activation
@@ -228,6 +255,12 @@ final class SparseDecoder {
         ids = .allocate(capacity: f)
         coefficients = .allocate(capacity: f)
         upValues = .allocate(capacity: f)
+        deviceRows = .allocate(capacity: f)
+        cpuNeurons = .allocate(capacity: f)
+        device = try hybrid.map {
+            try DeviceFeedForward(device: $0.device, weights: model.weights, activation: activation, downs: downs,
+                                  deviceNeurons: $0.deviceNeurons)
+        }
     }
 
     func downByteCount(layer: Int) -> Int { downs[layer].weights.byteCount }
@@ -236,6 +269,8 @@ final class SparseDecoder {
         ids.deallocate()
         coefficients.deallocate()
         upValues.deallocate()
+        deviceRows.deallocate()
+        cpuNeurons.deallocate()
     }
 
     /// Computes the FFN of the batch's single token into `pass.projected`; returns how many
@@ -250,6 +285,10 @@ final class SparseDecoder {
             preconditionFailure("dense runs without a sparse decoder")
         case .predictor:
             let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids, pool: predictorPool)
+            if let device {
+                runHybrid(device, w, layer: layer, pass: pass, count: count)
+                return count
+            }
             SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
                                   input: pass.normed.row(0), active: ids, count: count, output: output, workspace: workspace)
             return count
@@ -286,5 +325,60 @@ final class SparseDecoder {
                                       output: output, workspace: workspace)
             return count
         }
+    }
+
+    /// The active neurons `ids[0..<count]` split by where they live: the device computes its
+    /// own while the CPU computes the rest, then the device's partial output is added. If the
+    /// device fails, the CPU computes the whole layer from then on and the failure is kept.
+    private func runHybrid(_ device: DeviceFeedForward, _ w: LayerWeights, layer: Int, pass: ForwardPass, count: Int) {
+        var onDevice = 0, onCPU = 0
+        for k in 0..<count {
+            let row = device.deviceRow(layer: layer, neuron: ids[k])
+            if row >= 0 {
+                deviceRows[onDevice] = row
+                onDevice += 1
+            } else {
+                cpuNeurons[onCPU] = ids[k]
+                onCPU += 1
+            }
+        }
+        let input = pass.normed.row(0), output = pass.projected.row(0)
+        let start = DispatchTime.now()
+        do {
+            try device.start(layer: layer, input: input, rows: deviceRows, count: onDevice)
+            SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
+                                  input: input, active: cpuNeurons, count: onCPU, output: output, workspace: workspace)
+            let cpuDone = DispatchTime.now()
+            try device.finish(addingInto: output)
+            hybridCounts.cpuSeconds += seconds(since: start) - seconds(since: cpuDone)
+            hybridCounts.deviceWaitSeconds += seconds(since: cpuDone)
+            hybridCounts.deviceNeurons += onDevice
+            hybridCounts.cpuNeurons += onCPU
+        } catch {
+            hybridCounts.failure = "\(error)"
+            self.device = nil
+            SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
+                                  input: input, active: ids, count: count, output: output, workspace: workspace)
+        }
+    }
+}
+
+/// What the two sides of a hybrid run did over the decoded tokens counted.
+public struct HybridCounts: Sendable, Equatable {
+    /// Active neurons computed by the device and by the CPU.
+    public var deviceNeurons = 0
+    public var cpuNeurons = 0
+    /// Time the CPU spent on its neurons (the device working meanwhile), and time then spent
+    /// waiting for the device.
+    public var cpuSeconds = 0.0
+    public var deviceWaitSeconds = 0.0
+    /// Why the device was dropped mid-run, if it was (the CPU then did everything).
+    public var failure: String?
+
+    public init(failure: String? = nil) { self.failure = failure }
+
+    /// PowerInfer's measure: the device's share of the activated-neuron work.
+    public var deviceShare: Double {
+        deviceNeurons + cpuNeurons == 0 ? 0 : Double(deviceNeurons) / Double(deviceNeurons + cpuNeurons)
     }
 }
