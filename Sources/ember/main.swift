@@ -21,6 +21,8 @@ let commands: [Command] = [
     Command(name: "train-predictor", summary: TrainPredictorCommand.summary, flags: TrainPredictorCommand.flags,
             allowsPositional: false, main: TrainPredictorCommand.main),
     Command(name: "sparse-bench", summary: SparseBenchCommand.summary, flags: SparseBenchCommand.flags, allowsPositional: false, main: SparseBenchCommand.main),
+    Command(name: "devices", summary: DevicesCommand.summary, flags: DevicesCommand.flags, allowsPositional: false,
+            main: DevicesCommand.main),
     Command(name: "synth", summary: SynthCommand.summary, flags: SynthCommand.flags, allowsPositional: false, main: SynthCommand.main),
 ]
 
