@@ -331,4 +331,167 @@ final class OpenCLTests: XCTestCase {
             XCTAssertThrowsError(try shared.kernels.quantize(small, length: 20, to: .q8_0, into: activations))
         }
     }
+
+    // MARK: Vector kernels against the CPU
+
+    func vectorKernels(_ shared: Shared) throws -> OpenCLVectorKernels {
+        if Self.vectorKernels == nil { Self.vectorKernels = try OpenCLVectorKernels(device: shared.device) }
+        return Self.vectorKernels!
+    }
+
+    nonisolated(unsafe) static var vectorKernels: OpenCLVectorKernels?
+
+    /// Both sides sum the n squares (all positive, so each sum is within (n + 2)u relative of
+    /// the exact one, whatever the order), then take a square root (halving that), one division
+    /// and two products: |device − CPU| ≤ (n + 16)u · |out|.
+    func testRMSNormMatchesTheCPU() throws {
+        let shared = try openCL()
+        let kernels = try vectorKernels(shared)
+        var rng = Rng(state: 21)
+        let n = 200, rows = 3
+        let x = rng.vector(n * rows), w = rng.vector(n)
+        for weighted in [true, false] {
+            var expected = [Float](repeating: 0, count: n * rows)
+            for r in 0..<rows {
+                x.withUnsafeBufferPointer { xp in
+                    expected.withUnsafeMutableBufferPointer { out in
+                        VectorKernels.rmsNorm(xp.baseAddress! + r * n, weight: weighted ? w : nil, epsilon: 1e-6,
+                                              out.baseAddress! + r * n, n)
+                    }
+                }
+            }
+            let buffer = try shared.device.makeBuffer(copying: x, label: "x")
+            try kernels.rmsNorm(buffer, weight: weighted ? try shared.device.makeBuffer(copying: w, label: "w") : nil,
+                                epsilon: 1e-6, rows: rows, length: n, into: buffer)
+            let got = try shared.device.read(buffer, count: n * rows, as: Float.self)
+            for i in got.indices where !(abs(got[i] - expected[i]) <= Float(n + 16) * Float(Self.u) * abs(expected[i])) {
+                XCTFail("weighted \(weighted): out[\(i)] = \(got[i]) on the device, \(expected[i]) on the CPU")
+                break
+            }
+        }
+    }
+
+    /// exp and tanh come from different libraries on each side (a few ulp each, relative), then
+    /// a handful of roundings. GELU's 1 + tanh(z) cancels for very negative inputs, so its error
+    /// is absolute there, of order u · |g| · |up|: |device − CPU| ≤ 64u · (|out| + |g| · |up|).
+    func testGatedActivationMatchesTheCPU() throws {
+        let shared = try openCL()
+        let kernels = try vectorKernels(shared)
+        var rng = Rng(state: 22)
+        let n = 300
+        let gate = rng.vector(n).map { $0 * 6 }, up = rng.vector(n)
+        for activation in [VectorKernels.Activation.silu, .gelu, .relu] {
+            for gated in [true, false] {
+                var expected = [Float](repeating: 0, count: n)
+                VectorKernels.gatedActivation(activation, gate: gate, up: gated ? up : nil, &expected, n)
+                let g = try shared.device.makeBuffer(copying: gate, label: "gate")
+                let out = try shared.device.makeBuffer(byteCount: n * 4, label: "out")
+                try kernels.gatedActivation(activation, gate: g, up: gated ? try shared.device.makeBuffer(copying: up, label: "up") : nil,
+                                            count: n, into: out)
+                let got = try shared.device.read(out, count: n, as: Float.self)
+                for i in 0..<n {
+                    let bound = 64 * Float(Self.u) * (abs(expected[i]) + abs(gate[i]) * (gated ? abs(up[i]) : 1))
+                    if !(abs(got[i] - expected[i]) <= bound) {
+                        XCTFail("\(activation) gated \(gated): out[\(i)] = \(got[i]) on the device, \(expected[i]) on the CPU")
+                        break
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each output is a·cos ∓ b·sin: two products and an add, perhaps fused on one side only,
+    /// so |device − CPU| ≤ 8u · (|a| + |b|) (|cos|, |sin| ≤ 1).
+    func testRopeMatchesTheCPU() throws {
+        let shared = try openCL()
+        let kernels = try vectorKernels(shared)
+        var rng = Rng(state: 23)
+        let heads = 3, headDimension = 64
+        for rope in [Rope(layout: .adjacent, dimensions: 64, base: 10000), Rope(layout: .halves, dimensions: 48, base: 1e6)] {
+            let x = rng.vector(heads * headDimension)
+            var cosines = [Float](repeating: 0, count: rope.dimensions / 2), sines = cosines
+            rope.angles(at: 37, cos: &cosines, sin: &sines)
+            var expected = x
+            expected.withUnsafeMutableBufferPointer { e in
+                for h in 0..<heads { rope.rotate(e.baseAddress! + h * headDimension, cos: cosines, sin: sines) }
+            }
+            let buffer = try shared.device.makeBuffer(copying: x, label: "x")
+            try kernels.rope(buffer, heads: heads, headDimension: headDimension, rope: rope,
+                             cosines: try shared.device.makeBuffer(copying: cosines, label: "cos"),
+                             sines: try shared.device.makeBuffer(copying: sines, label: "sin"))
+            let got = try shared.device.read(buffer, count: x.count, as: Float.self)
+            let bound = 8 * Float(Self.u) * 2 * (x.map(abs).max() ?? 0)
+            for i in got.indices where !(abs(got[i] - expected[i]) <= bound) {
+                XCTFail("\(rope.layout): x[\(i)] = \(got[i]) on the device, \(expected[i]) on the CPU")
+                break
+            }
+            XCTAssertEqual(Array(got[rope.dimensions..<headDimension]), Array(x[rope.dimensions..<headDimension]),
+                           "dimensions past the rotated part must pass through")
+        }
+    }
+
+    /// Logits are head_dim-term dots (error ≤ 2·hd·u·L each, L = scale · max_p Σ|q·k|, both
+    /// sides together); a logit error δ changes exp by a relative δ, and the softmax adds the
+    /// exp libraries' few ulp, the sum over count positions and a division: each weight s_p
+    /// is within ρ = 2·(2·hd·u·L) + (count + 12)u relative. The output then sums count products
+    /// in another order: |device − CPU| ≤ 2 · (ρ + 2(count + 1)u) · Σ_p s_p |v_p| (factor 2: margin).
+    func testAttentionMatchesTheCPU() throws {
+        let shared = try openCL()
+        let kernels = try vectorKernels(shared)
+        var rng = Rng(state: 24)
+        let heads = 4, kvHeads = 2, hd = 64, vd = 48
+        let keyStride = kvHeads * hd + 8, valueStride = kvHeads * vd + 4  // padded, as a cache row may be
+        let scale = 1 / Float(hd).squareRoot()
+        for count in [1, 37, 150] {
+            let q = rng.vector(heads * hd).map { $0 * 3 }
+            let keys = rng.vector(count * keyStride), values = rng.vector(count * valueStride)
+            var expected = [Float](repeating: 0, count: heads * vd)
+            var weights = [[Float]](repeating: [], count: heads)
+            for h in 0..<heads {
+                let g = h / (heads / kvHeads)
+                var scores = [Float](repeating: 0, count: count)
+                q.withUnsafeBufferPointer { qp in
+                    keys.withUnsafeBufferPointer { kp in
+                        values.withUnsafeBufferPointer { vp in
+                            expected.withUnsafeMutableBufferPointer { out in
+                                ember_attention_head(qp.baseAddress! + h * hd, kp.baseAddress! + g * hd, Int64(keyStride),
+                                                     vp.baseAddress! + g * vd, Int64(valueStride), Int64(count), Int64(hd),
+                                                     Int64(vd), scale, &scores, out.baseAddress! + h * vd)
+                            }
+                        }
+                    }
+                }
+                weights[h] = scores
+            }
+            let cache = OpenCLVectorKernels.CacheLayout(keys: try shared.device.makeBuffer(copying: keys, label: "keys"),
+                                                         keyStride: keyStride,
+                                                         values: try shared.device.makeBuffer(copying: values, label: "values"),
+                                                         valueStride: valueStride)
+            let out = try shared.device.makeBuffer(byteCount: heads * vd * 4, label: "out")
+            try kernels.attention(query: try shared.device.makeBuffer(copying: q, label: "q"), cache: cache, count: count,
+                                  heads: heads, kvHeads: kvHeads, headDimension: hd, valueDimension: vd, scale: scale,
+                                  scores: try shared.device.makeBuffer(byteCount: heads * count * 4, label: "scores"), into: out)
+            let got = try shared.device.read(out, count: heads * vd, as: Float.self)
+            for h in 0..<heads {
+                let g = h / (heads / kvHeads)
+                var largest = 0.0
+                for p in 0..<count {
+                    var l = 0.0
+                    for i in 0..<hd { l += abs(Double(q[h * hd + i]) * Double(keys[p * keyStride + g * hd + i])) }
+                    largest = max(largest, l * Double(scale))
+                }
+                let rho = 2 * (2 * Double(hd) * Self.u * largest) + Double(count + 12) * Self.u
+                for i in 0..<vd {
+                    var weighted = 0.0
+                    for p in 0..<count { weighted += Double(weights[h][p]) * abs(Double(values[p * valueStride + g * vd + i])) }
+                    let bound = 2 * (rho + 2 * Double(count + 1) * Self.u) * weighted
+                    let e = expected[h * vd + i], d = got[h * vd + i]
+                    if !(abs(Double(d) - Double(e)) <= bound) {
+                        XCTFail("count \(count) head \(h): out[\(i)] = \(d) on the device, \(e) on the CPU (bound \(bound))")
+                        return
+                    }
+                }
+            }
+        }
+    }
 }
