@@ -225,6 +225,39 @@ final class OpenCLTests: XCTestCase {
         }
     }
 
+    /// Prefill: several activation vectors, quantized on the device in one call, against the
+    /// CPU's matmul (whose tiles sum in yet another order; same bound as the matvec).
+    func testMatmulMatchesTheCPU() throws {
+        let shared = try openCL()
+        var rng = Rng(state: 16)
+        let count = 5
+        for (type, name) in Self.matvecTypes {
+            let n = Self.lengths(type)[0]
+            let m = Matrix(type: Int32(type.rawValue), rows: 19, n: n, rng: &rng)
+            let xs = (0..<count).map { _ in rng.vector(n) }
+            try m.bytes.withUnsafeBytes { raw in
+                let w = m.weightMatrix(raw.baseAddress!)
+                let a = ActivationBuffer(type: w.activationType, length: n, capacity: count)
+                for c in 0..<count { a.store(xs[c], at: c) }
+                var expected = [Float](repeating: .nan, count: m.rows * count)
+                w.multiply(a.vector(0), stride: a.stride, count: count, into: &expected, ldy: m.rows, rows: 0..<m.rows)
+
+                let matrix = try shared.kernels.upload(w)
+                let y = try shared.device.makeBuffer(byteCount: m.rows * count * 4, label: "y")
+                try shared.kernels.multiply(matrix, activations: try deviceActivations(xs.flatMap { $0 }, for: type, shared),
+                                            count: count, into: y)
+                let got = try shared.device.read(y, count: m.rows * count, as: Float.self)
+                for c in 0..<count {
+                    let bounds = Self.bounds(m, x: xs[c], rows: Array(0..<m.rows))
+                    for r in 0..<m.rows where !(abs(Double(got[c * m.rows + r]) - Double(expected[c * m.rows + r])) <= bounds[r]) {
+                        XCTFail("\(name): y[\(c), \(r)] = \(got[c * m.rows + r]) on the device, \(expected[c * m.rows + r]) on the CPU")
+                        return
+                    }
+                }
+            }
+        }
+    }
+
     func testRowGatherMatchesTheCPU() throws {
         let shared = try openCL()
         var rng = Rng(state: 13)

@@ -143,6 +143,23 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
         try device.enqueue(k, globalSize: matrix.rows * group, localSize: group)
     }
 
+    /// Prefill: y[c * rows + r] = row r · activation vector c, for `count` vectors stored back
+    /// to back in `matrix.activationType` (as `quantize` leaves `count` × columns floats: each
+    /// vector is a whole number of blocks). Mirrors WeightMatrix.multiply(_:stride:count:...).
+    public func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, count: Int,
+                         into y: OpenCLBuffer) throws {
+        let suffix = try rowKernelSuffix(matrix)
+        guard count > 0 else { throw OpenCLError.invalidArgument("\(matrix.name): matmul over \(count) vectors") }
+        let stride = Self.activationBytes(matrix.activationType, length: matrix.columns)
+        try activations.require(stride * count)
+        try y.require(matrix.rows * count * 4)
+        let k = try kernel("matmul_" + suffix)
+        try k.setArguments([.buffer(matrix.buffer), .uint64(UInt64(matrix.rowBytes)), .int32(blocks(matrix)),
+                            .int32(Int32(matrix.rows)), .buffer(activations), .uint64(UInt64(stride)), .buffer(y)])
+        let group = OpenCLMatrixKernelSource.rowGroupSize
+        try device.enqueue(k, globalSizes: [matrix.rows * group, count], localSizes: [group, 1])
+    }
+
     /// y[k] = row ids[k] · activations for k < count (ids: Int32 on the device). An id outside
     /// the matrix gives y[k] = NaN; `ids(_:for:)` checks host ids before upload.
     public func multiply(_ matrix: OpenCLWeightMatrix, gathering ids: OpenCLBuffer, count: Int,
