@@ -184,13 +184,9 @@ final class OpenCLTests: XCTestCase {
     }
 
     /// `x` on the device in `type`'s activation format (quantized by the device).
-    func deviceActivations(_ x: [Float], for type: TensorType, _ shared: Shared) throws -> OpenCLBuffer {
-        let floats = try shared.device.makeBuffer(copying: x, label: "x")
-        let activationType = OpenCLMatrixKernels.activationType(for: type)
-        if activationType == .f32 { return floats }
-        let converted = try shared.kernels.makeActivations(activationType, length: x.count)
-        try shared.kernels.quantize(floats, length: x.count, to: activationType, into: converted)
-        return converted
+    func deviceActivations(_ x: [Float], for matrix: OpenCLWeightMatrix, count: Int = 1, _ shared: Shared) throws -> OpenCLBuffer {
+        try shared.kernels.activations(for: matrix, from: try shared.device.makeBuffer(copying: x, label: "x"),
+                                       length: x.count / count, count: count)
     }
 
     func testMatvecMatchesTheCPU() throws {
@@ -213,7 +209,7 @@ final class OpenCLTests: XCTestCase {
                 let got = try m.bytes.withUnsafeBytes { raw -> [Float] in
                     let matrix = try shared.kernels.upload(m.weightMatrix(raw.baseAddress!))
                     let y = try shared.device.makeBuffer(byteCount: m.rows * 4, label: "y")
-                    try shared.kernels.multiply(matrix, activations: try deviceActivations(x, for: type, shared), into: y)
+                    try shared.kernels.multiply(matrix, activations: try deviceActivations(x, for: matrix, shared), into: y)
                     return try shared.device.read(y, count: m.rows, as: Float.self)
                 }
                 let bounds = Self.bounds(m, x: x, rows: Array(0..<m.rows))
@@ -244,7 +240,7 @@ final class OpenCLTests: XCTestCase {
 
                 let matrix = try shared.kernels.upload(w)
                 let y = try shared.device.makeBuffer(byteCount: m.rows * count * 4, label: "y")
-                try shared.kernels.multiply(matrix, activations: try deviceActivations(xs.flatMap { $0 }, for: type, shared),
+                try shared.kernels.multiply(matrix, activations: try deviceActivations(xs.flatMap { $0 }, for: matrix, count: count, shared),
                                             count: count, into: y)
                 let got = try shared.device.read(y, count: m.rows * count, as: Float.self)
                 for c in 0..<count {
@@ -277,7 +273,7 @@ final class OpenCLTests: XCTestCase {
                 let idBuffer = try shared.kernels.ids(ids, for: matrix)
                 let y = try shared.device.makeBuffer(byteCount: ids.count * 4, label: "y")
                 try shared.kernels.multiply(matrix, gathering: idBuffer, count: ids.count,
-                                            activations: try deviceActivations(x, for: type, shared), into: y)
+                                            activations: try deviceActivations(x, for: matrix, shared), into: y)
                 let got = try shared.device.read(y, count: ids.count, as: Float.self)
                 let bounds = Self.bounds(m, x: x, rows: ids.map(Int.init))
                 for k in ids.indices where !(abs(Double(got[k]) - Double(expected[k])) <= bounds[k]) {
@@ -288,7 +284,7 @@ final class OpenCLTests: XCTestCase {
                 XCTAssertThrowsError(try shared.kernels.ids([0, Int32(m.rows)], for: matrix))
                 let bad = try shared.device.makeBuffer(copying: [Int32(3), -5, Int32(m.rows)], label: "bad ids")
                 try shared.kernels.multiply(matrix, gathering: bad, count: 3,
-                                            activations: try deviceActivations(x, for: type, shared), into: y)
+                                            activations: try deviceActivations(x, for: matrix, shared), into: y)
                 let flagged = try shared.device.read(y, count: 3, as: Float.self)
                 XCTAssertFalse(flagged[0].isNaN)
                 XCTAssertTrue(flagged[1].isNaN && flagged[2].isNaN, "\(name): bad ids gave \(flagged)")

@@ -27,7 +27,8 @@ public final class OpenCLWeightMatrix: @unchecked Sendable {
 /// to the weight type's activation format, then dotted in integers with the raw blocks.
 ///
 /// Every call only enqueues work: a sequence of calls runs on the device without a host round
-/// trip, and `device.read` (or `finish`) waits for it. Buffer sizes and shapes are checked
+/// trip, and `device.read` (or `finish`) waits for it. One thread at a time uses an instance
+/// (kernel arguments belong to the kernel objects). Buffer sizes and shapes are checked
 /// before anything is enqueued, so bad input is a thrown error, never a read outside a buffer.
 public final class OpenCLMatrixKernels: @unchecked Sendable {
     public let device: OpenCLDevice
@@ -129,6 +130,23 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
         let k = try kernel(name)
         try k.setArguments([.buffer(input), .buffer(output), .int32(Int32(length / block))])
         try device.enqueue(k, globalSize: length / block, localSize: OpenCLMatrixKernelSource.elementGroupSize)
+    }
+
+    /// `count` vectors of `length` floats (back to back in `floats`) ready for `matrix`: the
+    /// floats themselves when it takes F32 activations, else converted into `scratch` (made
+    /// when nil or too small). Pass the result to `multiply`.
+    public func activations(for matrix: OpenCLWeightMatrix, from floats: OpenCLBuffer, length: Int, count: Int = 1,
+                            scratch: OpenCLBuffer? = nil) throws -> OpenCLBuffer {
+        let type = matrix.activationType
+        guard type != .f32 else {
+            try floats.require(length * count * 4)
+            return floats
+        }
+        let bytes = Self.activationBytes(type, length: length) * count
+        let output = try scratch.flatMap { $0.byteCount >= bytes ? $0 : nil }
+            ?? device.makeBuffer(byteCount: bytes, label: "\(type) activations")
+        try quantize(floats, length: length * count, to: type, into: output)
+        return output
     }
 
     /// y[r] = row r · activations for every row (activations in `matrix.activationType`).
