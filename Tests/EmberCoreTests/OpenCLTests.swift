@@ -523,4 +523,72 @@ final class OpenCLTests: XCTestCase {
             }
         }
     }
+
+    // MARK: The device's share of a sparse FFN
+
+    /// The chain gather → activation → column gather against SparseFeedForward.run on the CPU.
+    /// Errors propagate: gate and up values within their matvec bounds B_g, B_u (class comment);
+    /// the activation's slope is below 1.2 and its own error 64u · (|c| + |g·u|) as tested above,
+    /// so each coefficient is within e_k = 1.2·B_g·|u| + |act(g)|·B_u + 64u·(|c| + |g·u|); the
+    /// output within Σ_k e_k·|down_k| plus the column gather's own bound; factor 2 for margin.
+    func testSparseFeedForwardMatchesTheCPU() throws {
+        let shared = try openCL()
+        let vectors = try vectorKernels(shared)
+        var rng = Rng(state: 31)
+        let hidden = 96, neurons = 64
+        let type = Int32(TensorType.q4_1.rawValue)
+        let gate = Matrix(type: type, rows: neurons, n: hidden, rng: &rng)
+        let up = Matrix(type: type, rows: neurons, n: hidden, rng: &rng)
+        let downSource = Matrix(type: type, rows: hidden, n: neurons, rng: &rng)
+        let x = rng.vector(hidden)
+        let active = SparseKernelTests.rowIds(20, of: neurons, rng: &rng).reduce(into: [Int32]()) { if !$0.contains($1) { $0.append($1) } }
+        let pool = ThreadPool(threads: 1)
+        try gate.bytes.withUnsafeBytes { g in
+            try up.bytes.withUnsafeBytes { u in
+                try downSource.bytes.withUnsafeBytes { dn in
+                    let gw = gate.weightMatrix(g.baseAddress!), uw = up.weightMatrix(u.baseAddress!)
+                    let down = try NeuronMajorMatrix(transposing: downSource.weightMatrix(dn.baseAddress!), pool: pool)
+                    var expected = [Float](repeating: 0, count: hidden)
+                    let workspace = SparseFeedForward.Workspace(threads: 1, hiddenLength: hidden, neuronCount: neurons)
+                    SparseFeedForward.run(pool: pool, gate: gw, up: uw, down: down, activation: .silu, input: x,
+                                          active: active, count: active.count, output: &expected, workspace: workspace)
+
+                    let ffn = try OpenCLSparseFeedForward(matrices: shared.kernels, vectors: vectors, gate: gw, up: uw,
+                                                          down: down, activation: .silu, capacity: neurons)
+                    let output = try shared.device.makeBuffer(copying: [Float](repeating: 0, count: hidden), label: "out")
+                    try ffn.run(input: try shared.device.makeBuffer(copying: x, label: "x"),
+                                active: try shared.kernels.ids(active, for: ffn.up), count: active.count, output: output)
+                    let got = try shared.device.read(output, count: hidden, as: Float.self)
+                    XCTAssertGreaterThan(expected.map(abs).max() ?? 0, 0.1, "a vacuous comparison")
+                    XCTAssertThrowsError(try ffn.run(input: output, active: output, count: neurons + 1, output: output))
+
+                    // The bound, from the CPU's own gate and up values.
+                    let a = ActivationBuffer(type: uw.activationType, length: hidden, capacity: 1)
+                    a.store(x, at: 0)
+                    var gv = [Float](repeating: 0, count: active.count), uv = gv, cv = gv
+                    gw.multiply(gathering: active, count: active.count, activations: a.vector(0), into: &gv)
+                    uw.multiply(gathering: active, count: active.count, activations: a.vector(0), into: &uv)
+                    VectorKernels.gatedActivation(.silu, gate: gv, up: uv, &cv, active.count)
+                    let bg = Self.bounds(gate, x: x, rows: active.map(Int.init)), bu = Self.bounds(up, x: x, rows: active.map(Int.init))
+                    var rowFloats = [Float](repeating: 0, count: hidden)
+                    var bound = [Double](repeating: 0, count: hidden)
+                    for k in active.indices {
+                        let act = Double(cv[k]) / Double(uv[k] == 0 ? 1 : uv[k])
+                        let e = 1.2 * bg[k] * abs(Double(uv[k])) + abs(act) * bu[k]
+                            + 64 * Self.u * (abs(Double(cv[k])) + abs(Double(gv[k] * uv[k])))
+                        down.weights.dequantizeRow(Int(active[k]), into: &rowFloats)
+                        let largest = Double(rowFloats.map(abs).max() ?? 0)
+                        for j in 0..<hidden {
+                            bound[j] += e * abs(Double(rowFloats[j]))
+                                + 8 * Self.u * Double(active.count + 4) * 2 * abs(Double(cv[k])) * largest
+                        }
+                    }
+                    for j in 0..<hidden where !(abs(Double(got[j]) - Double(expected[j])) <= 2 * bound[j]) {
+                        XCTFail("y[\(j)] = \(got[j]) on the device, \(expected[j]) on the CPU (bound \(2 * bound[j]))")
+                        break
+                    }
+                }
+            }
+        }
+    }
 }
