@@ -471,9 +471,12 @@ final class OpenCLTests: XCTestCase {
         let heads = 4, kvHeads = 2, hd = 64, vd = 48
         let keyStride = kvHeads * hd + 8, valueStride = kvHeads * vd + 4  // padded, as a cache row may be
         let scale = 1 / Float(hd).squareRoot()
-        for count in [1, 37, 150] {
+        // (first cached position, positions attended): the last case is a sliding window.
+        for (first, count) in [(0, 1), (0, 37), (0, 150), (9, 30)] {
             let q = rng.vector(heads * hd).map { $0 * 3 }
-            let keys = rng.vector(count * keyStride), values = rng.vector(count * valueStride)
+            let stored = first + count
+            let allKeys = rng.vector(stored * keyStride), allValues = rng.vector(stored * valueStride)
+            let keys = Array(allKeys[(first * keyStride)...]), values = Array(allValues[(first * valueStride)...])
             var expected = [Float](repeating: 0, count: heads * vd)
             var weights = [[Float]](repeating: [], count: heads)
             for h in 0..<heads {
@@ -492,12 +495,13 @@ final class OpenCLTests: XCTestCase {
                 }
                 weights[h] = scores
             }
-            let cache = OpenCLVectorKernels.CacheLayout(keys: try shared.device.makeBuffer(copying: keys, label: "keys"),
+            let cache = OpenCLVectorKernels.CacheLayout(keys: try shared.device.makeBuffer(copying: allKeys, label: "keys"),
                                                          keyStride: keyStride,
-                                                         values: try shared.device.makeBuffer(copying: values, label: "values"),
+                                                         values: try shared.device.makeBuffer(copying: allValues, label: "values"),
                                                          valueStride: valueStride)
             let out = try shared.device.makeBuffer(byteCount: heads * vd * 4, label: "out")
-            try kernels.attention(query: try shared.device.makeBuffer(copying: q, label: "q"), cache: cache, count: count,
+            try kernels.attention(query: try shared.device.makeBuffer(copying: q, label: "q"), cache: cache,
+                                  firstPosition: first, count: count,
                                   heads: heads, kvHeads: kvHeads, headDimension: hd, valueDimension: vd, scale: scale,
                                   scores: try shared.device.makeBuffer(byteCount: heads * count * 4, label: "scores"), into: out)
             let got = try shared.device.read(out, count: heads * vd, as: Float.self)

@@ -76,16 +76,19 @@ enum OpenCLVectorKernelSource {
         v[ib] = a * s + b * c;
     }
 
-    // Single-query attention, one work-group per query head h: over `count` cached positions,
+    // Single-query attention, one work-group per query head h: over `count` cached positions
+    // from `first` on (a sliding window starts past 0),
     // scores = q_h . k_p * scale, softmax, out_h = sum_p score_p v_p. Query head h reads
     // key/value head h / group (grouped-query attention). Keys of position p start at
     // keys + p * key_stride, values at values + p * value_stride (floats); `scores` holds
     // count floats per head.
     kernel void attention(global const float *q, global const float *keys, int key_stride,
-                          global const float *values, int value_stride, int count, int head_dim,
+                          global const float *values, int value_stride, int first, int count, int head_dim,
                           int value_dim, int group, float scale, global float *scores, global float *out) {
         local float scratch[GROUP];
         int h = get_group_id(0), lid = get_local_id(0), g = h / group;
+        keys += (size_t)first * key_stride;
+        values += (size_t)first * value_stride;
         const global float *qh = q + (size_t)h * head_dim;
         global float *s = scores + (size_t)h * count;
         float largest = -INFINITY;

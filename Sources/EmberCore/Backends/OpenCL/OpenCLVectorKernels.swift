@@ -93,27 +93,30 @@ public final class OpenCLVectorKernels: @unchecked Sendable {
         }
     }
 
-    /// Single-query attention of `heads` query heads over the first `count` cached positions,
+    /// Single-query attention of `heads` query heads over `count` cached positions from
+    /// `firstPosition` on (past 0 for a sliding window),
     /// as the CPU's ember_attention_head per head: query head h uses kv head h / (heads /
     /// kvHeads). `scores` is scratch for heads × count floats; out gets heads × valueDimension.
-    public func attention(query: OpenCLBuffer, cache: CacheLayout, count: Int, heads: Int, kvHeads: Int,
+    public func attention(query: OpenCLBuffer, cache: CacheLayout, firstPosition: Int = 0, count: Int, heads: Int, kvHeads: Int,
                           headDimension: Int, valueDimension: Int, scale: Float,
                           scores: OpenCLBuffer, into out: OpenCLBuffer) throws {
         try Self.positive([("count", count), ("heads", heads), ("kvHeads", kvHeads), ("headDimension", headDimension),
                            ("valueDimension", valueDimension)])
+        guard firstPosition >= 0 else { throw OpenCLError.invalidArgument("attention: first position \(firstPosition)") }
         guard heads % kvHeads == 0, cache.keyStride >= kvHeads * headDimension,
               cache.valueStride >= kvHeads * valueDimension else {
             throw OpenCLError.invalidArgument("attention: \(heads) heads over \(kvHeads) kv heads with key stride "
                                               + "\(cache.keyStride) and value stride \(cache.valueStride) do not fit")
         }
         try query.require(heads * headDimension * 4)
-        try cache.keys.require(((count - 1) * cache.keyStride + kvHeads * headDimension) * 4)
-        try cache.values.require(((count - 1) * cache.valueStride + kvHeads * valueDimension) * 4)
+        let last = firstPosition + count - 1
+        try cache.keys.require((last * cache.keyStride + kvHeads * headDimension) * 4)
+        try cache.values.require((last * cache.valueStride + kvHeads * valueDimension) * 4)
         try scores.require(heads * count * 4)
         try out.require(heads * valueDimension * 4)
         let k = try kernel("attention")
         try k.setArguments([.buffer(query), .buffer(cache.keys), .int32(Int32(cache.keyStride)), .buffer(cache.values),
-                            .int32(Int32(cache.valueStride)), .int32(Int32(count)), .int32(Int32(headDimension)),
+                            .int32(Int32(cache.valueStride)), .int32(Int32(firstPosition)), .int32(Int32(count)), .int32(Int32(headDimension)),
                             .int32(Int32(valueDimension)), .int32(Int32(heads / kvHeads)), .float(scale),
                             .buffer(scores), .buffer(out)])
         try device.enqueue(k, globalSize: heads * OpenCLVectorKernelSource.groupSize, localSize: OpenCLVectorKernelSource.groupSize)
