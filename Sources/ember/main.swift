@@ -20,6 +20,7 @@ let commands: [Command] = [
     Command(name: "bench", summary: BenchCommand.summary, flags: BenchCommand.flags, allowsPositional: false, main: BenchCommand.main),
     Command(name: "train-predictor", summary: TrainPredictorCommand.summary, flags: TrainPredictorCommand.flags,
             allowsPositional: false, main: TrainPredictorCommand.main),
+    Command(name: "place", summary: PlaceCommand.summary, flags: PlaceCommand.flags, allowsPositional: false, main: PlaceCommand.main),
     Command(name: "sparse-bench", summary: SparseBenchCommand.summary, flags: SparseBenchCommand.flags, allowsPositional: false, main: SparseBenchCommand.main),
     Command(name: "synth", summary: SynthCommand.summary, flags: SynthCommand.flags, allowsPositional: false, main: SynthCommand.main),
 ]

@@ -132,4 +132,57 @@ final class CommandLineTests: XCTestCase {
         XCTAssertGreaterThan(try XCTUnwrap(json["read_bandwidth_bytes_per_s"] as? Double), 1e8)
         XCTAssertEqual(json["weight_bytes_per_token"] as? Int, (try TestData.model(.smolLM2)).weights.bytesPerToken)
     }
+
+    /// `ember place` end to end on SmolLM2 with statistics of seeded random counts: usage
+    /// mistakes exit 2, a run reports its figures and writes a file that reads back.
+    func testPlacementCommand() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-place-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = try smol()
+        let config = try TestData.model(.smolLM2).config
+        var random = SplitMix64(seed: 5)
+        let layers = (0..<config.layerCount).map { _ in
+            ActivationStatistics.Layer(gateThresholds: [0, 0], downThresholds: [0, 0],
+                                       counts: (0..<2).map { _ in (0..<config.feedForwardLength).map { _ in Float(Int.random(in: 0...50, using: &random)) } })
+        }
+        let stats = directory.appendingPathComponent("stats.gguf").path
+        try ActivationStatistics(sourceModel: "test", corpusSHA256: "", tokens: 50, activation: "silu", gated: true,
+                                 feedForwardLength: config.feedForwardLength, sparsityTargets: [0.5, 0.7], layers: layers).write(to: stats)
+
+        let mistakes: [([String], String)] = [
+            (["place", "-m", path, "--stats", stats], "--vram-budget"),
+            (["place", "-m", path, "--stats", stats, "--vram-budget", "6XB"], "--vram-budget must be a size"),
+            (["place", "-m", path, "--stats", stats, "--vram-budget", "-1GiB"], "--vram-budget must be a size"),
+            (["place", "-m", path, "--stats", stats, "--vram-budget", "1GiB", "--granularity", "0"], "--granularity"),
+            (["place", "-m", path, "--stats", stats, "--vram-budget", "1GiB"], "choose one"),
+            (["place", "-m", path, "--stats", stats, "--vram-budget", "1GiB", "--sparsity", "0.9"], "no sparsity target 0.9"),
+            (["place", "-m", path, "--stats", directory.appendingPathComponent("none.gguf").path, "--vram-budget", "1GiB"], "no statistics file"),
+        ]
+        for (arguments, message) in mistakes {
+            let outcome = try ember(arguments)
+            XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): stderr was \(outcome.stderr)")
+        }
+
+        let output = directory.appendingPathComponent("placement.gguf").path
+        let run = try ember(["place", "-m", path, "--stats", stats, "--vram-budget", "30MiB", "--sparsity", "0.7", "-o", output, "--json"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        let share = try XCTUnwrap(json["expected_device_share"] as? Double)
+        XCTAssertGreaterThan(share, 0)
+        XCTAssertLessThan(share, 1)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(json["used_bytes"] as? Int), 30 << 20)
+        let offloading = try XCTUnwrap(json["layer_offloading"] as? [String: Any])
+        XCTAssertNotNil(offloading["device_share"] as? Double)
+        let placement = try Placement(path: output)
+        XCTAssertEqual(placement.budget, 30 << 20)
+        XCTAssertEqual(placement.expectedDeviceShare, share, accuracy: 1e-12)
+        XCTAssertEqual(placement.deviceNeurons.map(\.count), try XCTUnwrap(json["device_neurons_per_layer"] as? [Int]))
+
+        let text = try ember(["place", "-m", path, "--stats", stats, "--vram-budget", "30MiB", "--sparsity", "0.7"])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("expected device share of activated-neuron work"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("offloading whole layers instead"), text.stdout)
+    }
 }

@@ -1,0 +1,416 @@
+import Dispatch
+import Foundation
+
+/// What the fast device holds under a memory budget (DESIGN.md section 6): whole dense blocks,
+/// then per layer the FFN neurons that fire most, in groups of `granularity` neurons.
+///
+/// File (`ember place`): GGUF in PowerInfer's placement layout, so its tools read it, plus
+/// Ember's keys. `general.architecture = generic.gpu_index`; `split.vram_capacity` (u64, the
+/// budget); per layer N, in layer order, `blk.N.gpu_idx` (I32 [F], 1 = on the device) and
+/// `blk.N.gpu_bucket` (I32, the device neuron ids ascending; left out for a layer with none, as
+/// GGUF has no empty tensors). Ember's keys `ember.placement.*` add the granularity, the
+/// per-layer minimum, the model name, the statistics file's SHA-256 and sparsity target, the
+/// dense blocks on the device and the bytes and expected share. A file without them (made by
+/// PowerInfer) reads too: its budget is `split.vram_capacity` and it lists no dense blocks.
+public struct Placement: Sendable, Equatable {
+    /// Bytes of device memory the placement was solved for.
+    public var budget: Int
+    /// Neurons per group (the last group of a layer may be partial).
+    public var granularity: Int
+    /// A layer holds either no group or at least this many.
+    public var minimumGroups: Int
+    public var modelName: String
+    /// SHA-256 of the activation statistics file the frequencies came from (hex).
+    public var statisticsSHA256: String
+    /// The statistics' sparsity target whose counts were used.
+    public var sparsityTarget: Float
+    public var feedForwardLength: Int
+    /// Dense blocks on the device, in the order they were taken.
+    public var denseBlocks: [PlacementCosts.DenseBlock]
+    /// Per layer, the ids of the neurons on the device, ascending.
+    public var deviceNeurons: [[Int32]]
+    /// Bytes used by the dense blocks and by the FFN neurons.
+    public var denseBytes: Int
+    public var neuronBytes: Int
+    /// Expected share of activated-neuron work the device serves: the placed neurons' summed
+    /// firing frequencies over those of all neurons.
+    public var expectedDeviceShare: Double
+
+    public init(budget: Int, granularity: Int, minimumGroups: Int, modelName: String, statisticsSHA256: String,
+                sparsityTarget: Float, feedForwardLength: Int, denseBlocks: [PlacementCosts.DenseBlock],
+                deviceNeurons: [[Int32]], denseBytes: Int, neuronBytes: Int, expectedDeviceShare: Double) {
+        self.budget = budget
+        self.granularity = granularity
+        self.minimumGroups = minimumGroups
+        self.modelName = modelName
+        self.statisticsSHA256 = statisticsSHA256
+        self.sparsityTarget = sparsityTarget
+        self.feedForwardLength = feedForwardLength
+        self.denseBlocks = denseBlocks
+        self.deviceNeurons = deviceNeurons
+        self.denseBytes = denseBytes
+        self.neuronBytes = neuronBytes
+        self.expectedDeviceShare = expectedDeviceShare
+    }
+
+    public var layerCount: Int { deviceNeurons.count }
+    public var usedBytes: Int { denseBytes + neuronBytes }
+
+    static let architecture = "generic.gpu_index"
+}
+
+/// The choices `Placement.solve` leaves open.
+public struct PlacementOptions: Sendable, Equatable {
+    /// Neurons per group: the device takes a layer's neurons in whole groups, so splits never
+    /// get so fine that synchronising the two devices costs more than they save.
+    public var granularity = 32
+    /// A layer with device neurons has at least this many groups (0: no minimum).
+    public var minimumGroups = 0
+    /// The statistics' sparsity target whose counts to use; nil: its only one.
+    public var sparsityTarget: Float?
+    /// Reserve each placed attention block's KV cache for this many positions (0: weights only).
+    public var kvCacheTokens = 0
+    /// False: the whole budget goes to FFN neurons (the dense blocks stay on the host), which
+    /// isolates the neuron placement, e.g. to compare with PowerInfer's FFN-only figures.
+    public var placesDenseBlocks = true
+
+    public init(granularity: Int = 32, minimumGroups: Int = 0, sparsityTarget: Float? = nil, kvCacheTokens: Int = 0,
+                placesDenseBlocks: Bool = true) {
+        self.granularity = granularity
+        self.minimumGroups = minimumGroups
+        self.sparsityTarget = sparsityTarget
+        self.kvCacheTokens = kvCacheTokens
+        self.placesDenseBlocks = placesDenseBlocks
+    }
+}
+
+/// What llama.cpp's layer offloading would put on the device under the same budget: as many whole
+/// layers (attention and the file's full FFN) as fit, counted from the last layer down as
+/// llama.cpp assigns them, and the output head once every layer is there.
+public struct LayerOffloading: Sendable, Equatable {
+    public var layers: [Int]
+    public var outputHead: Bool
+    public var bytes: Int
+    /// Share of activated-neuron work in the offloaded layers.
+    public var deviceShare: Double
+    /// Share of the weight bytes read per token that the device reads: llama.cpp computes the
+    /// FFN densely, so every byte of every layer is read, the offloaded ones on the device.
+    public var deviceReadShare: Double
+
+    public init(costs: PlacementCosts, frequencies: [[Double]], budget: Int) {
+        var remaining = max(budget, 0)
+        var layers: [Int] = []
+        for l in (0..<costs.layerCount).reversed() {
+            let bytes = costs.bytes(of: .attention(layer: l)) + costs.feedForwardFileBytes[l]
+            guard bytes <= remaining else { break }
+            remaining -= bytes
+            layers.append(l)
+        }
+        let head = costs.bytes(of: .outputHead)
+        outputHead = layers.count == costs.layerCount && head <= remaining
+        if outputHead { remaining -= head }
+        self.layers = layers.reversed()
+        bytes = max(budget, 0) - remaining
+        let total = frequencies.joined().reduce(0, +)
+        let placed = layers.reduce(0.0) { $0 + ($1 < frequencies.count ? frequencies[$1].reduce(0, +) : 0) }
+        deviceShare = total > 0 ? placed / total : 0
+        let all = costs.denseBlocks.reduce(0) { $0 + $1.bytes } + costs.feedForwardFileBytes.reduce(0, +)
+        deviceReadShare = all > 0 ? Double(bytes) / Double(all) : 0
+    }
+}
+
+/// A solved placement with the figures `ember place` reports.
+public struct PlacementReport: Sendable {
+    public var placement: Placement
+    /// Share of the weight bytes read per token that the device reads, when both devices compute
+    /// only the active neurons (each neuron's bytes read at its firing frequency) and the dense
+    /// blocks whole: the speed the placement buys, where `expectedDeviceShare` counts FFN work only.
+    public var deviceReadShare: Double
+    public var assignment: GroupAssignment
+    public var solveSeconds: Double
+    public var layerOffloading: LayerOffloading
+}
+
+public enum PlacementError: Error, CustomStringConvertible, Equatable {
+    case notAPlacementFile(path: String)
+    case malformed(path: String, detail: String)
+    case invalidOptions(String)
+    /// The statistics have no such sparsity target, or several and none was chosen.
+    case sparsityTarget(String)
+    case mismatch(String)
+    case noStatistics(path: String)
+
+    public var description: String {
+        switch self {
+        case .notAPlacementFile(let path):
+            return "\(path) is not a placement file (general.architecture must be \(Placement.architecture))"
+        case .malformed(let path, let detail): return "\(path): \(detail)"
+        case .invalidOptions(let detail), .sparsityTarget(let detail): return detail
+        case .mismatch(let detail): return detail
+        case .noStatistics(let path):
+            return "no placement matches the budget and there are no activation statistics at \(path) to solve one (run `ember profile`)"
+        }
+    }
+}
+
+// MARK: solving
+
+extension Placement {
+    /// Per layer, each neuron's firing frequency (count ÷ tokens) at the options' target.
+    public static func frequencies(_ statistics: ActivationStatistics, sparsityTarget: Float?) throws -> (target: Float, values: [[Double]]) {
+        let index: Int
+        if let wanted = sparsityTarget {
+            guard let found = statistics.targetIndex(for: wanted) else {
+                throw PlacementError.sparsityTarget("the statistics have no sparsity target \(wanted); they have \(statistics.sparsityTargets)")
+            }
+            index = found
+        } else {
+            guard statistics.sparsityTargets.count == 1 else {
+                throw PlacementError.sparsityTarget("the statistics have targets \(statistics.sparsityTargets): choose one")
+            }
+            index = 0
+        }
+        let tokens = Double(max(statistics.tokens, 1))
+        // A damaged count (negative, NaN) counts as never firing rather than derailing the order.
+        let values = statistics.layers.map { layer in layer.counts[index].map { $0.isFinite ? max(Double($0), 0) / tokens : 0 } }
+        return (statistics.sparsityTargets[index], values)
+    }
+
+    /// Solves the placement of a model (`costs`) with per-layer neuron `frequencies` under `budget`.
+    public static func solve(costs: PlacementCosts, frequencies: [[Double]], budget: Int, options: PlacementOptions,
+                             modelName: String = "", statisticsSHA256: String = "", sparsityTarget: Float = 0) throws -> PlacementReport {
+        guard options.granularity >= 1 else { throw PlacementError.invalidOptions("the granularity must be at least 1 neuron") }
+        guard options.minimumGroups >= 0 else { throw PlacementError.invalidOptions("the minimum group count cannot be negative") }
+        guard budget >= 0 else { throw PlacementError.invalidOptions("the budget cannot be negative") }
+        let f = costs.feedForwardLength
+        guard frequencies.count == costs.layerCount, frequencies.allSatisfy({ $0.count == f }) else {
+            throw PlacementError.mismatch("the statistics describe \(frequencies.count) layers of \(frequencies.first?.count ?? 0) neurons, "
+                                          + "the model \(costs.layerCount) of \(f)")
+        }
+        guard frequencies.allSatisfy({ $0.allSatisfy { $0.isFinite && $0 >= 0 } }) else {
+            throw PlacementError.invalidOptions("firing frequencies must be finite and non-negative")
+        }
+        let start = DispatchTime.now()
+
+        var remaining = budget
+        var dense: [PlacementCosts.DenseBlock] = []
+        // Blocks that do not fit are skipped, so a large output head leaves room for the rest.
+        for cost in costs.denseBlocks where options.placesDenseBlocks && cost.bytes <= remaining {
+            dense.append(cost.block)
+            remaining -= cost.bytes
+        }
+
+        // Hottest first; equal frequencies keep the lower id first, so the order is reproducible.
+        let orders: [[Int]] = frequencies.map { layer in
+            layer.indices.sorted { layer[$0] != layer[$1] ? layer[$0] > layer[$1] : $0 < $1 }
+        }
+        let g = options.granularity
+        let groups: [NeuronGroups] = orders.enumerated().map { l, order in
+            let starts = Array(stride(from: 0, to: order.count, by: g))
+            return NeuronGroups(
+                bytes: starts.map { min(g, order.count - $0) * costs.neuronBytes[l] },
+                mass: starts.map { s in order[s..<min(s + g, order.count)].reduce(0.0) { $0 + frequencies[l][$1] } })
+        }
+        let assignment = PlacementSolver.solve(groups, budget: remaining, minimumGroups: options.minimumGroups)
+        let neurons: [[Int32]] = orders.enumerated().map { l, order in
+            order.prefix(min(assignment.groups[l] * g, order.count)).map { Int32($0) }.sorted()
+        }
+        let elapsed = seconds(since: start)
+
+        let total = frequencies.joined().reduce(0, +)
+        var neuronReads = 0.0, deviceNeuronReads = 0.0
+        for l in frequencies.indices {
+            neuronReads += frequencies[l].reduce(0, +) * Double(costs.neuronBytes[l])
+            deviceNeuronReads += neurons[l].reduce(0.0) { $0 + frequencies[l][Int($1)] } * Double(costs.neuronBytes[l])
+        }
+        let reads = Double(costs.denseBlocks.reduce(0) { $0 + $1.bytes }) + neuronReads
+        let placement = Placement(
+            budget: budget, granularity: g, minimumGroups: options.minimumGroups, modelName: modelName,
+            statisticsSHA256: statisticsSHA256, sparsityTarget: sparsityTarget, feedForwardLength: f,
+            denseBlocks: dense, deviceNeurons: neurons, denseBytes: budget - remaining, neuronBytes: assignment.bytes,
+            expectedDeviceShare: total > 0 ? assignment.mass / total : 0)
+        return PlacementReport(placement: placement,
+                               deviceReadShare: reads > 0 ? (Double(budget - remaining) + deviceNeuronReads) / reads : 0,
+                               assignment: assignment, solveSeconds: elapsed,
+                               layerOffloading: LayerOffloading(costs: costs, frequencies: frequencies, budget: budget))
+    }
+
+    /// Solves the placement of `model` from the statistics file at `statisticsPath`.
+    public static func solve(model: LanguageModel, modelPath: String, statisticsPath: String, budget: Int,
+                             options: PlacementOptions = PlacementOptions()) throws -> PlacementReport {
+        let statistics = try ActivationStatistics(path: statisticsPath)
+        let config = model.config
+        guard statistics.layers.count == config.layerCount, statistics.feedForwardLength == config.feedForwardLength else {
+            throw PlacementError.mismatch("\(statisticsPath) describes \(statistics.layers.count) layers of \(statistics.feedForwardLength) "
+                                          + "neurons, \(modelPath) has \(config.layerCount) of \(config.feedForwardLength)")
+        }
+        let (target, frequencies) = try frequencies(statistics, sparsityTarget: options.sparsityTarget)
+        return try solve(costs: PlacementCosts(weights: model.weights, kvCacheTokens: options.kvCacheTokens),
+                         frequencies: frequencies, budget: budget, options: options,
+                         modelName: modelName(model, path: modelPath), statisticsSHA256: try fileSHA256(statisticsPath),
+                         sparsityTarget: target)
+    }
+
+    /// The model's own name (`general.name`), else its file name.
+    public static func modelName(_ model: LanguageModel, path: String) -> String {
+        ((try? model.file.string("general.name")) ?? nil) ?? URL(fileURLWithPath: path).lastPathComponent
+    }
+
+    /// SHA-256 of a file's bytes, in hex.
+    public static func fileSHA256(_ path: String) throws -> String {
+        let mapped = try MappedFile(path: path)
+        return withExtendedLifetime(mapped) { SHA256.hex(mapped.bytes) }
+    }
+}
+
+// MARK: finding the placement for a run
+
+extension Placement {
+    /// Where `load` found its placement.
+    public enum Source: Sendable, Equatable {
+        case file(path: String)
+        case solved(statisticsPath: String)
+    }
+
+    /// The placement file beside a model: MODEL.gguf → MODEL.placement.gguf.
+    public static func companionPath(of modelPath: String) -> String {
+        (modelPath.hasSuffix(".gguf") ? String(modelPath.dropLast(5)) : modelPath) + ".placement.gguf"
+    }
+
+    /// The placement a run of `model` uses under `budget`: the placement file (default: beside the
+    /// model) when it was solved for this budget, options and model, and for these statistics
+    /// when the statistics file exists; otherwise one solved now from the statistics (default:
+    /// MODEL.stats.gguf beside the model). A malformed placement file is an error, not skipped.
+    public static func load(model: LanguageModel, modelPath: String, budget: Int,
+                            options: PlacementOptions = PlacementOptions(),
+                            statisticsPath: String? = nil, placementPath: String? = nil) throws -> (placement: Placement, source: Source) {
+        let placementPath = placementPath ?? companionPath(of: modelPath)
+        let base = modelPath.hasSuffix(".gguf") ? String(modelPath.dropLast(5)) : modelPath
+        let statisticsPath = statisticsPath ?? base + ".stats.gguf"
+        let haveStatistics = FileManager.default.fileExists(atPath: statisticsPath)
+        if FileManager.default.fileExists(atPath: placementPath) {
+            let stored = try Placement(path: placementPath)
+            let config = model.config
+            var matches = stored.budget == budget && stored.granularity == options.granularity
+                && stored.minimumGroups == options.minimumGroups && stored.layerCount == config.layerCount
+                && stored.feedForwardLength == config.feedForwardLength && stored.modelName == modelName(model, path: modelPath)
+            if let target = options.sparsityTarget { matches = matches && abs(stored.sparsityTarget - target) <= 0.005 }
+            if !options.placesDenseBlocks { matches = matches && stored.denseBlocks.isEmpty }
+            if matches, haveStatistics { matches = stored.statisticsSHA256 == (try fileSHA256(statisticsPath)) }
+            if matches { return (stored, .file(path: placementPath)) }
+        }
+        guard haveStatistics else { throw PlacementError.noStatistics(path: statisticsPath) }
+        let report = try solve(model: model, modelPath: modelPath, statisticsPath: statisticsPath, budget: budget, options: options)
+        return (report.placement, .solved(statisticsPath: statisticsPath))
+    }
+}
+
+// MARK: file
+
+extension Placement {
+    /// Writes the placement file atomically; `powerInferMagic` makes its first bytes `PWRI` as
+    /// PowerInfer's own placement files have them.
+    public func write(to path: String, powerInferMagic: Bool = false) throws {
+        var writer = GGUFWriter()
+        if powerInferMagic { writer.magic = Array("PWRI".utf8) }
+        writer.set("general.architecture", .string(Self.architecture))
+        writer.set("split.vram_capacity", .uint64(UInt64(budget)))
+        writer.set("ember.placement.budget", .uint64(UInt64(budget)))
+        writer.set("ember.placement.granularity", .uint32(UInt32(granularity)))
+        writer.set("ember.placement.minimum_groups", .uint32(UInt32(minimumGroups)))
+        writer.set("ember.placement.model_name", .string(modelName))
+        writer.set("ember.placement.stats_sha256", .string(statisticsSHA256))
+        writer.set("ember.placement.sparsity_target", .float32(sparsityTarget))
+        writer.set("ember.placement.feed_forward_length", .uint32(UInt32(feedForwardLength)))
+        writer.set("ember.placement.layer_count", .uint32(UInt32(layerCount)))
+        writer.set("ember.placement.dense_blocks", .array(.string, denseBlocks.map { .string($0.description) }))
+        writer.set("ember.placement.dense_bytes", .uint64(UInt64(denseBytes)))
+        writer.set("ember.placement.neuron_bytes", .uint64(UInt64(neuronBytes)))
+        writer.set("ember.placement.expected_device_share", .float64(expectedDeviceShare))
+        for (l, ids) in deviceNeurons.enumerated() {
+            var onDevice = [Int32](repeating: 0, count: feedForwardLength)
+            for id in ids { onDevice[Int(id)] = 1 }
+            writer.addTensor("blk.\(l).gpu_idx", type: .i32, dims: [feedForwardLength], fill: Self.filler(onDevice))
+            if !ids.isEmpty {
+                writer.addTensor("blk.\(l).gpu_bucket", type: .i32, dims: [ids.count], fill: Self.filler(ids))
+            }
+        }
+        try writer.write(to: path)
+    }
+
+    private static func filler(_ values: [Int32]) -> (UnsafeMutableRawBufferPointer) throws -> Void {
+        { buffer in values.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0.prefix(buffer.count))) } }
+    }
+
+    public init(path: String) throws {
+        try self.init(file: try GGUFFile(path: path))
+    }
+
+    public init(file: GGUFFile) throws {
+        let path = file.path
+        guard try file.string("general.architecture") == Self.architecture else { throw PlacementError.notAPlacementFile(path: path) }
+        func malformed(_ detail: String) -> PlacementError { .malformed(path: path, detail: detail) }
+        func nonNegative(_ key: String, _ value: Int?) throws -> Int? {
+            guard let value else { return nil }
+            guard value >= 0 else { throw malformed("\(key) is negative (\(value))") }
+            return value
+        }
+        guard let capacity = try nonNegative("split.vram_capacity", try file.int("split.vram_capacity")) else {
+            throw GGUFError.missingKey(path: path, key: "split.vram_capacity")
+        }
+        budget = try nonNegative("ember.placement.budget", try file.int("ember.placement.budget")) ?? capacity
+        granularity = try nonNegative("ember.placement.granularity", try file.int("ember.placement.granularity")) ?? 1
+        minimumGroups = try nonNegative("ember.placement.minimum_groups", try file.int("ember.placement.minimum_groups")) ?? 0
+        modelName = try file.string("ember.placement.model_name") ?? ""
+        statisticsSHA256 = try file.string("ember.placement.stats_sha256") ?? ""
+        sparsityTarget = Float(try file.float("ember.placement.sparsity_target") ?? 0)
+        denseBytes = try nonNegative("ember.placement.dense_bytes", try file.int("ember.placement.dense_bytes")) ?? 0
+        neuronBytes = try nonNegative("ember.placement.neuron_bytes", try file.int("ember.placement.neuron_bytes")) ?? 0
+        expectedDeviceShare = try file.float("ember.placement.expected_device_share") ?? 0
+        guard granularity >= 1 else { throw malformed("ember.placement.granularity is 0") }
+        denseBlocks = try (file.stringArray("ember.placement.dense_blocks") ?? []).map { name in
+            guard let block = PlacementCosts.DenseBlock(name: name) else { throw malformed("unknown dense block \"\(name)\"") }
+            return block
+        }
+
+        // Layers: as the key says, else as many as there are consecutive blk.N.gpu_idx tensors.
+        var layerCount = 0
+        if let stated = try file.int("ember.placement.layer_count") {
+            guard (1...100_000).contains(stated) else { throw malformed("ember.placement.layer_count is \(stated)") }
+            layerCount = stated
+        } else {
+            while file.hasTensor("blk.\(layerCount).gpu_idx") { layerCount += 1 }
+        }
+        guard layerCount > 0 else { throw malformed("no blk.0.gpu_idx tensor") }
+        guard let first = file.tensorInfo("blk.0.gpu_idx") else { throw GGUFError.missingTensor(path: path, tensor: "blk.0.gpu_idx") }
+        let f = first.elementCount
+        if let stated = try file.int("ember.placement.feed_forward_length"), stated != f {
+            throw malformed("ember.placement.feed_forward_length is \(stated), but blk.0.gpu_idx has \(f) entries")
+        }
+        feedForwardLength = f
+        func integers(_ name: String, count: Int?) throws -> [Int32]? {
+            guard let info = file.tensorInfo(name) else { return nil }
+            guard info.type == .i32, info.dims.count == 1, count == nil || info.elementCount == count else {
+                throw malformed("tensor \(name) must be I32 with \(count.map(String.init) ?? "one row of") elements, "
+                                + "found \(info.type) \(info.dims)")
+            }
+            let data = file.data(of: info)
+            return (0..<info.elementCount).map { data.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self) }
+        }
+        deviceNeurons = try (0..<layerCount).map { l in
+            guard let flags = try integers("blk.\(l).gpu_idx", count: f) else {
+                throw GGUFError.missingTensor(path: path, tensor: "blk.\(l).gpu_idx")
+            }
+            guard flags.allSatisfy({ $0 == 0 || $0 == 1 }) else { throw malformed("blk.\(l).gpu_idx holds values other than 0 and 1") }
+            let ids = flags.indices.filter { flags[$0] == 1 }.map { Int32($0) }
+            if let bucket = try integers("blk.\(l).gpu_bucket", count: nil), bucket != ids {
+                throw malformed("blk.\(l).gpu_bucket does not list, ascending, the neurons blk.\(l).gpu_idx marks")
+            }
+            return ids
+        }
+        let declared = file.tensors.filter { $0.name.hasSuffix(".gpu_idx") }.count
+        guard declared == layerCount else {
+            throw malformed("\(declared) gpu_idx tensors for \(layerCount) layers")
+        }
+    }
+}

@@ -1,0 +1,100 @@
+/// What each part of a model costs in fast-device memory, taken from the loaded weights so it
+/// holds for any model Ember runs: the dense blocks, and one FFN neuron per layer.
+///
+/// The token embedding is not a block: decoding reads one row of it per token, so it stays on
+/// the host and the device receives that row.
+public struct PlacementCosts: Sendable, Equatable {
+    /// A part of the model the device holds whole.
+    public enum DenseBlock: Hashable, Sendable, CustomStringConvertible {
+        /// A layer's Q, K, V and output projections with all of the layer's norm weights and biases.
+        case attention(layer: Int)
+        /// The final norm and the output head.
+        case outputHead
+
+        /// The name in placement files: `blk.N.attn` or `output`.
+        public var description: String {
+            switch self {
+            case .attention(let layer): return "blk.\(layer).attn"
+            case .outputHead: return "output"
+            }
+        }
+
+        public init?(name: String) {
+            if name == "output" {
+                self = .outputHead
+                return
+            }
+            let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count == 3, parts[0] == "blk", parts[2] == "attn", let layer = Int(parts[1]), layer >= 0,
+                  String(layer) == parts[1] else { return nil }
+            self = .attention(layer: layer)
+        }
+    }
+
+    public struct DenseCost: Sendable, Equatable {
+        public var block: DenseBlock
+        public var bytes: Int
+
+        public init(block: DenseBlock, bytes: Int) {
+            self.block = block
+            self.bytes = bytes
+        }
+    }
+
+    /// Dense blocks in the order the device takes them.
+    ///
+    /// Every byte of a dense block is read once per token, so per byte held each buys the same
+    /// memory traffic, more than any FFN neuron (read only when it fires, a share < 1 of tokens).
+    /// Ties are broken by what crosses between devices: an attention block takes and returns a
+    /// hidden-size vector and sits beside its layer's hot neurons, whereas the output head returns
+    /// vocabulary-sized logits (32000 floats for a Llama-2 7B, against 4096). So attention blocks
+    /// come first, layer 0 upwards, and the output head last.
+    public var denseBlocks: [DenseCost]
+    /// Bytes the device holds per FFN neuron, per layer: its gate row, up row and down column,
+    /// the down column as the sparse kernels store it (neuron-major, `NeuronMajorMatrix.defaultType`).
+    public var neuronBytes: [Int]
+    /// Bytes of each layer's FFN as the model file stores it (gate, up and down), for offloading
+    /// whole layers, which keeps the file's tensors as they are.
+    public var feedForwardFileBytes: [Int]
+    public var feedForwardLength: Int
+
+    public init(denseBlocks: [DenseCost], neuronBytes: [Int], feedForwardFileBytes: [Int], feedForwardLength: Int) {
+        self.denseBlocks = denseBlocks
+        self.neuronBytes = neuronBytes
+        self.feedForwardFileBytes = feedForwardFileBytes
+        self.feedForwardLength = feedForwardLength
+    }
+
+    /// The costs of `weights`. `kvCacheTokens` > 0 reserves, beside each attention block, its
+    /// layer's KV cache (float keys and values) for that many positions.
+    public init(weights: ModelWeights, kvCacheTokens: Int = 0) {
+        var blocks: [DenseCost] = []
+        var neuronBytes: [Int] = []
+        var fileBytes: [Int] = []
+        for (l, layer) in weights.layers.enumerated() {
+            let vectors: [FloatVector?] = [layer.attentionNorm, layer.queryBias, layer.keyBias, layer.valueBias,
+                                           layer.queryNorm, layer.keyNorm, layer.postAttentionNorm, layer.ffnNorm,
+                                           layer.postFFNNorm]
+            let cache = max(kvCacheTokens, 0) * (layer.key.rows + layer.value.rows) * MemoryLayout<Float>.size
+            let attention = layer.query.byteCount + layer.key.byteCount + layer.value.byteCount + layer.output.byteCount
+                + vectors.reduce(0) { $0 + ($1?.count ?? 0) * MemoryLayout<Float>.size } + cache
+            blocks.append(DenseCost(block: .attention(layer: l), bytes: attention))
+
+            let hidden = layer.down.rows
+            let downRow = NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
+            neuronBytes.append((layer.gate?.rowBytes ?? 0) + layer.up.rowBytes + downRow)
+            fileBytes.append((layer.gate?.byteCount ?? 0) + layer.up.byteCount + layer.down.byteCount)
+        }
+        let head = weights.output.byteCount + weights.outputNorm.count * MemoryLayout<Float>.size
+        blocks.append(DenseCost(block: .outputHead, bytes: head))
+        self.init(denseBlocks: blocks, neuronBytes: neuronBytes, feedForwardFileBytes: fileBytes,
+                  feedForwardLength: weights.layers.first?.up.rows ?? 0)
+    }
+
+    public var layerCount: Int { neuronBytes.count }
+
+    /// Bytes of one block.
+    public func bytes(of block: DenseBlock) -> Int {
+        denseBlocks.first { $0.block == block }?.bytes ?? 0
+    }
+}

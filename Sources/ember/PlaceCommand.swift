@@ -1,0 +1,101 @@
+import EmberCore
+import Foundation
+
+/// `ember place`: what the fast device holds under a memory budget (dense blocks, then the
+/// hottest FFN neurons), solved from activation statistics and written as a placement file.
+enum PlaceCommand {
+    static let flags: [Arguments.Flag] = [CommonFlags.model] + [
+        .init(names: ["--stats"], takesValue: true, help: "activation statistics from `ember profile` (default: MODEL.stats.gguf beside the model)"),
+        .init(names: ["--vram-budget"], takesValue: true, help: "device memory to fill, e.g. 6GiB, 512MiB, 1.5GB or bytes (required)"),
+        .init(names: ["--granularity"], takesValue: true, help: "neurons per group the device takes (default 32)"),
+        .init(names: ["--min-groups"], takesValue: true, help: "a layer gets no group or at least this many (default 0: no minimum)"),
+        .init(names: ["--sparsity"], takesValue: true, help: "which sparsity target of the statistics to use (default: its only one)"),
+        .init(names: ["--kv-tokens"], takesValue: true, help: "also reserve each placed attention block's KV cache for N positions (default 0)"),
+        .init(names: ["--ffn-only"], takesValue: false, help: "give the whole budget to FFN neurons (dense blocks stay on the host)"),
+        .init(names: ["--output", "-o"], takesValue: true, help: "placement file to write (default: report only)"),
+        .init(names: ["--pwri"], takesValue: false, help: "write the file with PowerInfer's PWRI magic instead of GGUF"),
+        .init(names: ["--json"], takesValue: false, help: "print one JSON object instead of the report"),
+    ]
+
+    static let summary = "place dense blocks and hot FFN neurons on the fast device under a memory budget"
+
+    static func main(_ arguments: Arguments) throws {
+        guard let budgetText = arguments.string("--vram-budget") else { throw UsageError("give the device memory with --vram-budget SIZE") }
+        guard let budget = ByteSize.parse(budgetText) else {
+            throw UsageError("--vram-budget must be a size such as 6GiB, 512MiB, 1.5GB or a byte count, not \"\(budgetText)\"")
+        }
+        var options = PlacementOptions()
+        options.granularity = try arguments.int("--granularity", default: 32, range: 1...1 << 20)
+        options.minimumGroups = try arguments.int("--min-groups", default: 0, range: 0...1 << 20)
+        options.kvCacheTokens = try arguments.int("--kv-tokens", default: 0, range: 0...1 << 24)
+        options.placesDenseBlocks = !arguments.has("--ffn-only")
+        if arguments.has("--sparsity") { options.sparsityTarget = try arguments.float("--sparsity", default: 0, range: 0...1) }
+        if let statsFlag = arguments.string("--stats"), !FileManager.default.fileExists(atPath: statsFlag) {
+            throw UsageError("no statistics file at \(statsFlag) (--stats)")
+        }
+
+        let loaded = try LoadedModel(arguments)
+        let statsPath = arguments.string("--stats") ?? SparsityFlags.companion(of: loaded.path, "stats")
+        guard FileManager.default.fileExists(atPath: statsPath) else {
+            throw UsageError("give the activation statistics with --stats FILE (none at \(statsPath))")
+        }
+        let report: PlacementReport
+        do {
+            report = try Placement.solve(model: loaded.model, modelPath: loaded.path, statisticsPath: statsPath,
+                                         budget: budget, options: options)
+        } catch PlacementError.sparsityTarget(let detail) {
+            throw UsageError("\(statsPath): \(detail) (--sparsity)")
+        }
+        if let output = arguments.string("--output") {
+            try report.placement.write(to: output, powerInferMagic: arguments.has("--pwri"))
+        }
+        if arguments.has("--json") {
+            printJSON(report, model: loaded.path, stats: statsPath, output: arguments.string("--output"))
+        } else {
+            printReport(report, model: loaded.path, stats: statsPath, output: arguments.string("--output"))
+        }
+    }
+
+    static func printReport(_ report: PlacementReport, model: String, stats: String, output: String?) {
+        let p = report.placement, a = report.assignment, o = report.layerOffloading
+        let neurons = p.deviceNeurons.reduce(0) { $0 + $1.count }, all = p.layerCount * p.feedForwardLength
+        let attention = p.denseBlocks.filter { $0 != .outputHead }.count
+        print("placement of \(p.modelName) (\((model as NSString).lastPathComponent)) with \((stats as NSString).lastPathComponent)"
+              + String(format: " (sparsity target %.2f), granularity %d, minimum groups %d", p.sparsityTarget, p.granularity, p.minimumGroups))
+        print("budget: \(ByteSize.format(p.budget)) (\(p.budget) bytes); used \(ByteSize.format(p.usedBytes)): "
+              + "dense \(ByteSize.format(p.denseBytes)) + FFN \(ByteSize.format(p.neuronBytes))")
+        print("dense blocks on the device: attention of \(attention) of \(p.layerCount) layers, output head "
+              + (p.denseBlocks.contains(.outputHead) ? "yes" : "no"))
+        print(String(format: "FFN neurons on the device: %d of %d (%.1f %%); per layer: ", neurons, all, Double(neurons) / Double(max(all, 1)) * 100)
+              + p.deviceNeurons.map { String($0.count) }.joined(separator: " "))
+        let method = a.quantum == 0 ? "everything fits"
+            : "dynamic programme over \(p.layerCount) layers × \(a.capacityUnits) units of \(a.quantum) bytes"
+        print(String(format: "solved in %.1f ms (%@, %@)", report.solveSeconds * 1000, a.exact ? "exact" : "capacity rounded, not exact", method))
+        print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%)",
+                     p.expectedDeviceShare * 100, report.deviceReadShare * 100))
+        let range = o.layers.isEmpty ? "none" : "\(o.layers.count) layers (\(o.layers.first!)–\(o.layers.last!))"
+        print(String(format: "offloading whole layers instead: %@, output head %@, %@: %.1f %% (of weight bytes read per token, dense: %.1f %%)",
+                     range, o.outputHead ? "yes" : "no", ByteSize.format(o.bytes), o.deviceShare * 100, o.deviceReadShare * 100))
+        if let output { print("wrote \(output)") }
+    }
+
+    static func printJSON(_ report: PlacementReport, model: String, stats: String, output: String?) {
+        let p = report.placement, a = report.assignment, o = report.layerOffloading
+        var object: [String: Any] = [
+            "model": model, "model_name": p.modelName, "stats": stats, "stats_sha256": p.statisticsSHA256,
+            "budget_bytes": p.budget, "granularity": p.granularity, "minimum_groups": p.minimumGroups,
+            "sparsity_target": Double(p.sparsityTarget),
+            "dense_bytes": p.denseBytes, "ffn_bytes": p.neuronBytes, "used_bytes": p.usedBytes,
+            "dense_blocks": p.denseBlocks.map(\.description),
+            "device_neurons_per_layer": p.deviceNeurons.map(\.count),
+            "solve_seconds": report.solveSeconds, "exact": a.exact, "capacity_units": a.capacityUnits, "quantum_bytes": a.quantum,
+            "expected_device_share": p.expectedDeviceShare, "device_read_share": report.deviceReadShare,
+            "layer_offloading": ["layers": o.layers, "output_head": o.outputHead, "bytes": o.bytes, "device_share": o.deviceShare,
+                                 "device_read_share": o.deviceReadShare] as [String: Any],
+        ]
+        if let output { object["output"] = output }
+        if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
