@@ -278,8 +278,9 @@ extension Placement {
     }
 
     /// The placement a run of `model` uses under `budget`: the placement file (default: beside the
-    /// model) when it was solved for this budget, options, model and statistics; otherwise one
-    /// solved now from the statistics (default: MODEL.stats.gguf beside the model).
+    /// model) when it was solved for this budget, options and model, and for these statistics
+    /// when the statistics file exists; otherwise one solved now from the statistics (default:
+    /// MODEL.stats.gguf beside the model). A malformed placement file is an error, not skipped.
     public static func load(model: LanguageModel, modelPath: String, budget: Int,
                             options: PlacementOptions = PlacementOptions(),
                             statisticsPath: String? = nil, placementPath: String? = nil) throws -> (placement: Placement, source: Source) {

@@ -157,12 +157,19 @@ public final class OpenCLDevice: @unchecked Sendable {
     /// Enqueues `kernel` over `globalSize` work-items in groups of `localSize`; the global size
     /// is rounded up to a multiple of the local size (kernels ignore the extra items).
     public func enqueue(_ kernel: OpenCLKernel, globalSize: Int, localSize: Int) throws {
-        guard localSize > 0, globalSize > 0 else {
-            throw OpenCLError.invalidArgument("\(kernel.name): empty launch (\(globalSize) items in groups of \(localSize))")
+        try enqueue(kernel, globalSizes: [globalSize], localSizes: [localSize])
+    }
+
+    /// The same over a grid of one to three dimensions.
+    public func enqueue(_ kernel: OpenCLKernel, globalSizes: [Int], localSizes: [Int]) throws {
+        guard (1...3).contains(globalSizes.count), localSizes.count == globalSizes.count,
+              zip(globalSizes, localSizes).allSatisfy({ $0 > 0 && $1 > 0 }) else {
+            throw OpenCLError.invalidArgument("\(kernel.name): empty or malformed launch (\(globalSizes) items in groups of \(localSizes))")
         }
-        var global = (globalSize + localSize - 1) / localSize * localSize
-        var local = localSize
-        try OpenCLError.check(library.api.clEnqueueNDRangeKernel(queue, kernel.handle, 1, nil, &global, &local, 0, nil, nil),
+        var global = zip(globalSizes, localSizes).map { ($0 + $1 - 1) / $1 * $1 }
+        var local = localSizes
+        try OpenCLError.check(library.api.clEnqueueNDRangeKernel(queue, kernel.handle, UInt32(global.count), nil, &global,
+                                                                 &local, 0, nil, nil),
                               "clEnqueueNDRangeKernel(\(kernel.name))")
     }
 }

@@ -7,6 +7,13 @@ import Foundation
 public final class OpenCLLibrary: @unchecked Sendable {
     /// The ICD loader's name on Linux: it dispatches to every installed driver.
     public static let defaultPath = "libOpenCL.so.1"
+    /// Environment variable naming another library to load (a driver's own, or a test's).
+    public static let environmentVariable = "EMBER_OPENCL_LIBRARY"
+
+    /// The library path the environment asks for, else the default.
+    public static func path(environment: [String: String]) -> String {
+        environment[environmentVariable].flatMap { $0.isEmpty ? nil : $0 } ?? defaultPath
+    }
 
     public let path: String
     let api: ember_opencl_api

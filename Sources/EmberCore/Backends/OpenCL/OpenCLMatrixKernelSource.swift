@@ -205,6 +205,8 @@ enum OpenCLMatrixKernelSource {
 
     // ---- row kernels: one work-group per output; items stride over the row's blocks --------
     // matvec_T:  y[r] = row r . act, for r < rows (one group each).
+    // matmul_T:  y[c * rows + r] = row r . act column c (prefill: columns act_stride bytes apart;
+    //            groups over rows x columns).
     // gather_T:  y[k] = row ids[k] . act, for k < count; an id outside [0, rows) gives NaN
     //            instead of a read outside the matrix.
     #define ROW_KERNELS(T, WBYTES, ABYTES)                                                       \\
@@ -220,6 +222,13 @@ enum OpenCLMatrixKernelSource {
         size_t r = get_group_id(0);                                                             \\
         float s = row_##T(w + r * row_bytes, act, blocks, scratch);                             \\
         if (get_local_id(0) == 0) y[r] = s;                                                     \\
+    }                                                                                           \\
+    kernel void matmul_##T(global const uchar *w, ulong row_bytes, int blocks, int rows,        \\
+                           global const uchar *act, ulong act_stride, global float *y) {        \\
+        local float scratch[ROW_GROUP];                                                         \\
+        size_t r = get_group_id(0), c = get_group_id(1);                                        \\
+        float s = row_##T(w + r * row_bytes, act + c * act_stride, blocks, scratch);            \\
+        if (get_local_id(0) == 0) y[c * rows + r] = s;                                          \\
     }                                                                                           \\
     kernel void gather_##T(global const uchar *w, ulong row_bytes, int blocks, int rows,        \\
                            global const uchar *act, global const int *ids, global float *y) {   \\

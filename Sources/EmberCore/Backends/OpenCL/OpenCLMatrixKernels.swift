@@ -27,7 +27,8 @@ public final class OpenCLWeightMatrix: @unchecked Sendable {
 /// to the weight type's activation format, then dotted in integers with the raw blocks.
 ///
 /// Every call only enqueues work: a sequence of calls runs on the device without a host round
-/// trip, and `device.read` (or `finish`) waits for it. Buffer sizes and shapes are checked
+/// trip, and `device.read` (or `finish`) waits for it. One thread at a time uses an instance
+/// (kernel arguments belong to the kernel objects). Buffer sizes and shapes are checked
 /// before anything is enqueued, so bad input is a thrown error, never a read outside a buffer.
 public final class OpenCLMatrixKernels: @unchecked Sendable {
     public let device: OpenCLDevice
@@ -131,6 +132,23 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
         try device.enqueue(k, globalSize: length / block, localSize: OpenCLMatrixKernelSource.elementGroupSize)
     }
 
+    /// `count` vectors of `length` floats (back to back in `floats`) ready for `matrix`: the
+    /// floats themselves when it takes F32 activations, else converted into `scratch` (made
+    /// when nil or too small). Pass the result to `multiply`.
+    public func activations(for matrix: OpenCLWeightMatrix, from floats: OpenCLBuffer, length: Int, count: Int = 1,
+                            scratch: OpenCLBuffer? = nil) throws -> OpenCLBuffer {
+        let type = matrix.activationType
+        guard type != .f32 else {
+            try floats.require(length * count * 4)
+            return floats
+        }
+        let bytes = Self.activationBytes(type, length: length) * count
+        let output = try scratch.flatMap { $0.byteCount >= bytes ? $0 : nil }
+            ?? device.makeBuffer(byteCount: bytes, label: "\(type) activations")
+        try quantize(floats, length: length * count, to: type, into: output)
+        return output
+    }
+
     /// y[r] = row r · activations for every row (activations in `matrix.activationType`).
     public func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, into y: OpenCLBuffer) throws {
         let suffix = try rowKernelSuffix(matrix)
@@ -141,6 +159,23 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
                             .buffer(activations), .buffer(y)])
         let group = OpenCLMatrixKernelSource.rowGroupSize
         try device.enqueue(k, globalSize: matrix.rows * group, localSize: group)
+    }
+
+    /// Prefill: y[c * rows + r] = row r · activation vector c, for `count` vectors stored back
+    /// to back in `matrix.activationType` (as `quantize` leaves `count` × columns floats: each
+    /// vector is a whole number of blocks). Mirrors WeightMatrix.multiply(_:stride:count:...).
+    public func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, count: Int,
+                         into y: OpenCLBuffer) throws {
+        let suffix = try rowKernelSuffix(matrix)
+        guard count > 0 else { throw OpenCLError.invalidArgument("\(matrix.name): matmul over \(count) vectors") }
+        let stride = Self.activationBytes(matrix.activationType, length: matrix.columns)
+        try activations.require(stride * count)
+        try y.require(matrix.rows * count * 4)
+        let k = try kernel("matmul_" + suffix)
+        try k.setArguments([.buffer(matrix.buffer), .uint64(UInt64(matrix.rowBytes)), .int32(blocks(matrix)),
+                            .int32(Int32(matrix.rows)), .buffer(activations), .uint64(UInt64(stride)), .buffer(y)])
+        let group = OpenCLMatrixKernelSource.rowGroupSize
+        try device.enqueue(k, globalSizes: [matrix.rows * group, count], localSizes: [group, 1])
     }
 
     /// y[k] = row ids[k] · activations for k < count (ids: Int32 on the device). An id outside

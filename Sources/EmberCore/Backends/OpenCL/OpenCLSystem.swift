@@ -15,7 +15,7 @@ public struct OpenCLDeviceInfo: @unchecked Sendable {
     }
 
     /// Position in `OpenCLSystem.devices` (GPUs first): what `--device N` picks.
-    public let index: Int
+    public internal(set) var index: Int
     public let platform: OpenCLPlatformInfo
     public let name: String
     public let vendor: String
@@ -91,22 +91,22 @@ public struct OpenCLSystem: @unchecked Sendable {
             return .failure(OpenCLUnavailable(reason: "no OpenCL device on platform(s) \(names)"))
         }
 
-        var devices = try found.map { try describe(api, $0.device, platform: $0.info, platformID: $0.platform, index: 0) }
+        let described = try found.map { try describe(api, $0.device, platform: $0.info, platformID: $0.platform) }
         // GPUs first, then the rest, each group in the drivers' order.
-        devices = devices.filter { $0.kind == .gpu } + devices.filter { $0.kind != .gpu }
-        devices = devices.enumerated().map { $0.element.renumbered($0.offset) }
+        var devices = described.filter { $0.kind == .gpu } + described.filter { $0.kind != .gpu }
+        for i in devices.indices { devices[i].index = i }
         return .success(OpenCLSystem(library: library, platforms: platforms, devices: devices))
     }
 
     private static func describe(_ api: ember_opencl_api, _ device: OpaquePointer, platform: OpenCLPlatformInfo,
-                                 platformID: OpaquePointer, index: Int) throws -> OpenCLDeviceInfo {
+                                 platformID: OpaquePointer) throws -> OpenCLDeviceInfo {
         let type: UInt64 = try deviceValue(api, device, Int(EMBER_CL_DEVICE_TYPE))
         let kind: OpenCLDeviceInfo.Kind = type & UInt64(EMBER_CL_DEVICE_TYPE_GPU) != 0 ? .gpu
             : type & UInt64(EMBER_CL_DEVICE_TYPE_CPU) != 0 ? .cpu
             : type & UInt64(EMBER_CL_DEVICE_TYPE_ACCELERATOR) != 0 ? .accelerator : .other
         let floatConfig: UInt64 = try deviceValue(api, device, Int(EMBER_CL_DEVICE_SINGLE_FP_CONFIG))
         return OpenCLDeviceInfo(
-            index: index, platform: platform,
+            index: 0, platform: platform,
             name: try deviceString(api, device, Int(EMBER_CL_DEVICE_NAME)),
             vendor: try deviceString(api, device, Int(EMBER_CL_DEVICE_VENDOR)),
             kind: kind,
@@ -131,16 +131,6 @@ public struct OpenCLSystem: @unchecked Sendable {
             guard devices.indices.contains(i) else { throw OpenCLError.noSuchDevice(index: i, count: devices.count) }
             return .success(devices[i])
         }
-    }
-}
-
-extension OpenCLDeviceInfo {
-    fileprivate func renumbered(_ index: Int) -> OpenCLDeviceInfo {
-        OpenCLDeviceInfo(index: index, platform: platform, name: name, vendor: vendor, kind: kind, version: version,
-                         driverVersion: driverVersion, globalMemoryBytes: globalMemoryBytes,
-                         maxAllocationBytes: maxAllocationBytes, computeUnits: computeUnits,
-                         maxWorkGroupSize: maxWorkGroupSize, localMemoryBytes: localMemoryBytes,
-                         correctlyRoundedDivision: correctlyRoundedDivision, platformID: platformID, deviceID: deviceID)
     }
 }
 
