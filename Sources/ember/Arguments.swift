@@ -1,3 +1,4 @@
+import EmberCore
 import Foundation
 
 /// A mistake on the command line: reported with the usage, exit status 2.
@@ -107,4 +108,25 @@ enum CommonFlags {
     static let batch = Arguments.Flag(names: ["--batch", "-b"], takesValue: true,
                                       help: "prompt tokens evaluated together (default 64)")
     static let all = [model, threads, context, batch]
+}
+
+/// Flags choosing the OpenCL device (so far used by `ember devices`).
+enum DeviceFlags {
+    static let gpu = Arguments.Flag(names: ["--gpu"], takesValue: true,
+                                    help: "on|off: use an OpenCL device when one is found (default on)")
+    static let device = Arguments.Flag(names: ["--device"], takesValue: true,
+                                       help: "OpenCL device number from `ember devices` (default 0, or $EMBER_OPENCL_DEVICE)")
+    static let all = [gpu, device]
+}
+
+extension Arguments {
+    /// The device `--gpu`, `--device` and EMBER_OPENCL_DEVICE choose; a malformed value is a usage error.
+    func deviceChoice() throws -> OpenCLDeviceChoice {
+        do {
+            return try OpenCLDeviceChoice.parse(gpu: string("--gpu"), device: string("--device"),
+                                                environment: ProcessInfo.processInfo.environment)
+        } catch let error as OpenCLError {
+            throw UsageError(error.description)
+        }
+    }
 }

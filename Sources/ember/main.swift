@@ -22,6 +22,8 @@ let commands: [Command] = [
             allowsPositional: false, main: TrainPredictorCommand.main),
     Command(name: "place", summary: PlaceCommand.summary, flags: PlaceCommand.flags, allowsPositional: false, main: PlaceCommand.main),
     Command(name: "sparse-bench", summary: SparseBenchCommand.summary, flags: SparseBenchCommand.flags, allowsPositional: false, main: SparseBenchCommand.main),
+    Command(name: "devices", summary: DevicesCommand.summary, flags: DevicesCommand.flags, allowsPositional: false,
+            main: DevicesCommand.main),
     Command(name: "synth", summary: SynthCommand.summary, flags: SynthCommand.flags, allowsPositional: false, main: SynthCommand.main),
 ]
 

@@ -12,7 +12,7 @@ final class CommandLineTests: XCTestCase {
     }
 
     /// Runs the release binary (built by `swift build -c release`, which .ci/run does first).
-    func ember(_ arguments: [String], stdin: String? = nil) throws -> Outcome {
+    func ember(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Outcome {
         let binary = TestData.packageRoot.appendingPathComponent(".build/release/ember")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             XCTFail("\(binary.path) is missing: run `swift build -c release` first")
@@ -21,6 +21,9 @@ final class CommandLineTests: XCTestCase {
         let process = Process()
         process.executableURL = binary
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe(), err = Pipe(), input = Pipe()
         process.standardOutput = out
         process.standardError = err
@@ -62,6 +65,30 @@ final class CommandLineTests: XCTestCase {
             XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
             XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): stderr was \(outcome.stderr)")
         }
+    }
+
+    func testDevicesListsOpenCLDevicesOrSaysWhyNot() throws {
+        let missing = try ember(["devices"], environment: [OpenCLLibrary.environmentVariable: "/nonexistent/libOpenCL.so.1"])
+        XCTAssertEqual(missing.status, 0, missing.stderr)
+        XCTAssertTrue(missing.stdout.contains("OpenCL unavailable: cannot load /nonexistent/libOpenCL.so.1"), missing.stdout)
+
+        let listed = try ember(["devices"], environment: [OpenCLDeviceChoice.environmentVariable: ""])
+        XCTAssertEqual(listed.status, 0, listed.stderr)
+        if case .success = OpenCLSystem.discover() {
+            XCTAssertTrue(listed.stdout.contains("* 0: "), listed.stdout)
+            XCTAssertTrue(listed.stdout.contains("chosen: device 0"), listed.stdout)
+            let off = try ember(["devices", "--gpu", "off"])
+            XCTAssertEqual(off.status, 0, off.stderr)
+            XCTAssertTrue(off.stdout.contains("none chosen: turned off"), off.stdout)
+            let beyond = try ember(["devices", "--device", "99"])
+            XCTAssertEqual(beyond.status, 1)
+            XCTAssertTrue(beyond.stderr.contains("no OpenCL device 99"), beyond.stderr)
+        } else {
+            XCTAssertTrue(listed.stdout.contains("OpenCL unavailable"), listed.stdout)
+        }
+        let bad = try ember(["devices", "--gpu", "maybe"])
+        XCTAssertEqual(bad.status, 2)
+        XCTAssertTrue(bad.stderr.contains("--gpu must be on or off"), bad.stderr)
     }
 
     func testBrokenModelFilesGiveAnErrorNotACrash() throws {

@@ -5,3 +5,4 @@
 #include "ember_vector.h"
 #include "ember_sparse.h"
 #include "ember_gemm.h"
+#include "ember_opencl.h"

@@ -1,0 +1,51 @@
+import EmberCore
+import Foundation
+
+/// `ember devices`: the OpenCL platforms and devices found, with their memory, and the one the
+/// device flags choose; or why OpenCL is unavailable (then Ember runs on the CPU). Either way
+/// it exits 0: no device is not an error.
+enum DevicesCommand {
+    static let flags: [Arguments.Flag] = DeviceFlags.all
+    static let summary = "list OpenCL devices and their memory, and which one Ember would use"
+
+    static func main(_ arguments: Arguments) throws {
+        let choice = try arguments.deviceChoice()
+        let libraryPath = OpenCLLibrary.path(environment: ProcessInfo.processInfo.environment)
+        let system: OpenCLSystem
+        switch OpenCLSystem.discover(libraryPath: libraryPath) {
+        case let .failure(unavailable):
+            print("OpenCL unavailable: \(unavailable.reason)\nEmber runs on the CPU.")
+            return
+        case let .success(found): system = found
+        }
+        print("OpenCL library: \(system.library.path)")
+        for platform in system.platforms {
+            print("platform: \(platform.name) (\(platform.vendor), \(platform.version))")
+        }
+        // Resolve the choice before listing, but report a bad index after the list it refers to.
+        let selected = Result { try system.select(choice) }
+        let chosenIndex = (try? selected.get().get())?.index
+        for device in system.devices {
+            let mark = device.index == chosenIndex ? "*" : " "
+            print("\(mark) \(device.index): \(device.name) [\(device.kind.rawValue)] on \(device.platform.name)")
+            print("     memory \(format(bytes: device.globalMemoryBytes)), largest buffer \(format(bytes: device.maxAllocationBytes)), "
+                  + "\(device.computeUnits) compute units, \(device.version)")
+        }
+        switch selected {
+        case let .failure(error): throw error
+        case let .success(.success(device)): print("chosen: device \(device.index) (\(device.name))")
+        case let .success(.failure(unavailable)): print("none chosen: \(unavailable.reason); Ember runs on the CPU.")
+        }
+    }
+
+    /// Bytes in binary units with one decimal.
+    static func format(bytes: Int) -> String {
+        let units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes), unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes) bytes" : String(format: "%.1f %@", value, units[unit])
+    }
+}
