@@ -99,6 +99,18 @@ public final class NeuronMajorMatrix: @unchecked Sendable {
         }
     }
 
+    /// The rows of `neurons` (ids into `source`, in that order) as a matrix of their own: a
+    /// device's share of a layer.
+    public init(selecting neurons: [Int32], of source: NeuronMajorMatrix) {
+        let rowBytes = source.weights.rowBytes
+        storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons.count * rowBytes), alignment: 64)
+        for (k, neuron) in neurons.enumerated() {
+            (storage + k * rowBytes).copyMemory(from: source.weights.data + Int(neuron) * rowBytes, byteCount: rowBytes)
+        }
+        weights = WeightMatrix(name: source.weights.name + ".selected", type: source.type, rows: neurons.count,
+                               columns: source.columns, data: UnsafeRawPointer(storage))
+    }
+
     deinit { storage.deallocate() }
 
     /// y[0..<columns] += Σ_k coefficients[k] · row rows[k].

@@ -5,24 +5,17 @@ import Foundation
 /// hot ones), and for a token computes the active ones among them while the CPU computes the
 /// active cold ones; the two partial outputs are summed once.
 ///
-/// The device mirrors the CPU's arithmetic: the input is quantized to the same activation
-/// format, rows are integer dots on the same blocks, down is the same Q8_0 (or F16) neuron-major
-/// copy. Only the order of float additions differs, so the sum equals the CPU-only result up to
-/// float rounding.
+/// The device mirrors the CPU's arithmetic (OpenCLSparseFeedForward): the input is quantized to
+/// the same activation format, rows are integer dots on the same blocks, down is the same Q8_0
+/// (or F16) neuron-major copy. Only the order of float additions differs.
 ///
-/// One token at a time: `start` enqueues the whole layer's work without waiting (the host does
-/// not come back between kernels), `finish` waits and adds the device's partial output.
+/// One token at a time: `start` enqueues the layer's work without waiting (no host round trip
+/// between kernels), `finish` waits and adds the device's partial output.
 public final class DeviceFeedForward: @unchecked Sendable {
     public let device: OpenCLDevice
-    private let kernels: OpenCLMatrixKernels
-    private let activationKernel: OpenCLKernel
-    private let zeroKernel: OpenCLKernel
-    private let activationCode: Int32
 
     private struct Layer {
-        let gate: OpenCLWeightMatrix?
-        let up: OpenCLWeightMatrix
-        let down: OpenCLWeightMatrix
+        let feedForward: OpenCLSparseFeedForward
         /// Model neuron id → row on the device, or -1 for neurons the CPU keeps.
         let rowOfNeuron: [Int32]
     }
@@ -31,13 +24,9 @@ public final class DeviceFeedForward: @unchecked Sendable {
 
     // Per-token buffers, sized for the largest layer.
     private let input: OpenCLBuffer
-    /// The input in each activation format the layers' matrices take (layers may differ).
-    private let activations: [TensorType: OpenCLBuffer]
     private let rowIDs: OpenCLBuffer
-    private let gateValues: OpenCLBuffer
-    private let upValues: OpenCLBuffer
-    private let coefficients: OpenCLBuffer
     private let output: OpenCLBuffer
+    private let zeros: [Float]
     private let partial: UnsafeMutablePointer<Float>
     private var pending = false
 
@@ -55,17 +44,9 @@ public final class DeviceFeedForward: @unchecked Sendable {
             throw OpenCLError.invalidArgument("the placement has \(deviceNeurons.count) layers, the model \(weights.layers.count)")
         }
         self.device = device
-        let kernels = try OpenCLMatrixKernels(device: device)
-        self.kernels = kernels
-        let program = try OpenCLProgram(source: Self.source, name: "hybrid feed-forward", device: device)
-        activationKernel = try program.kernel("gated_activation")
-        zeroKernel = try program.kernel("zero")
-        switch activation {
-        case .relu: activationCode = 0
-        case .silu: activationCode = 1
-        case .gelu: activationCode = 2
-        }
-        let d = weights.layers.first?.up.columns ?? 0
+        let matrices = try OpenCLMatrixKernels(device: device)
+        let vectors = try OpenCLVectorKernels(device: device)
+        let d = downs.first?.columns ?? 0
         hiddenLength = d
         var layers: [Layer?] = []
         var widest = 1
@@ -79,27 +60,21 @@ public final class DeviceFeedForward: @unchecked Sendable {
                 }
                 rowOfNeuron[Int(neuron)] = Int32(row)
             }
-            layers.append(Layer(gate: try w.gate.map { try Self.upload(rows: neurons, of: $0, kernels: kernels) },
-                                up: try Self.upload(rows: neurons, of: w.up, kernels: kernels),
-                                down: try Self.upload(rows: neurons, of: downs[l].weights, kernels: kernels),
-                                rowOfNeuron: rowOfNeuron))
+            let gate = w.gate.map { RowSelection(neurons, of: $0) }, up = RowSelection(neurons, of: w.up)
+            let feedForward = try withExtendedLifetime((gate, up)) {
+                try OpenCLSparseFeedForward(matrices: matrices, vectors: vectors, gate: gate?.matrix, up: up.matrix,
+                                            down: NeuronMajorMatrix(selecting: neurons, of: downs[l]),
+                                            activation: activation, capacity: neurons.count)
+            }
+            layers.append(Layer(feedForward: feedForward, rowOfNeuron: rowOfNeuron))
             widest = max(widest, neurons.count)
         }
         self.layers = layers
         deviceNeuronCounts = deviceNeurons.map(\.count)
         input = try device.makeBuffer(byteCount: d * 4, label: "hybrid input")
-        var activations: [TensorType: OpenCLBuffer] = [:]
-        for layer in layers.compactMap({ $0 }) {
-            for type in [layer.up.activationType] + (layer.gate.map { [$0.activationType] } ?? []) where activations[type] == nil {
-                activations[type] = try kernels.makeActivations(type, length: d, label: "hybrid input as \(type)")
-            }
-        }
-        self.activations = activations
-        rowIDs = try device.makeBuffer(byteCount: widest * 4, label: "hybrid neuron ids")
-        gateValues = try device.makeBuffer(byteCount: widest * 4, label: "hybrid gate values")
-        upValues = try device.makeBuffer(byteCount: widest * 4, label: "hybrid up values")
-        coefficients = try device.makeBuffer(byteCount: widest * 4, label: "hybrid coefficients")
+        rowIDs = try device.makeBuffer(byteCount: widest * 4, label: "hybrid neuron rows")
         output = try device.makeBuffer(byteCount: d * 4, label: "hybrid output")
+        zeros = [Float](repeating: 0, count: d)
         partial = .allocate(capacity: max(d, 1))
     }
 
@@ -115,35 +90,12 @@ public final class DeviceFeedForward: @unchecked Sendable {
     /// (hidden floats) and sends it to the device without waiting.
     public func start(layer: Int, input x: UnsafePointer<Float>, rows: UnsafePointer<Int32>, count: Int) throws {
         guard count > 0, let w = layers[layer] else { pending = false; return }
-        let d = hiddenLength
-        try device.write(UnsafeRawBufferPointer(start: x, count: d * 4), to: input)
+        try device.write(UnsafeRawBufferPointer(start: x, count: hiddenLength * 4), to: input)
         try device.write(UnsafeRawBufferPointer(start: rows, count: count * 4), to: rowIDs)
-        let upInput = try converted(to: w.up.activationType)
-        try kernels.multiply(w.up, gathering: rowIDs, count: count, activations: upInput, into: upValues)
-        if let gate = w.gate {
-            let gateInput = gate.activationType == w.up.activationType ? upInput : try converted(to: gate.activationType)
-            try kernels.multiply(gate, gathering: rowIDs, count: count, activations: gateInput, into: gateValues)
-        }
-        try activationKernel.setArguments([.buffer(w.gate == nil ? upValues : gateValues), .buffer(upValues),
-                                           .buffer(coefficients), .int32(Int32(count)), .int32(activationCode),
-                                           .int32(w.gate == nil ? 0 : 1)])
-        try device.enqueue(activationKernel, globalSize: count, localSize: Self.localSize)
-        try zeroKernel.setArguments([.buffer(output), .int32(Int32(d))])
-        try device.enqueue(zeroKernel, globalSize: d, localSize: Self.localSize)
-        try kernels.accumulate(w.down, rows: rowIDs, coefficients: coefficients, count: count, into: output)
+        try device.write(zeros, to: output)
+        try w.feedForward.run(input: input, active: rowIDs, count: count, output: output)
         try device.flush()
         pending = true
-    }
-
-    /// Enqueues the conversion of `input` to activation format `type`; returns its buffer.
-    private func converted(to type: TensorType) throws -> OpenCLBuffer {
-        let buffer = activations[type]!
-        if type == .f32 {
-            // Float activations: the kernels read the input as it is.
-            return input
-        }
-        try kernels.quantize(input, length: hiddenLength, to: type, into: buffer)
-        return buffer
     }
 
     /// Waits for the work `start` enqueued and adds its partial output into `y` (hidden floats).
@@ -153,42 +105,21 @@ public final class DeviceFeedForward: @unchecked Sendable {
         try device.read(output, into: UnsafeMutableRawBufferPointer(start: partial, count: hiddenLength * 4))
         VectorKernels.add(partial, into: y, hiddenLength)
     }
+}
 
-    /// Copies `rows` of `matrix` (whole quant-block rows) into one contiguous device matrix.
-    private static func upload(rows: [Int32], of matrix: WeightMatrix, kernels: OpenCLMatrixKernels) throws -> OpenCLWeightMatrix {
-        let bytes = UnsafeMutableRawPointer.allocate(byteCount: rows.count * matrix.rowBytes, alignment: 64)
-        defer { bytes.deallocate() }
+/// Some rows of a weight matrix copied into a matrix of their own (for upload).
+private final class RowSelection {
+    let matrix: WeightMatrix
+    private let storage: UnsafeMutableRawPointer
+
+    init(_ rows: [Int32], of source: WeightMatrix) {
+        storage = .allocate(byteCount: max(64, rows.count * source.rowBytes), alignment: 64)
         for (k, row) in rows.enumerated() {
-            (bytes + k * matrix.rowBytes).copyMemory(from: matrix.data + Int(row) * matrix.rowBytes, byteCount: matrix.rowBytes)
+            (storage + k * source.rowBytes).copyMemory(from: source.data + Int(row) * source.rowBytes, byteCount: source.rowBytes)
         }
-        return try kernels.upload(WeightMatrix(name: matrix.name + ".device_rows", type: matrix.type, rows: rows.count,
-                                               columns: matrix.columns, data: UnsafeRawPointer(bytes)))
+        matrix = WeightMatrix(name: source.name + ".selected", type: source.type, rows: rows.count, columns: source.columns,
+                              data: UnsafeRawPointer(storage))
     }
 
-    static let localSize = 64
-
-    /// The activation between the gathered rows and the down projection, and a fill.
-    /// Activations as the CPU computes them (vector.c): ReLU, SiLU, and GELU's tanh form.
-    static let source = """
-    __kernel void gated_activation(__global const float *gate, __global const float *up, __global float *out,
-                                   int count, int kind, int gated) {
-        int k = get_global_id(0);
-        if (k >= count) return;
-        float g = gate[k];
-        float a;
-        if (kind == 0) {
-            a = fmax(g, 0.0f);
-        } else if (kind == 1) {
-            a = g / (1.0f + exp(-g));
-        } else {
-            a = 0.5f * g * (1.0f + tanh(0.7978845608f * (g + 0.044715f * g * g * g)));
-        }
-        out[k] = gated ? a * up[k] : a;
-    }
-
-    __kernel void zero(__global float *y, int n) {
-        int i = get_global_id(0);
-        if (i < n) y[i] = 0.0f;
-    }
-    """
+    deinit { storage.deallocate() }
 }
