@@ -25,8 +25,12 @@ enum BenchCommand {
 
         let prefill = Statistics.median(result.prefill)
         let decode = Statistics.median(result.decode)
+        // Hybrid runs: the counts cover the last repetition's decoded tokens.
+        let sparse = session.pass.sparsity as? SparseExecution
+        let hybrid = sparse?.hybridDevice == nil ? nil : sparse?.hybrid
+        let perToken = 1000 / Double(max(generated, 1))
         if arguments.has("--json") {
-            let object: [String: Any] = [
+            var object: [String: Any] = [
                 "model": loaded.path, "threads": session.pool.threadCount,
                 "prompt_tokens": promptTokens, "generated_tokens": generated, "repetitions": repetitions,
                 "prefill_tps": result.prefill, "decode_tps": result.decode,
@@ -37,6 +41,13 @@ enum BenchCommand {
                 "sparsity_mode": (session.pass.sparsity as? SparseExecution)?.mode.description ?? "dense",
                 "ffn_sparsity": result.feedForwardSparsity,
             ]
+            if let hybrid, let device = sparse?.hybridDevice {
+                object["device"] = device.info.name
+                object["device_share"] = hybrid.deviceShare
+                object["cpu_ms_per_token"] = hybrid.cpuSeconds * perToken
+                object["device_wait_ms_per_token"] = hybrid.deviceWaitSeconds * perToken
+                if let failure = hybrid.failure { object["device_failure"] = failure }
+            }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
             return
@@ -55,5 +66,13 @@ enum BenchCommand {
         }
         print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; median decode uses %.0f %% of it",
                      Double(result.weightBytesPerToken) / 1e6, result.readBandwidth / 1e9, result.bandwidthShare * 100))
+        if let hybrid, let device = sparse?.hybridDevice, generated > 0 {
+            print(String(format: "hybrid: %@ computed %.1f %% of the activated neurons (%.0f per token, the CPU %.0f); "
+                            + "per token the CPU worked %.2f ms on its neurons, then waited %.2f ms for the device",
+                         device.info.name, hybrid.deviceShare * 100, Double(hybrid.deviceNeurons) / Double(generated),
+                         Double(hybrid.cpuNeurons) / Double(generated), hybrid.cpuSeconds * perToken,
+                         hybrid.deviceWaitSeconds * perToken))
+            if let failure = hybrid.failure { print("hybrid: the device failed and the CPU took over: \(failure)") }
+        }
     }
 }

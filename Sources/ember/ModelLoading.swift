@@ -53,7 +53,10 @@ enum SparsityFlags {
               help: "dense | exact | threshold[:S] | down[:S] | predictor (default: dense; predictor when the model ships predictors)"),
         .init(names: ["--stats"], takesValue: true, help: "activation statistics from `ember profile` (default: MODEL.stats.gguf beside the model)"),
         .init(names: ["--predictor"], takesValue: true, help: "predictors from `ember train-predictor` (default: MODEL.predictor.gguf beside the model)"),
-    ]
+        .init(names: ["--vram-budget"], takesValue: true,
+              help: "hybrid: the OpenCL device holds the hottest FFN neurons in this much memory (e.g. 2GiB) and computes them "
+                + "beside the CPU; needs --sparsity predictor and statistics (placement: MODEL.placement.gguf, else solved)"),
+    ] + DeviceFlags.all
 
     /// A file beside the model: MODEL.gguf → MODEL.<suffix>.gguf.
     static func companion(of modelPath: String, _ suffix: String) -> String {
@@ -75,6 +78,13 @@ enum SparsityFlags {
         } else {
             mode = shipsPredictors ? .predictor : .dense
         }
+        let budget = try arguments.string("--vram-budget").map { text -> Int in
+            guard let bytes = ByteSize.parse(text) else {
+                throw UsageError("--vram-budget must be a size such as 6GiB, 512MiB, 1.5GB or a byte count, not \"\(text)\"")
+            }
+            guard mode == .predictor else { throw UsageError(SparseExecutionError.hybridNeedsPredictor.description) }
+            return bytes
+        }
         if mode == .dense { return nil }
         for flag in ["--stats", "--predictor"] {
             if let path = arguments.string(flag), !FileManager.default.fileExists(atPath: path) {
@@ -86,7 +96,54 @@ enum SparsityFlags {
         if mode == .predictor, FileManager.default.fileExists(atPath: predictorPath) {
             predictor = try loadPredictor(predictorPath, model: model)
         }
-        return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool)
+        let hybrid = try budget.flatMap {
+            try hybridPlacement(arguments, budget: $0, model: model, modelPath: modelPath, statsPath: statsPath,
+                                statistics: statistics, predictor: predictor)
+        }
+        return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool, hybrid: hybrid)
+    }
+
+    /// The device and its neurons for `--vram-budget`, or nil (with a note) when no OpenCL device
+    /// is there or `--gpu off` asks for the CPU alone. The device runs only the FFN for now, so
+    /// the whole budget, less the working buffers, goes to FFN neurons.
+    static func hybridPlacement(_ arguments: Arguments, budget: Int, model: LanguageModel, modelPath: String, statsPath: String,
+                                statistics: ActivationStatistics?, predictor: ActiveNeuronPredictor?) throws -> HybridPlacement? {
+        guard let statistics else {
+            throw UsageError("--vram-budget places the hottest neurons by their firing counts: make statistics with `ember profile` "
+                + "and pass --stats FILE")
+        }
+        let choice = try arguments.deviceChoice()
+        if choice == .off {
+            Terminal.note("ember: --gpu off: the CPU computes every neuron")
+            return nil
+        }
+        let system: OpenCLSystem
+        switch OpenCLSystem.discover() {
+        case let .success(found): system = found
+        case let .failure(unavailable):
+            Terminal.note("ember: \(unavailable); the CPU computes every neuron")
+            return nil
+        }
+        let device = try OpenCLDevice(system, choice: choice, memoryBudget: budget)
+        // Counts of the sparsity the predictors were trained for, else the statistics' highest.
+        let trained = (predictor as? PredictorSet)?.metadata.targetSparsity ?? 0
+        let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
+        let options = PlacementOptions(sparsityTarget: target, placesDenseBlocks: false,
+                                       reservedBytes: min(budget, DeviceFeedForward.workingBytes(model.config)))
+        let (placement, source) = try Placement.load(model: model, modelPath: modelPath, budget: budget, options: options,
+                                                     statisticsPath: statsPath)
+        let placed = placement.deviceNeurons.reduce(0) { $0 + $1.count }
+        let origin: String
+        switch source {
+        case let .file(path): origin = "from " + path
+        case .solved: origin = "solved from " + statsPath
+        }
+        Terminal.note(String(format: "ember: hybrid: %@ holds %d of %d FFN neurons (%@ of weights in a %@ budget); "
+                                + "expected device share of activated neurons %.1f %% (placement %@)",
+                             device.info.name, placed, model.config.layerCount * model.config.feedForwardLength,
+                             ByteSize.format(placement.neuronBytes), ByteSize.format(budget),
+                             placement.expectedDeviceShare * 100, origin))
+        return HybridPlacement(device: device, deviceNeurons: placement.deviceNeurons)
     }
 }
 

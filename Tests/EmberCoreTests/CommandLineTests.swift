@@ -212,4 +212,66 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(text.stdout.contains("expected device share of activated-neuron work"), text.stdout)
         XCTAssertTrue(text.stdout.contains("offloading whole layers instead"), text.stdout)
     }
+
+    /// `--vram-budget` end to end on SmolLM2 with seeded random statistics and predictors: the
+    /// device takes its hottest neurons and `bench` reports its share; mistakes exit 2; `--gpu
+    /// off` runs on the CPU alone; a budget beyond the device's memory is a clear error.
+    func testHybridRunAndBench() throws {
+        if case let .failure(unavailable) = OpenCLLibrary.load() {
+            throw XCTSkip("libOpenCL.so.1 is absent (scripts/setup --opencl installs PoCL): \(unavailable.reason)")
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-hybrid-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = try smol()
+        let config = try TestData.model(.smolLM2).config
+        let d = config.embeddingLength, f = config.feedForwardLength, r = 8
+        var random = SplitMix64(seed: 9)
+        let layers = (0..<config.layerCount).map { _ in
+            ActivationStatistics.Layer(gateThresholds: [0], downThresholds: [0],
+                                       counts: [(0..<f).map { _ in Float(Int.random(in: 0...50, using: &random)) }])
+        }
+        let stats = directory.appendingPathComponent("stats.gguf").path
+        try ActivationStatistics(sourceModel: "test", corpusSHA256: "", tokens: 50, activation: "silu", gated: true,
+                                 feedForwardLength: f, sparsityTargets: [0.5], layers: layers).write(to: stats)
+        func weights(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -0.1...0.1, using: &random) } }
+        let predictor = directory.appendingPathComponent("predictor.gguf").path
+        try PredictorSet(fc1: (0..<config.layerCount).map { _ in weights(r * d) }, fc2: (0..<config.layerCount).map { _ in weights(f * r) },
+                         ranks: Array(repeating: r, count: config.layerCount),
+                         thresholds: Array(repeating: 0, count: config.layerCount), inputLength: d, neuronCount: f).write(to: predictor)
+        let sparse = ["-m", path, "--sparsity", "predictor", "--stats", stats, "--predictor", predictor]
+
+        let mistakes: [([String], String)] = [
+            (["run", "-p", "hi", "-m", path, "--vram-budget", "1GiB"], "needs --sparsity predictor"),
+            (["run", "-p", "hi", "--vram-budget", "12XB"] + sparse, "--vram-budget must be a size"),
+            (["run", "-p", "hi", "--vram-budget", "16MiB", "--gpu", "maybe"] + sparse, "--gpu"),
+        ]
+        for (arguments, message) in mistakes {
+            let outcome = try ember(arguments)
+            XCTAssertEqual(outcome.status, 2, "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): stderr was \(outcome.stderr)")
+        }
+
+        let run = try ember(["run", "-p", "The capital of France is", "-n", "6", "--temp", "0", "--vram-budget", "16MiB"] + sparse)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stderr.contains("hybrid:") && run.stderr.contains("FFN neurons"), run.stderr)
+        XCTAssertFalse(run.stdout.isEmpty)
+
+        let bench = try ember(["bench", "-p", "8", "-n", "8", "-r", "1", "-t", "2", "--json", "--vram-budget", "16MiB"] + sparse)
+        XCTAssertEqual(bench.status, 0, bench.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])
+        let share = try XCTUnwrap(json["device_share"] as? Double)
+        // 16 MiB holds about a quarter of SmolLM2's FFN neurons (gate and up in Q4_1, down in Q8_0).
+        XCTAssertGreaterThan(share, 0.05)
+        XCTAssertLessThan(share, 0.6)
+        XCTAssertNil(json["device_failure"])
+
+        let off = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "16MiB", "--gpu", "off"] + sparse)
+        XCTAssertEqual(off.status, 0, off.stderr)
+        XCTAssertTrue(off.stderr.contains("--gpu off"), off.stderr)
+
+        let huge = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "64TiB"] + sparse)
+        XCTAssertEqual(huge.status, 1, huge.stderr)
+        XCTAssertTrue(huge.stderr.contains("memory"), huge.stderr)
+    }
 }

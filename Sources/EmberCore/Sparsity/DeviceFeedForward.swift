@@ -80,6 +80,15 @@ public final class DeviceFeedForward: @unchecked Sendable {
 
     deinit { partial.deallocate() }
 
+    /// At most how many bytes of device memory a model's working buffers take beside the
+    /// weights (every neuron placed, scratch as floats): what a placement must leave free.
+    public static func workingBytes(_ config: ModelConfig) -> Int {
+        let d = config.embeddingLength, f = config.feedForwardLength
+        // Per layer: gate and up values per neuron, the input in up to two activation formats;
+        // then the input, the neuron rows and the output.
+        return config.layerCount * (8 * f + 8 * d) + 8 * d + 4 * f
+    }
+
     /// The device row of `neuron` in `layer`, or -1 when the CPU computes it.
     @inline(__always)
     public func deviceRow(layer: Int, neuron: Int32) -> Int32 {

@@ -32,13 +32,17 @@ public struct Placement: Sendable, Equatable {
     /// Bytes used by the dense blocks and by the FFN neurons.
     public var denseBytes: Int
     public var neuronBytes: Int
+    /// Bytes kept for the device's working buffers (part of the budget, before any block).
+    public var reservedBytes: Int
     /// Expected share of activated-neuron work the device serves: the placed neurons' summed
     /// firing frequencies over those of all neurons.
     public var expectedDeviceShare: Double
 
     public init(budget: Int, granularity: Int, minimumGroups: Int, modelName: String, statisticsSHA256: String,
                 sparsityTarget: Float, feedForwardLength: Int, denseBlocks: [PlacementCosts.DenseBlock],
-                deviceNeurons: [[Int32]], denseBytes: Int, neuronBytes: Int, expectedDeviceShare: Double) {
+                deviceNeurons: [[Int32]], denseBytes: Int, neuronBytes: Int, expectedDeviceShare: Double,
+                reservedBytes: Int = 0) {
+        self.reservedBytes = reservedBytes
         self.budget = budget
         self.granularity = granularity
         self.minimumGroups = minimumGroups
@@ -54,7 +58,7 @@ public struct Placement: Sendable, Equatable {
     }
 
     public var layerCount: Int { deviceNeurons.count }
-    public var usedBytes: Int { denseBytes + neuronBytes }
+    public var usedBytes: Int { reservedBytes + denseBytes + neuronBytes }
 
     static let architecture = "generic.gpu_index"
 }
@@ -73,9 +77,12 @@ public struct PlacementOptions: Sendable, Equatable {
     /// False: the whole budget goes to FFN neurons (the dense blocks stay on the host), which
     /// isolates the neuron placement, e.g. to compare with PowerInfer's FFN-only figures.
     public var placesDenseBlocks = true
+    /// Bytes of the budget kept for the device's working buffers, placed before anything else.
+    public var reservedBytes = 0
 
     public init(granularity: Int = 32, minimumGroups: Int = 0, sparsityTarget: Float? = nil, kvCacheTokens: Int = 0,
-                placesDenseBlocks: Bool = true) {
+                placesDenseBlocks: Bool = true, reservedBytes: Int = 0) {
+        self.reservedBytes = reservedBytes
         self.granularity = granularity
         self.minimumGroups = minimumGroups
         self.sparsityTarget = sparsityTarget
@@ -192,7 +199,9 @@ extension Placement {
         }
         let start = DispatchTime.now()
 
-        var remaining = budget
+        guard options.reservedBytes >= 0 else { throw PlacementError.invalidOptions("the reserved bytes cannot be negative") }
+        let placeable = max(0, budget - options.reservedBytes)
+        var remaining = placeable
         var dense: [PlacementCosts.DenseBlock] = []
         // Blocks that do not fit are skipped, so a large output head leaves room for the rest.
         for cost in costs.denseBlocks where options.placesDenseBlocks && cost.bytes <= remaining {
@@ -227,10 +236,10 @@ extension Placement {
         let placement = Placement(
             budget: budget, granularity: g, minimumGroups: options.minimumGroups, modelName: modelName,
             statisticsSHA256: statisticsSHA256, sparsityTarget: sparsityTarget, feedForwardLength: f,
-            denseBlocks: dense, deviceNeurons: neurons, denseBytes: budget - remaining, neuronBytes: assignment.bytes,
-            expectedDeviceShare: total > 0 ? assignment.mass / total : 0)
+            denseBlocks: dense, deviceNeurons: neurons, denseBytes: placeable - remaining, neuronBytes: assignment.bytes,
+            expectedDeviceShare: total > 0 ? assignment.mass / total : 0, reservedBytes: budget - placeable)
         return PlacementReport(placement: placement,
-                               deviceReadShare: reads > 0 ? (Double(budget - remaining) + deviceNeuronReads) / reads : 0,
+                               deviceReadShare: reads > 0 ? (Double(placeable - remaining) + deviceNeuronReads) / reads : 0,
                                assignment: assignment, solveSeconds: elapsed,
                                layerOffloading: LayerOffloading(costs: costs, frequencies: frequencies, budget: budget))
     }
@@ -293,7 +302,8 @@ extension Placement {
             let config = model.config
             var matches = stored.budget == budget && stored.granularity == options.granularity
                 && stored.minimumGroups == options.minimumGroups && stored.layerCount == config.layerCount
-                && stored.feedForwardLength == config.feedForwardLength && stored.modelName == modelName(model, path: modelPath)
+                && stored.feedForwardLength == config.feedForwardLength
+                && stored.reservedBytes == min(budget, options.reservedBytes) && stored.modelName == modelName(model, path: modelPath)
             if let target = options.sparsityTarget { matches = matches && abs(stored.sparsityTarget - target) <= 0.005 }
             if !options.placesDenseBlocks { matches = matches && stored.denseBlocks.isEmpty }
             if matches, haveStatistics { matches = stored.statisticsSHA256 == (try fileSHA256(statisticsPath)) }
@@ -326,6 +336,7 @@ extension Placement {
         writer.set("ember.placement.dense_blocks", .array(.string, denseBlocks.map { .string($0.description) }))
         writer.set("ember.placement.dense_bytes", .uint64(UInt64(denseBytes)))
         writer.set("ember.placement.neuron_bytes", .uint64(UInt64(neuronBytes)))
+        writer.set("ember.placement.reserved_bytes", .uint64(UInt64(reservedBytes)))
         writer.set("ember.placement.expected_device_share", .float64(expectedDeviceShare))
         for (l, ids) in deviceNeurons.enumerated() {
             var onDevice = [Int32](repeating: 0, count: feedForwardLength)
@@ -366,6 +377,7 @@ extension Placement {
         sparsityTarget = Float(try file.float("ember.placement.sparsity_target") ?? 0)
         denseBytes = try nonNegative("ember.placement.dense_bytes", try file.int("ember.placement.dense_bytes")) ?? 0
         neuronBytes = try nonNegative("ember.placement.neuron_bytes", try file.int("ember.placement.neuron_bytes")) ?? 0
+        reservedBytes = try nonNegative("ember.placement.reserved_bytes", try file.int("ember.placement.reserved_bytes")) ?? 0
         expectedDeviceShare = try file.float("ember.placement.expected_device_share") ?? 0
         guard granularity >= 1 else { throw malformed("ember.placement.granularity is 0") }
         denseBlocks = try (file.stringArray("ember.placement.dense_blocks") ?? []).map { name in

@@ -85,6 +85,8 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
 
     /// Hybrid runs: what each side did for decoded tokens so far.
     public var hybrid: HybridCounts { decoder?.hybridCounts ?? HybridCounts() }
+    /// The device of a hybrid run (nil: CPU only).
+    public let hybridDevice: OpenCLDevice?
 
     /// Starts counting `activeNeurons`, `neuronSlots` and `hybrid` afresh.
     public func resetCounts() {
@@ -151,6 +153,7 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         let bytesPerLayer = (predictor?.byteCount ?? 0) / max(1, layers)
         predictorPool = bytesPerLayer >= Self.threadedPredictorBytes && pool.threadCount > 1 ? pool : nil
         if hybrid != nil, mode != .predictor { throw SparseExecutionError.hybridNeedsPredictor }
+        hybridDevice = hybrid?.device
         decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool, hybrid: hybrid)
     }
 
