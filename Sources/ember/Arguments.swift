@@ -120,6 +120,16 @@ enum DeviceFlags {
 }
 
 extension Arguments {
+    /// `--vram-budget` in bytes, nil when not given; a malformed size is a usage error.
+    func vramBudget() throws -> Int? {
+        try string("--vram-budget").map { text in
+            guard let bytes = ByteSize.parse(text) else {
+                throw UsageError("--vram-budget must be a size such as 6GiB, 512MiB, 1.5GB or a byte count, not \"\(text)\"")
+            }
+            return bytes
+        }
+    }
+
     /// The device `--gpu`, `--device` and EMBER_OPENCL_DEVICE choose; a malformed value is a usage error.
     func deviceChoice() throws -> OpenCLDeviceChoice {
         do {

@@ -78,13 +78,8 @@ enum SparsityFlags {
         } else {
             mode = shipsPredictors ? .predictor : .dense
         }
-        let budget = try arguments.string("--vram-budget").map { text -> Int in
-            guard let bytes = ByteSize.parse(text) else {
-                throw UsageError("--vram-budget must be a size such as 6GiB, 512MiB, 1.5GB or a byte count, not \"\(text)\"")
-            }
-            guard mode == .predictor else { throw UsageError(SparseExecutionError.hybridNeedsPredictor.description) }
-            return bytes
-        }
+        let budget = try arguments.vramBudget()
+        if budget != nil, mode != .predictor { throw UsageError(SparseExecutionError.hybridNeedsPredictor.description) }
         if mode == .dense { return nil }
         for flag in ["--stats", "--predictor"] {
             if let path = arguments.string(flag), !FileManager.default.fileExists(atPath: path) {

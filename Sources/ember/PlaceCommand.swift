@@ -20,10 +20,7 @@ enum PlaceCommand {
     static let summary = "place dense blocks and hot FFN neurons on the fast device under a memory budget"
 
     static func main(_ arguments: Arguments) throws {
-        guard let budgetText = arguments.string("--vram-budget") else { throw UsageError("give the device memory with --vram-budget SIZE") }
-        guard let budget = ByteSize.parse(budgetText) else {
-            throw UsageError("--vram-budget must be a size such as 6GiB, 512MiB, 1.5GB or a byte count, not \"\(budgetText)\"")
-        }
+        guard let budget = try arguments.vramBudget() else { throw UsageError("give the device memory with --vram-budget SIZE") }
         var options = PlacementOptions()
         options.granularity = try arguments.int("--granularity", default: 32, range: 1...1 << 20)
         options.minimumGroups = try arguments.int("--min-groups", default: 0, range: 0...1 << 20)

@@ -104,9 +104,7 @@ public final class NeuronMajorMatrix: @unchecked Sendable {
     public init(selecting neurons: [Int32], of source: NeuronMajorMatrix) {
         let rowBytes = source.weights.rowBytes
         storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons.count * rowBytes), alignment: 64)
-        for (k, neuron) in neurons.enumerated() {
-            (storage + k * rowBytes).copyMemory(from: source.weights.data + Int(neuron) * rowBytes, byteCount: rowBytes)
-        }
+        source.weights.copyRows(neurons, to: storage)
         weights = WeightMatrix(name: source.weights.name + ".selected", type: source.type, rows: neurons.count,
                                columns: source.columns, data: UnsafeRawPointer(storage))
     }

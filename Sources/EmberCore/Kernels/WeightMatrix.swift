@@ -42,6 +42,14 @@ public struct WeightMatrix: @unchecked Sendable {
                      y, Int64(ldy), Int64(range.lowerBound), Int64(range.upperBound))
     }
 
+    /// Copies rows `rows` (in that order) one after another into `destination` (room for
+    /// `rows.count * rowBytes` bytes): a selection of neurons as a matrix of its own.
+    public func copyRows(_ rows: [Int32], to destination: UnsafeMutableRawPointer) {
+        for (k, row) in rows.enumerated() {
+            (destination + k * rowBytes).copyMemory(from: data + Int(row) * rowBytes, byteCount: rowBytes)
+        }
+    }
+
     /// Row `r` expanded to floats.
     public func dequantizeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         ember_dequantize_row(Int32(type.rawValue), data + r * rowBytes, out, Int64(columns))

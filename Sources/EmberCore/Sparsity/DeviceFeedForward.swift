@@ -123,9 +123,7 @@ private final class RowSelection {
 
     init(_ rows: [Int32], of source: WeightMatrix) {
         storage = .allocate(byteCount: max(64, rows.count * source.rowBytes), alignment: 64)
-        for (k, row) in rows.enumerated() {
-            (storage + k * source.rowBytes).copyMemory(from: source.data + Int(row) * source.rowBytes, byteCount: source.rowBytes)
-        }
+        source.copyRows(rows, to: storage)
         matrix = WeightMatrix(name: source.name + ".selected", type: source.type, rows: rows.count, columns: source.columns,
                               data: UnsafeRawPointer(storage))
     }

@@ -32,8 +32,7 @@ public final class OpenCLWeightMatrix: @unchecked Sendable {
 /// before anything is enqueued, so bad input is a thrown error, never a read outside a buffer.
 public final class OpenCLMatrixKernels: @unchecked Sendable {
     public let device: OpenCLDevice
-    private let program: OpenCLProgram
-    private var kernels: [String: OpenCLKernel] = [:]
+    private let kernels: OpenCLKernelSet
 
     /// Weight types with dense and row-gather kernels.
     public static let supportedTypes: Set<TensorType> = [.f32, .f16, .q4_0, .q4_1, .q5_0, .q8_0, .q4_K, .q6_K]
@@ -45,20 +44,12 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
 
     /// Builds the kernels for `device`.
     public init(device: OpenCLDevice) throws {
-        guard device.info.maxWorkGroupSize >= Self.largestLocalSize else {
-            throw OpenCLError.invalidArgument("OpenCL device \(device.info.name) runs work-groups of at most "
-                                              + "\(device.info.maxWorkGroupSize) items; Ember's kernels need \(Self.largestLocalSize)")
-        }
         self.device = device
-        program = try OpenCLProgram(source: OpenCLMatrixKernelSource.source, name: "matrix kernels", device: device)
+        kernels = try OpenCLKernelSet(source: OpenCLMatrixKernelSource.source, name: "matrix kernels",
+                                      groupSize: Self.largestLocalSize, device: device)
     }
 
-    private func kernel(_ name: String) throws -> OpenCLKernel {
-        if let k = kernels[name] { return k }
-        let k = try program.kernel(name)
-        kernels[name] = k
-        return k
-    }
+    private func kernel(_ name: String) throws -> OpenCLKernel { try kernels.kernel(name) }
 
     /// The activation format of a weight type, as the CPU's ember_activation_type says.
     public static func activationType(for type: TensorType) -> TensorType {

@@ -93,3 +93,25 @@ public final class OpenCLKernel: @unchecked Sendable {
         }
     }
 }
+
+/// A program's kernels by name, each made on first use and then reused, for a device that
+/// must run work-groups of `groupSize` items.
+final class OpenCLKernelSet {
+    private let program: OpenCLProgram
+    private var kernels: [String: OpenCLKernel] = [:]
+
+    init(source: String, name: String, groupSize: Int, device: OpenCLDevice) throws {
+        guard device.info.maxWorkGroupSize >= groupSize else {
+            throw OpenCLError.invalidArgument("OpenCL device \(device.info.name) runs work-groups of at most "
+                                              + "\(device.info.maxWorkGroupSize) items; Ember's \(name) need \(groupSize)")
+        }
+        program = try OpenCLProgram(source: source, name: name, device: device)
+    }
+
+    func kernel(_ name: String) throws -> OpenCLKernel {
+        if let k = kernels[name] { return k }
+        let k = try program.kernel(name)
+        kernels[name] = k
+        return k
+    }
+}

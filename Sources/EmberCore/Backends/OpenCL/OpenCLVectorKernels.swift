@@ -3,24 +3,15 @@
 /// enqueue work, and sizes are checked before anything is enqueued.
 public final class OpenCLVectorKernels: @unchecked Sendable {
     public let device: OpenCLDevice
-    private let program: OpenCLProgram
-    private var kernels: [String: OpenCLKernel] = [:]
+    private let kernels: OpenCLKernelSet
 
     public init(device: OpenCLDevice) throws {
-        guard device.info.maxWorkGroupSize >= OpenCLVectorKernelSource.groupSize else {
-            throw OpenCLError.invalidArgument("OpenCL device \(device.info.name) runs work-groups of at most "
-                                              + "\(device.info.maxWorkGroupSize) items; Ember's kernels need \(OpenCLVectorKernelSource.groupSize)")
-        }
         self.device = device
-        program = try OpenCLProgram(source: OpenCLVectorKernelSource.source, name: "vector kernels", device: device)
+        kernels = try OpenCLKernelSet(source: OpenCLVectorKernelSource.source, name: "vector kernels",
+                                      groupSize: OpenCLVectorKernelSource.groupSize, device: device)
     }
 
-    private func kernel(_ name: String) throws -> OpenCLKernel {
-        if let k = kernels[name] { return k }
-        let k = try program.kernel(name)
-        kernels[name] = k
-        return k
-    }
+    private func kernel(_ name: String) throws -> OpenCLKernel { try kernels.kernel(name) }
 
     private static func positive(_ values: [(String, Int)]) throws {
         for (name, value) in values where value <= 0 {
