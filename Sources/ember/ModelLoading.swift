@@ -56,6 +56,8 @@ enum SparsityFlags {
         .init(names: ["--vram-budget"], takesValue: true,
               help: "hybrid: the OpenCL device holds the hottest FFN neurons in this much memory (e.g. 2GiB) and computes them "
                 + "beside the CPU; needs --sparsity predictor and statistics (placement: MODEL.placement.gguf, else solved)"),
+        .init(names: ["--placement"], takesValue: true,
+              help: "placement from `ember place` for --vram-budget (default: MODEL.placement.gguf; solved anew when made for other settings)"),
     ] + DeviceFlags.all
 
     /// A file beside the model: MODEL.gguf → MODEL.<suffix>.gguf.
@@ -125,13 +127,19 @@ enum SparsityFlags {
         let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
         let options = PlacementOptions(sparsityTarget: target, placesDenseBlocks: false,
                                        reservedBytes: min(budget, DeviceFeedForward.workingBytes(model.config)))
+        let placementPath = arguments.string("--placement")
+        if let placementPath, !FileManager.default.fileExists(atPath: placementPath) {
+            throw UsageError("no file at \(placementPath) (--placement)")
+        }
         let (placement, source) = try Placement.load(model: model, modelPath: modelPath, budget: budget, options: options,
-                                                     statisticsPath: statsPath)
+                                                     statisticsPath: statsPath, placementPath: placementPath)
         let placed = placement.deviceNeurons.reduce(0) { $0 + $1.count }
         let origin: String
         switch source {
         case let .file(path): origin = "from " + path
-        case .solved: origin = "solved from " + statsPath
+        case .solved:
+            origin = "solved from " + statsPath
+                + (placementPath.map { ", as \($0) was made for another budget, model, statistics or settings" } ?? "")
         }
         Terminal.note(String(format: "ember: hybrid: %@ holds %d of %d FFN neurons (%@ of weights in a %@ budget); "
                                 + "expected device share of activated neurons %.1f %% (placement %@)",

@@ -36,6 +36,9 @@ enum PlaceCommand {
         guard FileManager.default.fileExists(atPath: statsPath) else {
             throw UsageError("give the activation statistics with --stats FILE (none at \(statsPath))")
         }
+        // The device's working buffers come out of the budget first, as in a hybrid run, so
+        // a file written here is the one `--vram-budget` runs pick up.
+        options.reservedBytes = min(budget, DeviceFeedForward.workingBytes(loaded.model.config))
         let report: PlacementReport
         do {
             report = try Placement.solve(model: loaded.model, modelPath: loaded.path, statisticsPath: statsPath,
@@ -60,7 +63,7 @@ enum PlaceCommand {
         print("placement of \(p.modelName) (\((model as NSString).lastPathComponent)) with \((stats as NSString).lastPathComponent)"
               + String(format: " (sparsity target %.2f), granularity %d, minimum groups %d", p.sparsityTarget, p.granularity, p.minimumGroups))
         print("budget: \(ByteSize.format(p.budget)) (\(p.budget) bytes); used \(ByteSize.format(p.usedBytes)): "
-              + "dense \(ByteSize.format(p.denseBytes)) + FFN \(ByteSize.format(p.neuronBytes))")
+              + "working buffers \(ByteSize.format(p.reservedBytes)) + dense \(ByteSize.format(p.denseBytes)) + FFN \(ByteSize.format(p.neuronBytes))")
         print("dense blocks on the device: attention of \(attention) of \(p.layerCount) layers, output head "
               + (p.denseBlocks.contains(.outputHead) ? "yes" : "no"))
         print(String(format: "FFN neurons on the device: %d of %d (%.1f %%); per layer: ", neurons, all, Double(neurons) / Double(max(all, 1)) * 100)
@@ -82,7 +85,7 @@ enum PlaceCommand {
             "model": model, "model_name": p.modelName, "stats": stats, "stats_sha256": p.statisticsSHA256,
             "budget_bytes": p.budget, "granularity": p.granularity, "minimum_groups": p.minimumGroups,
             "sparsity_target": Double(p.sparsityTarget),
-            "dense_bytes": p.denseBytes, "ffn_bytes": p.neuronBytes, "used_bytes": p.usedBytes,
+            "dense_bytes": p.denseBytes, "ffn_bytes": p.neuronBytes, "reserved_bytes": p.reservedBytes, "used_bytes": p.usedBytes,
             "dense_blocks": p.denseBlocks.map(\.description),
             "device_neurons_per_layer": p.deviceNeurons.map(\.count),
             "solve_seconds": report.solveSeconds, "exact": a.exact, "capacity_units": a.capacityUnits, "quantum_bytes": a.quantum,

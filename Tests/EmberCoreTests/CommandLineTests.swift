@@ -266,6 +266,16 @@ final class CommandLineTests: XCTestCase {
         XCTAssertLessThan(share, 0.6)
         XCTAssertNil(json["device_failure"])
 
+        // A placement written by `ember place` for the same settings is the one the run uses.
+        let placementPath = directory.appendingPathComponent("placement.gguf").path
+        let place = try ember(["place", "-m", path, "--stats", stats, "--vram-budget", "16MiB", "--ffn-only", "-o", placementPath])
+        XCTAssertEqual(place.status, 0, place.stderr)
+        let placed = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "16MiB", "--placement", placementPath] + sparse)
+        XCTAssertEqual(placed.status, 0, placed.stderr)
+        XCTAssertTrue(placed.stderr.contains("placement from \(placementPath)"), placed.stderr)
+        let other = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "12MiB", "--placement", placementPath] + sparse)
+        XCTAssertTrue(other.stderr.contains("was made for another budget"), other.stderr)
+
         let off = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "16MiB", "--gpu", "off"] + sparse)
         XCTAssertEqual(off.status, 0, off.stderr)
         XCTAssertTrue(off.stderr.contains("--gpu off"), off.stderr)
