@@ -66,6 +66,38 @@ final class HybridTests: XCTestCase {
         }
     }
 
+    /// Gemma 3: GELU, Q5_0 gate and up rows, down rows made neuron-major from Q4_K and Q6_K
+    /// layers. Random inputs at the scale of a normed vector serve: the FFN is checked alone.
+    func testGemmaLayersMatchCPUOnly() throws {
+        let model = try TestData.model(.gemma3)
+        let config = model.config
+        let f = config.feedForwardLength, d = config.embeddingLength
+        var random = SplitMix64(seed: 3)
+        let active = (0..<config.layerCount).map { _ in (0..<f).filter { _ in Bool.random(using: &random) }.map { Int32($0) } }
+        let predictor = FixedNeurons(active, neuronCount: f)
+        let placed = [[Int32]](repeating: stride(from: 0, to: f, by: 2).map { Int32($0) }, count: config.layerCount)
+        let session = Session(model: model, threads: 2, contextLength: 8, batchSize: 1)
+        let pass = session.pass
+        pass.begin(tokens: [2], start: 0, embedding: model.weights.tokenEmbedding)
+        let cpu = try SparseExecution(mode: .predictor, model: model, statistics: nil, predictor: predictor, pool: pass.pool)
+        let hybrid = try SparseExecution(mode: .predictor, model: model, statistics: nil, predictor: predictor, pool: pass.pool,
+                                         hybrid: HybridPlacement(device: try device(budget: 256 << 20), deviceNeurons: placed))
+        for layer in 0..<config.layerCount {
+            for i in 0..<d { pass.normed.row(0)[i] = Float.random(in: -2...2, using: &random) }
+            let w = model.weights.layers[layer]
+            cpu.feedForward(w, layer: layer, pass: pass)
+            let expected = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+            hybrid.feedForward(w, layer: layer, pass: pass)
+            let got = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+            let error = zip(got, expected).map { ($0 - $1) * ($0 - $1) }.reduce(Float(0), +).squareRoot()
+            let norm = expected.map { $0 * $0 }.reduce(Float(0), +).squareRoot()
+            // As for SmolLM2: only the order of float additions differs.
+            XCTAssertLessThan(error / norm, 1e-5, "layer \(layer) (down from \(w.down.type))")
+        }
+        XCTAssertNil(hybrid.hybrid.failure)
+        XCTAssertEqual(hybrid.hybrid.deviceShare, 0.5, accuracy: 0.03)
+    }
+
     /// The same neurons for every token: a fixed share of each layer. A trained (or random)
     /// predictor would do, but its choice flips for neurons scored within rounding of τ, and on
     /// SmolLM2 one such flip moves later logits by whole units (CPU-only runs on 1 and 2
