@@ -130,6 +130,12 @@ extension Arguments {
         }
     }
 
+    /// The OpenCL platforms and devices, from the library EMBER_OPENCL_LIBRARY names (else
+    /// libOpenCL.so.1), or why there are none.
+    func openCLSystem() -> Result<OpenCLSystem, OpenCLUnavailable> {
+        OpenCLSystem.discover(libraryPath: OpenCLLibrary.path(environment: ProcessInfo.processInfo.environment))
+    }
+
     /// The device `--gpu`, `--device` and EMBER_OPENCL_DEVICE choose; a malformed value is a usage error.
     func deviceChoice() throws -> OpenCLDeviceChoice {
         do {

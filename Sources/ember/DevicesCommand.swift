@@ -10,9 +10,8 @@ enum DevicesCommand {
 
     static func main(_ arguments: Arguments) throws {
         let choice = try arguments.deviceChoice()
-        let libraryPath = OpenCLLibrary.path(environment: ProcessInfo.processInfo.environment)
         let system: OpenCLSystem
-        switch OpenCLSystem.discover(libraryPath: libraryPath) {
+        switch arguments.openCLSystem() {
         case let .failure(unavailable):
             print("OpenCL unavailable: \(unavailable.reason)\nEmber runs on the CPU.")
             return
@@ -28,7 +27,7 @@ enum DevicesCommand {
         for device in system.devices {
             let mark = device.index == chosenIndex ? "*" : " "
             print("\(mark) \(device.index): \(device.name) [\(device.kind.rawValue)] on \(device.platform.name)")
-            print("     memory \(format(bytes: device.globalMemoryBytes)), largest buffer \(format(bytes: device.maxAllocationBytes)), "
+            print("     memory \(ByteSize.format(device.globalMemoryBytes)), largest buffer \(ByteSize.format(device.maxAllocationBytes)), "
                   + "\(device.computeUnits) compute units, \(device.version)")
         }
         switch selected {
@@ -36,16 +35,5 @@ enum DevicesCommand {
         case let .success(.success(device)): print("chosen: device \(device.index) (\(device.name))")
         case let .success(.failure(unavailable)): print("none chosen: \(unavailable.reason); Ember runs on the CPU.")
         }
-    }
-
-    /// Bytes in binary units with one decimal.
-    static func format(bytes: Int) -> String {
-        let units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
-        var value = Double(bytes), unit = 0
-        while value >= 1024, unit < units.count - 1 {
-            value /= 1024
-            unit += 1
-        }
-        return unit == 0 ? "\(bytes) bytes" : String(format: "%.1f %@", value, units[unit])
     }
 }

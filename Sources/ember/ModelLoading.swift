@@ -115,7 +115,7 @@ enum SparsityFlags {
             return nil
         }
         let system: OpenCLSystem
-        switch OpenCLSystem.discover() {
+        switch arguments.openCLSystem() {
         case let .success(found): system = found
         case let .failure(unavailable):
             Terminal.note("ember: \(unavailable); the CPU computes every neuron")
