@@ -46,7 +46,7 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// A fast device and, per layer, the FFN neurons it holds (model neuron ids, hottest first).
+/// A fast device and, per layer, the FFN neurons it holds (model neuron ids, any order).
 public struct HybridPlacement {
     public let device: OpenCLDevice
     public let deviceNeurons: [[Int32]]
