@@ -97,7 +97,13 @@ enum SparsityFlags {
             try hybridPlacement(arguments, budget: $0, model: model, modelPath: modelPath, statsPath: statsPath,
                                 statistics: statistics, predictor: predictor)
         }
-        return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool, hybrid: hybrid)
+        do {
+            return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool, hybrid: hybrid)
+        } catch let error as OpenCLError where hybrid != nil && error.isUnsupportedType {
+            // A matrix type the device has no kernels for: the CPU does all, as without a device.
+            Terminal.note("ember: \(error); the CPU computes every neuron")
+            return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool)
+        }
     }
 
     /// The device and its neurons for `--vram-budget`, or nil (with a note) when no OpenCL device

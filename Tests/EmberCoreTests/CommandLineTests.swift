@@ -284,4 +284,28 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(huge.status, 1, huge.stderr)
         XCTAssertTrue(huge.stderr.contains("memory"), huge.stderr)
     }
+
+    /// A model whose FFN type the device kernels lack (Q5_1) runs hybrid flags on the CPU, saying so.
+    func testHybridFallsBackToTheCPUForTypesTheDeviceLacks() throws {
+        if case let .failure(unavailable) = OpenCLLibrary.load() {
+            throw XCTSkip("libOpenCL.so.1 is absent (scripts/setup --opencl installs PoCL): \(unavailable.reason)")
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-q51-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let model = directory.appendingPathComponent("tiny.gguf").path
+        let stats = directory.appendingPathComponent("tiny.stats.gguf").path
+        let predictor = directory.appendingPathComponent("tiny.predictor.gguf").path
+        let text = TestData.fixtures.appendingPathComponent("eval-gpl3.txt").path
+        for step in [["synth", "--shape", "tiny", "--type", "q5_1", "-o", model],
+                     ["profile", "-m", model, "-f", text, "--tokens", "512", "-o", stats],
+                     ["train-predictor", "-m", model, "--stats", stats, "-f", text, "--tokens", "1024", "--epochs", "2", "-o", predictor]] {
+            let outcome = try ember(step)
+            XCTAssertEqual(outcome.status, 0, "\(step): \(outcome.stderr)")
+        }
+        let run = try ember(["run", "-m", model, "-p", "hi", "-n", "3", "--vram-budget", "1MiB"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stderr.contains("do not handle Q5_1; the CPU computes every neuron"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("sparsity: predictor"), run.stderr)
+    }
 }

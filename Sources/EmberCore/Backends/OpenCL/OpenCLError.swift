@@ -22,6 +22,12 @@ public enum OpenCLError: Error, CustomStringConvertible, Equatable {
     /// Any other malformed request: what was wrong.
     case invalidArgument(String)
 
+    /// A type the device cannot compute (callers may fall back to the CPU).
+    public var isUnsupportedType: Bool {
+        if case .unsupportedType = self { return true }
+        return false
+    }
+
     public var description: String {
         switch self {
         case let .call(name, status):
