@@ -46,6 +46,21 @@ final class CommandLineTests: XCTestCase {
 
     func smol() throws -> String { try TestData.modelPath(.smolLM2) }
 
+    /// A fresh directory, removed when the test ends.
+    func scratchDirectory(_ name: String) throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-\(name)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: directory) }
+        return directory
+    }
+
+    /// Skips the test when libOpenCL.so.1 is absent, and only then.
+    func requireOpenCL() throws {
+        if case let .failure(unavailable) = OpenCLLibrary.load() {
+            throw XCTSkip("libOpenCL.so.1 is absent (scripts/setup --opencl installs PoCL): \(unavailable.reason)")
+        }
+    }
+
     func testBadFlagsAreUsageErrors() throws {
         let cases: [([String], String)] = [
             ([], "usage"),
@@ -163,9 +178,7 @@ final class CommandLineTests: XCTestCase {
     /// `ember place` end to end on SmolLM2 with statistics of seeded random counts: usage
     /// mistakes exit 2, a run reports its figures and writes a file that reads back.
     func testPlacementCommand() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-place-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        let directory = try scratchDirectory("place")
         let path = try smol()
         let config = try TestData.model(.smolLM2).config
         var random = SplitMix64(seed: 5)
@@ -217,12 +230,8 @@ final class CommandLineTests: XCTestCase {
     /// device takes its hottest neurons and `bench` reports its share; mistakes exit 2; `--gpu
     /// off` runs on the CPU alone; a budget beyond the device's memory is a clear error.
     func testHybridRunAndBench() throws {
-        if case let .failure(unavailable) = OpenCLLibrary.load() {
-            throw XCTSkip("libOpenCL.so.1 is absent (scripts/setup --opencl installs PoCL): \(unavailable.reason)")
-        }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-hybrid-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        try requireOpenCL()
+        let directory = try scratchDirectory("hybrid")
         let path = try smol()
         let config = try TestData.model(.smolLM2).config
         let d = config.embeddingLength, f = config.feedForwardLength, r = 8
@@ -287,12 +296,8 @@ final class CommandLineTests: XCTestCase {
 
     /// A model whose FFN type the device kernels lack (Q5_1) runs hybrid flags on the CPU, saying so.
     func testHybridFallsBackToTheCPUForTypesTheDeviceLacks() throws {
-        if case let .failure(unavailable) = OpenCLLibrary.load() {
-            throw XCTSkip("libOpenCL.so.1 is absent (scripts/setup --opencl installs PoCL): \(unavailable.reason)")
-        }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-q51-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
+        try requireOpenCL()
+        let directory = try scratchDirectory("q51")
         let model = directory.appendingPathComponent("tiny.gguf").path
         let stats = directory.appendingPathComponent("tiny.stats.gguf").path
         let predictor = directory.appendingPathComponent("tiny.predictor.gguf").path
