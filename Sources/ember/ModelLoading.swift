@@ -111,6 +111,7 @@ enum SparsityFlags {
     /// the whole budget, less the working buffers, goes to FFN neurons.
     static func hybridPlacement(_ arguments: Arguments, budget: Int, model: LanguageModel, modelPath: String, statsPath: String,
                                 statistics: ActivationStatistics?, predictor: ActiveNeuronPredictor?) throws -> HybridPlacement? {
+        guard predictor != nil else { throw SparseExecutionError.needsPredictor }
         guard let statistics else {
             throw UsageError("--vram-budget places the hottest neurons by their firing counts: make statistics with `ember profile` "
                 + "and pass --stats FILE")
