@@ -17,7 +17,8 @@ enum BenchCommand {
         let generated = try arguments.int("--n-gen", default: 128, range: 0...1 << 16)
         let repetitions = try arguments.int("--repetitions", default: 3, range: 1...1000)
         let loaded = try LoadedModel(arguments)
-        let session = try loaded.session(arguments, minimumContext: promptTokens + generated)
+        // The context the run needs and no more (a device holding KV caches has them sized by it).
+        let session = try loaded.session(arguments, minimumContext: promptTokens + generated, exactContext: true)
         let progress = Progress("bench")
         let result = try session.benchmark(promptTokens: promptTokens, generatedTokens: generated,
                                            repetitions: repetitions) { progress.update($0, of: repetitions) }
@@ -44,6 +45,7 @@ enum BenchCommand {
             if let hybrid, let device = sparse?.hybridDevice {
                 object["device"] = device.info.name
                 object["device_share"] = hybrid.deviceShare
+                object["device_attention_layers"] = sparse?.hybridPlacement?.attentionLayers.count ?? 0
                 object["cpu_ms_per_token"] = hybrid.cpuSeconds * perToken
                 object["device_wait_ms_per_token"] = hybrid.deviceWaitSeconds * perToken
                 if let failure = hybrid.failure { object["device_failure"] = failure }
@@ -67,9 +69,10 @@ enum BenchCommand {
         print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; median decode uses %.0f %% of it",
                      Double(result.weightBytesPerToken) / 1e6, result.readBandwidth / 1e9, result.bandwidthShare * 100))
         if let hybrid, let device = sparse?.hybridDevice, generated > 0 {
-            print(String(format: "hybrid: %@ computed %.1f %% of the activated neurons (%.0f per token, the CPU %.0f); "
-                            + "per token the CPU worked %.2f ms on its neurons, then waited %.2f ms for the device",
-                         device.info.name, hybrid.deviceShare * 100, Double(hybrid.deviceNeurons) / Double(generated),
+            print(String(format: "hybrid: %@ ran the attention of %d layers and computed %.1f %% of the activated neurons "
+                            + "(%.0f per token, the CPU %.0f); per token the CPU worked %.2f ms on its neurons, then waited %.2f ms "
+                            + "for the device", device.info.name, sparse?.hybridPlacement?.attentionLayers.count ?? 0,
+                         hybrid.deviceShare * 100, Double(hybrid.deviceNeurons) / Double(generated),
                          Double(hybrid.cpuNeurons) / Double(generated), hybrid.cpuSeconds * perToken,
                          hybrid.deviceWaitSeconds * perToken))
             if let failure = hybrid.failure { print("hybrid: the device failed and the CPU took over: \(failure)") }

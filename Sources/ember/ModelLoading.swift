@@ -30,17 +30,24 @@ struct LoadedModel {
         tokenizer.encode(text, addSpecial: false, parseSpecial: false)
     }
 
-    func session(_ arguments: Arguments, minimumContext: Int = 1) throws -> Session {
+    /// A session with the flags' threads, context (default: 2048 or `minimumContext`, or
+    /// exactly `minimumContext` when `exactContext`) and sparsity.
+    func session(_ arguments: Arguments, minimumContext: Int = 1, exactContext: Bool = false) throws -> Session {
         let threads = try arguments.threads()
-        let fallback = min(model.config.contextLength, max(2048, minimumContext))
+        let fallback = min(model.config.contextLength, exactContext ? minimumContext : max(2048, minimumContext))
         let context = try arguments.int("--ctx", default: fallback, range: 1...1 << 20)
         let batch = try arguments.int("--batch", default: 64, range: 1...4096)
         guard context <= model.config.contextLength else {
             throw UsageError("--ctx \(context) exceeds the model's context length \(model.config.contextLength)")
         }
         let session = Session(model: model, threads: threads, contextLength: context, batchSize: batch)
-        if let sparsity = try SparsityFlags.execution(arguments, model: model, modelPath: path, pool: session.pool) {
+        if let sparsity = try SparsityFlags.execution(arguments, model: model, modelPath: path, pool: session.pool,
+                                                      contextLength: context) {
             session.pass.sparsity = sparsity
+            if let hybrid = sparsity.hybridPlacement, !hybrid.attentionLayers.isEmpty {
+                session.pass.attentionOffload = try DeviceAttention(device: hybrid.device, model: model,
+                                                                    layers: hybrid.attentionLayers, capacity: context)
+            }
         }
         return session
     }
@@ -67,7 +74,8 @@ enum SparsityFlags {
     }
 
     /// The sparse FFN the flags ask for, or nil for dense.
-    static func execution(_ arguments: Arguments, model: LanguageModel, modelPath: String, pool: ThreadPool) throws -> SparseExecution? {
+    static func execution(_ arguments: Arguments, model: LanguageModel, modelPath: String, pool: ThreadPool,
+                          contextLength: Int) throws -> SparseExecution? {
         let statsPath = arguments.string("--stats") ?? companion(of: modelPath, "stats")
         let predictorPath = arguments.string("--predictor") ?? companion(of: modelPath, "predictor")
         let shipsPredictors = FileManager.default.fileExists(atPath: statsPath) && FileManager.default.fileExists(atPath: predictorPath)
@@ -95,7 +103,7 @@ enum SparsityFlags {
         }
         let hybrid = try budget.flatMap {
             try hybridPlacement(arguments, budget: $0, model: model, modelPath: modelPath, statsPath: statsPath,
-                                statistics: statistics, predictor: predictor)
+                                statistics: statistics, predictor: predictor, contextLength: contextLength)
         }
         do {
             return try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pool, hybrid: hybrid)
@@ -106,11 +114,13 @@ enum SparsityFlags {
         }
     }
 
-    /// The device and its neurons for `--vram-budget`, or nil (with a note) when no OpenCL device
-    /// is there or `--gpu off` asks for the CPU alone. The device runs only the FFN for now, so
-    /// the whole budget, less the working buffers, goes to FFN neurons.
+    /// The device, its attention layers and its FFN neurons for `--vram-budget`, or nil (with a
+    /// note) when no OpenCL device is there or `--gpu off` asks for the CPU alone. Attention
+    /// blocks (with a KV cache for the whole context) come first where the device can run them;
+    /// the output head stays on the host.
     static func hybridPlacement(_ arguments: Arguments, budget: Int, model: LanguageModel, modelPath: String, statsPath: String,
-                                statistics: ActivationStatistics?, predictor: ActiveNeuronPredictor?) throws -> HybridPlacement? {
+                                statistics: ActivationStatistics?, predictor: ActiveNeuronPredictor?,
+                                contextLength: Int) throws -> HybridPlacement? {
         guard predictor != nil else { throw SparseExecutionError.needsPredictor }
         guard let statistics else {
             throw UsageError("--vram-budget places the hottest neurons by their firing counts: make statistics with `ember profile` "
@@ -132,8 +142,13 @@ enum SparsityFlags {
         // Counts of the sparsity the predictors were trained for, else the statistics' highest.
         let trained = (predictor as? PredictorSet)?.metadata.targetSparsity ?? 0
         let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
-        let options = PlacementOptions(sparsityTarget: target, placesDenseBlocks: false,
-                                       reservedBytes: min(budget, DeviceFeedForward.workingBytes(model.config)))
+        let attentionReason = DeviceAttention.unsupportedReason(model)
+        if let attentionReason { Terminal.note("ember: attention stays on the CPU: \(attentionReason)") }
+        let working = DeviceFeedForward.workingBytes(model.config)
+            + (attentionReason == nil ? DeviceAttention.workingBytes(model.config, capacity: contextLength) : 0)
+        let options = PlacementOptions(sparsityTarget: target, kvCacheTokens: contextLength,
+                                       placesDenseBlocks: attentionReason == nil, reservedBytes: min(budget, working),
+                                       placesOutputHead: false)
         let placementPath = arguments.string("--placement")
         if let placementPath, !FileManager.default.fileExists(atPath: placementPath) {
             throw UsageError("no file at \(placementPath) (--placement)")
@@ -148,12 +163,17 @@ enum SparsityFlags {
             origin = "solved from " + statsPath
                 + (placementPath.map { ", as \($0) was made for another budget, model, statistics or settings" } ?? "")
         }
-        Terminal.note(String(format: "ember: hybrid: %@ holds %d of %d FFN neurons (%@ of weights in a %@ budget); "
-                                + "expected device share of activated neurons %.1f %% (placement %@)",
-                             device.info.name, placed, model.config.layerCount * model.config.feedForwardLength,
+        let attentionLayers = placement.denseBlocks.compactMap { block -> Int? in
+            if case let .attention(layer) = block { return layer } else { return nil }
+        }
+        Terminal.note(String(format: "ember: hybrid: %@ holds the attention of %d of %d layers (%@ with their KV caches) and "
+                                + "%d of %d FFN neurons (%@) in a %@ budget; expected device share of activated neurons %.1f %% "
+                                + "(placement %@)",
+                             device.info.name, attentionLayers.count, model.config.layerCount, ByteSize.format(placement.denseBytes),
+                             placed, model.config.layerCount * model.config.feedForwardLength,
                              ByteSize.format(placement.neuronBytes), ByteSize.format(budget),
                              placement.expectedDeviceShare * 100, origin))
-        return HybridPlacement(device: device, deviceNeurons: placement.deviceNeurons)
+        return HybridPlacement(device: device, deviceNeurons: placement.deviceNeurons, attentionLayers: attentionLayers)
     }
 }
 

@@ -261,28 +261,32 @@ final class CommandLineTests: XCTestCase {
             XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): stderr was \(outcome.stderr)")
         }
 
-        let run = try ember(["run", "-p", "The capital of France is", "-n", "6", "--temp", "0", "--vram-budget", "16MiB"] + sparse)
+        // 32 MiB with a 64-position context: every layer's attention (about 20 MB with its KV
+        // cache), then about a fifth of the FFN neurons.
+        let hybridFlags = ["--vram-budget", "32MiB", "--ctx", "64"]
+        let run = try ember(["run", "-p", "The capital of France is", "-n", "6", "--temp", "0"] + hybridFlags + sparse)
         XCTAssertEqual(run.status, 0, run.stderr)
-        XCTAssertTrue(run.stderr.contains("hybrid:") && run.stderr.contains("FFN neurons"), run.stderr)
+        XCTAssertTrue(run.stderr.contains("holds the attention of 30 of 30 layers"), run.stderr)
         XCTAssertFalse(run.stdout.isEmpty)
 
-        let bench = try ember(["bench", "-p", "8", "-n", "8", "-r", "1", "-t", "2", "--json", "--vram-budget", "16MiB"] + sparse)
+        let bench = try ember(["bench", "-p", "8", "-n", "8", "-r", "1", "-t", "2", "--json", "--vram-budget", "32MiB"] + sparse)
         XCTAssertEqual(bench.status, 0, bench.stderr)
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])
         let share = try XCTUnwrap(json["device_share"] as? Double)
-        // 16 MiB holds about a quarter of SmolLM2's FFN neurons (gate and up in Q4_1, down in Q8_0).
         XCTAssertGreaterThan(share, 0.05)
         XCTAssertLessThan(share, 0.6)
+        XCTAssertEqual(json["device_attention_layers"] as? Int, 30)
         XCTAssertNil(json["device_failure"])
 
         // A placement written by `ember place` for the same settings is the one the run uses.
         let placementPath = directory.appendingPathComponent("placement.gguf").path
-        let place = try ember(["place", "-m", path, "--stats", stats, "--vram-budget", "16MiB", "--ffn-only", "-o", placementPath])
+        let place = try ember(["place", "-m", path, "--stats", stats, "--vram-budget", "32MiB", "--kv-tokens", "64", "--no-head",
+                               "-o", placementPath])
         XCTAssertEqual(place.status, 0, place.stderr)
-        let placed = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "16MiB", "--placement", placementPath] + sparse)
+        let placed = try ember(["run", "-p", "hi", "-n", "2", "--placement", placementPath] + hybridFlags + sparse)
         XCTAssertEqual(placed.status, 0, placed.stderr)
         XCTAssertTrue(placed.stderr.contains("placement from \(placementPath)"), placed.stderr)
-        let other = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "12MiB", "--placement", placementPath] + sparse)
+        let other = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "24MiB", "--ctx", "64", "--placement", placementPath] + sparse)
         XCTAssertTrue(other.stderr.contains("was made for another budget"), other.stderr)
 
         let off = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "16MiB", "--gpu", "off"] + sparse)

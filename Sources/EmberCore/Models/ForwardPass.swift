@@ -57,7 +57,8 @@ public final class ForwardPass: @unchecked Sendable {
     /// Per-thread attention scores (one context's worth each).
     private let scores: [Matrix]
     /// Rope angles per token for the global and the sliding-window rope.
-    private let ropeCos: Matrix, ropeSin: Matrix
+    /// Rope angles of the batch's tokens (row t: token t), for devices that rotate themselves.
+    let ropeCos: Matrix, ropeSin: Matrix
     private let slidingCos: Matrix, slidingSin: Matrix
 
     /// Activations converted for integer dots: shared ones for batches (each thread converts
@@ -273,6 +274,21 @@ public final class ForwardPass: @unchecked Sendable {
 
     /// Computes the FFN sparsely instead (see Sparsity/); nil runs it densely.
     public var sparsity: FeedForwardSparsity?
+
+    /// Runs some layers' attention on a device for single-token batches; nil: all on the CPU.
+    public var attentionOffload: AttentionOffload?
+}
+
+/// A device that runs the attention block of some layers for one token at a time. The CPU's
+/// KV cache stays complete: the device stores the token's key and value there too, and hears of
+/// every cache row the CPU writes (prompt batches) so its own copy can catch up.
+public protocol AttentionOffload: AnyObject {
+    /// The attention block of the batch's single token at `layer` (norm, q/k/v, rope, cache,
+    /// attention, output, residual: `pass.x` += its output). False when this layer is not
+    /// on the device (or the device failed): the CPU then does it, nothing having changed.
+    func attention(_ w: LayerWeights, layer: Int, pass: ForwardPass, cache: KVCache) -> Bool
+    /// The CPU wrote `cache` rows `positions` of `layer`.
+    func cacheWritten(layer: Int, positions: Range<Int>)
 }
 
 /// A replacement for the dense FFN: reads `pass.normed` (and `pass.x`, the pre-norm input)

@@ -2,6 +2,20 @@
 /// pre-norm attention with rope and grouped kv heads, then a pre-norm gated FFN.
 enum Llama {
     static func block(_ w: LayerWeights, layer: Int, pass p: ForwardPass, cache: KVCache) {
+        if p.tokenCount == 1, let device = p.attentionOffload, device.attention(w, layer: layer, pass: p, cache: cache) {
+            // Done on the device, residual included.
+        } else {
+            attention(w, layer: layer, pass: p, cache: cache)
+            p.attentionOffload?.cacheWritten(layer: layer, positions: p.positions[0]..<p.positions[0] + p.tokenCount)
+        }
+
+        p.rmsNorm(p.x, w.ffnNorm, into: p.normed)
+        p.feedForward(w, layer: layer)
+        p.addResidual(p.projected)
+    }
+
+    /// Pre-norm attention on the CPU, added into the residual stream.
+    static func attention(_ w: LayerWeights, layer: Int, pass p: ForwardPass, cache: KVCache) {
         p.rmsNorm(p.x, w.attentionNorm, into: p.normed)
         p.linear(p.normed, [(w.query, p.query), (w.key, p.key), (w.value, p.value)])
         p.addBias(w.queryBias, to: p.query)
@@ -10,10 +24,6 @@ enum Llama {
         p.ropeAndStore(layer: layer, cache: cache)
         p.attend(layer: layer, cache: cache)
         p.linear(p.attention, [(w.output, p.projected)])
-        p.addResidual(p.projected)
-
-        p.rmsNorm(p.x, w.ffnNorm, into: p.normed)
-        p.feedForward(w, layer: layer)
         p.addResidual(p.projected)
     }
 }

@@ -34,6 +34,8 @@ public struct Placement: Sendable, Equatable {
     public var neuronBytes: Int
     /// Bytes kept for the device's working buffers (part of the budget, before any block).
     public var reservedBytes: Int
+    /// Positions of KV cache counted with each attention block on the device.
+    public var kvCacheTokens: Int
     /// Expected share of activated-neuron work the device serves: the placed neurons' summed
     /// firing frequencies over those of all neurons.
     public var expectedDeviceShare: Double
@@ -41,8 +43,9 @@ public struct Placement: Sendable, Equatable {
     public init(budget: Int, granularity: Int, minimumGroups: Int, modelName: String, statisticsSHA256: String,
                 sparsityTarget: Float, feedForwardLength: Int, denseBlocks: [PlacementCosts.DenseBlock],
                 deviceNeurons: [[Int32]], denseBytes: Int, neuronBytes: Int, expectedDeviceShare: Double,
-                reservedBytes: Int = 0) {
+                reservedBytes: Int = 0, kvCacheTokens: Int = 0) {
         self.reservedBytes = reservedBytes
+        self.kvCacheTokens = kvCacheTokens
         self.budget = budget
         self.granularity = granularity
         self.minimumGroups = minimumGroups
@@ -79,9 +82,13 @@ public struct PlacementOptions: Sendable, Equatable {
     public var placesDenseBlocks = true
     /// Bytes of the budget kept for the device's working buffers, placed before anything else.
     public var reservedBytes = 0
+    /// False: the output head stays on the host even when it would fit (a device that does
+    /// not run it).
+    public var placesOutputHead = true
 
     public init(granularity: Int = 32, minimumGroups: Int = 0, sparsityTarget: Float? = nil, kvCacheTokens: Int = 0,
-                placesDenseBlocks: Bool = true, reservedBytes: Int = 0) {
+                placesDenseBlocks: Bool = true, reservedBytes: Int = 0, placesOutputHead: Bool = true) {
+        self.placesOutputHead = placesOutputHead
         self.reservedBytes = reservedBytes
         self.granularity = granularity
         self.minimumGroups = minimumGroups
@@ -204,7 +211,8 @@ extension Placement {
         var remaining = placeable
         var dense: [PlacementCosts.DenseBlock] = []
         // Blocks that do not fit are skipped, so a large output head leaves room for the rest.
-        for cost in costs.denseBlocks where options.placesDenseBlocks && cost.bytes <= remaining {
+        for cost in costs.denseBlocks where options.placesDenseBlocks && cost.bytes <= remaining
+            && (options.placesOutputHead || cost.block != .outputHead) {
             dense.append(cost.block)
             remaining -= cost.bytes
         }
@@ -237,7 +245,8 @@ extension Placement {
             budget: budget, granularity: g, minimumGroups: options.minimumGroups, modelName: modelName,
             statisticsSHA256: statisticsSHA256, sparsityTarget: sparsityTarget, feedForwardLength: f,
             denseBlocks: dense, deviceNeurons: neurons, denseBytes: placeable - remaining, neuronBytes: assignment.bytes,
-            expectedDeviceShare: total > 0 ? assignment.mass / total : 0, reservedBytes: budget - placeable)
+            expectedDeviceShare: total > 0 ? assignment.mass / total : 0, reservedBytes: budget - placeable,
+            kvCacheTokens: options.kvCacheTokens)
         return PlacementReport(placement: placement,
                                deviceReadShare: reads > 0 ? (Double(placeable - remaining) + deviceNeuronReads) / reads : 0,
                                assignment: assignment, solveSeconds: elapsed,
@@ -303,9 +312,11 @@ extension Placement {
             var matches = stored.budget == budget && stored.granularity == options.granularity
                 && stored.minimumGroups == options.minimumGroups && stored.layerCount == config.layerCount
                 && stored.feedForwardLength == config.feedForwardLength
-                && stored.reservedBytes == min(budget, options.reservedBytes) && stored.modelName == modelName(model, path: modelPath)
+                && stored.reservedBytes == min(budget, options.reservedBytes)
+                && (stored.denseBlocks.isEmpty || stored.kvCacheTokens == options.kvCacheTokens) && stored.modelName == modelName(model, path: modelPath)
             if let target = options.sparsityTarget { matches = matches && abs(stored.sparsityTarget - target) <= 0.005 }
             if !options.placesDenseBlocks { matches = matches && stored.denseBlocks.isEmpty }
+            if !options.placesOutputHead { matches = matches && !stored.denseBlocks.contains(.outputHead) }
             if matches, haveStatistics { matches = stored.statisticsSHA256 == (try fileSHA256(statisticsPath)) }
             if matches { return (stored, .file(path: placementPath)) }
         }
@@ -337,6 +348,7 @@ extension Placement {
         writer.set("ember.placement.dense_bytes", .uint64(UInt64(denseBytes)))
         writer.set("ember.placement.neuron_bytes", .uint64(UInt64(neuronBytes)))
         writer.set("ember.placement.reserved_bytes", .uint64(UInt64(reservedBytes)))
+        writer.set("ember.placement.kv_cache_tokens", .uint64(UInt64(kvCacheTokens)))
         writer.set("ember.placement.expected_device_share", .float64(expectedDeviceShare))
         for (l, ids) in deviceNeurons.enumerated() {
             var onDevice = [Int32](repeating: 0, count: feedForwardLength)
@@ -378,6 +390,7 @@ extension Placement {
         denseBytes = try nonNegative("ember.placement.dense_bytes", try file.int("ember.placement.dense_bytes")) ?? 0
         neuronBytes = try nonNegative("ember.placement.neuron_bytes", try file.int("ember.placement.neuron_bytes")) ?? 0
         reservedBytes = try nonNegative("ember.placement.reserved_bytes", try file.int("ember.placement.reserved_bytes")) ?? 0
+        kvCacheTokens = try nonNegative("ember.placement.kv_cache_tokens", try file.int("ember.placement.kv_cache_tokens")) ?? 0
         expectedDeviceShare = try file.float("ember.placement.expected_device_share") ?? 0
         guard granularity >= 1 else { throw malformed("ember.placement.granularity is 0") }
         denseBlocks = try (file.stringArray("ember.placement.dense_blocks") ?? []).map { name in

@@ -46,14 +46,17 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// A fast device and, per layer, the FFN neurons it holds (model neuron ids, any order).
+/// A fast device and, per layer, the FFN neurons it holds (model neuron ids, any order), and
+/// the layers whose attention it runs (the engine's DeviceAttention, not the FFN's business).
 public struct HybridPlacement {
     public let device: OpenCLDevice
     public let deviceNeurons: [[Int32]]
+    public let attentionLayers: [Int]
 
-    public init(device: OpenCLDevice, deviceNeurons: [[Int32]]) {
+    public init(device: OpenCLDevice, deviceNeurons: [[Int32]], attentionLayers: [Int] = []) {
         self.device = device
         self.deviceNeurons = deviceNeurons
+        self.attentionLayers = attentionLayers
     }
 }
 
@@ -85,8 +88,9 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
 
     /// Hybrid runs: what each side did for decoded tokens so far.
     public var hybrid: HybridCounts { decoder?.hybridCounts ?? HybridCounts() }
-    /// The device of a hybrid run (nil: CPU only).
-    public let hybridDevice: OpenCLDevice?
+    /// The device and placement of a hybrid run (nil: CPU only).
+    public let hybridPlacement: HybridPlacement?
+    public var hybridDevice: OpenCLDevice? { hybridPlacement?.device }
 
     /// Starts counting `activeNeurons`, `neuronSlots` and `hybrid` afresh.
     public func resetCounts() {
@@ -153,7 +157,7 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         let bytesPerLayer = (predictor?.byteCount ?? 0) / max(1, layers)
         predictorPool = bytesPerLayer >= Self.threadedPredictorBytes && pool.threadCount > 1 ? pool : nil
         if hybrid != nil, mode != .predictor { throw SparseExecutionError.hybridNeedsPredictor }
-        hybridDevice = hybrid?.device
+        hybridPlacement = hybrid
         decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool, hybrid: hybrid)
     }
 
