@@ -44,9 +44,9 @@ struct LoadedModel {
         if let sparsity = try SparsityFlags.execution(arguments, model: model, modelPath: path, pool: session.pool,
                                                       contextLength: context) {
             session.pass.sparsity = sparsity
-            if let hybrid = sparsity.hybridPlacement, !hybrid.attentionLayers.isEmpty {
-                session.pass.attentionOffload = try DeviceAttention(device: hybrid.device, model: model,
-                                                                    layers: hybrid.attentionLayers, capacity: context)
+            if let hybrid = sparsity.hybridPlacement, !hybrid.attentionLayers.isEmpty || hybrid.outputHead {
+                session.pass.denseOffload = try DeviceDenseBlocks(device: hybrid.device, model: model, layers: hybrid.attentionLayers,
+                                                                  outputHead: hybrid.outputHead, capacity: context)
             }
         }
         return session
@@ -114,10 +114,10 @@ enum SparsityFlags {
         }
     }
 
-    /// The device, its attention layers and its FFN neurons for `--vram-budget`, or nil (with a
+    /// The device, its dense blocks and its FFN neurons for `--vram-budget`, or nil (with a
     /// note) when no OpenCL device is there or `--gpu off` asks for the CPU alone. Attention
-    /// blocks (with a KV cache for the whole context) come first where the device can run them;
-    /// the output head stays on the host.
+    /// blocks (with a KV cache for the whole context) and the output head come first where the
+    /// device can run them.
     static func hybridPlacement(_ arguments: Arguments, budget: Int, model: LanguageModel, modelPath: String, statsPath: String,
                                 statistics: ActivationStatistics?, predictor: ActiveNeuronPredictor?,
                                 contextLength: Int) throws -> HybridPlacement? {
@@ -142,13 +142,12 @@ enum SparsityFlags {
         // Counts of the sparsity the predictors were trained for, else the statistics' highest.
         let trained = (predictor as? PredictorSet)?.metadata.targetSparsity ?? 0
         let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
-        let attentionReason = DeviceAttention.unsupportedReason(model)
+        let attentionReason = DeviceDenseBlocks.unsupportedReason(model)
         if let attentionReason { Terminal.note("ember: attention stays on the CPU: \(attentionReason)") }
         let working = DeviceFeedForward.workingBytes(model.config)
-            + (attentionReason == nil ? DeviceAttention.workingBytes(model.config, capacity: contextLength) : 0)
+            + (attentionReason == nil ? DeviceDenseBlocks.workingBytes(model.config, capacity: contextLength) : 0)
         let options = PlacementOptions(sparsityTarget: target, kvCacheTokens: contextLength,
-                                       placesDenseBlocks: attentionReason == nil, reservedBytes: min(budget, working),
-                                       placesOutputHead: false)
+                                       placesDenseBlocks: attentionReason == nil, reservedBytes: min(budget, working))
         let placementPath = arguments.string("--placement")
         if let placementPath, !FileManager.default.fileExists(atPath: placementPath) {
             throw UsageError("no file at \(placementPath) (--placement)")
@@ -166,14 +165,17 @@ enum SparsityFlags {
         let attentionLayers = placement.denseBlocks.compactMap { block -> Int? in
             if case let .attention(layer) = block { return layer } else { return nil }
         }
-        Terminal.note(String(format: "ember: hybrid: %@ holds the attention of %d of %d layers (%@ with their KV caches) and "
+        let outputHead = placement.denseBlocks.contains(.outputHead)
+        Terminal.note(String(format: "ember: hybrid: %@ holds the attention of %d of %d layers%@ (%@ with the KV caches) and "
                                 + "%d of %d FFN neurons (%@) in a %@ budget; expected device share of activated neurons %.1f %% "
                                 + "(placement %@)",
-                             device.info.name, attentionLayers.count, model.config.layerCount, ByteSize.format(placement.denseBytes),
+                             device.info.name, attentionLayers.count, model.config.layerCount,
+                             outputHead ? " and the output head" : "", ByteSize.format(placement.denseBytes),
                              placed, model.config.layerCount * model.config.feedForwardLength,
                              ByteSize.format(placement.neuronBytes), ByteSize.format(budget),
                              placement.expectedDeviceShare * 100, origin))
-        return HybridPlacement(device: device, deviceNeurons: placement.deviceNeurons, attentionLayers: attentionLayers)
+        return HybridPlacement(device: device, deviceNeurons: placement.deviceNeurons, attentionLayers: attentionLayers,
+                               outputHead: outputHead)
     }
 }
 

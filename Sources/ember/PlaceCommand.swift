@@ -13,7 +13,7 @@ enum PlaceCommand {
         .init(names: ["--kv-tokens"], takesValue: true, help: "also reserve each placed attention block's KV cache for N positions (default 0)"),
         .init(names: ["--ffn-only"], takesValue: false, help: "give the whole budget to FFN neurons (dense blocks stay on the host)"),
         .init(names: ["--no-head"], takesValue: false,
-              help: "keep the output head on the host, as hybrid runs do (they place attention with --kv-tokens = their --ctx)"),
+              help: "keep the output head on the host (hybrid runs place attention with --kv-tokens = their --ctx)"),
         .init(names: ["--output", "-o"], takesValue: true, help: "placement file to write (default: report only)"),
         .init(names: ["--pwri"], takesValue: false, help: "write the file with PowerInfer's PWRI magic instead of GGUF"),
         .init(names: ["--json"], takesValue: false, help: "print one JSON object instead of the report"),
@@ -41,9 +41,9 @@ enum PlaceCommand {
         options.placesOutputHead = !arguments.has("--no-head")
         // The device's working buffers come out of the budget first, as in a hybrid run, so
         // a file written here is the one `--vram-budget` runs pick up.
-        let attention = options.placesDenseBlocks && DeviceAttention.unsupportedReason(loaded.model) == nil
+        let attention = options.placesDenseBlocks && DeviceDenseBlocks.unsupportedReason(loaded.model) == nil
         options.reservedBytes = min(budget, DeviceFeedForward.workingBytes(loaded.model.config)
-            + (attention ? DeviceAttention.workingBytes(loaded.model.config, capacity: options.kvCacheTokens) : 0))
+            + (attention ? DeviceDenseBlocks.workingBytes(loaded.model.config, capacity: options.kvCacheTokens) : 0))
         let report: PlacementReport
         do {
             report = try Placement.solve(model: loaded.model, modelPath: loaded.path, statisticsPath: statsPath,

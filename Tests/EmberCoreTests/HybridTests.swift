@@ -217,14 +217,14 @@ final class HybridTests: XCTestCase {
 
     /// One layer's attention on the device, from the same input as the CPU's: the key and value
     /// it stores and the layer's output agree with the CPU's to float rounding.
-    func testDeviceAttentionLayerMatchesCPU() throws {
+    func testDeviceDenseBlocksLayerMatchesCPU() throws {
         let model = try TestData.model(.smolLM2)
         let config = model.config
         let layer = 5
         let prompt = try ReferenceTests.greedyCases()[1].promptIDs
         let cpu = Session(model: model, threads: 2, contextLength: 64)
         let hybrid = Session(model: model, threads: 2, contextLength: 64)
-        hybrid.pass.attentionOffload = try DeviceAttention(device: try device(budget: 64 << 20), model: model, layers: [layer], capacity: 64)
+        hybrid.pass.denseOffload = try DeviceDenseBlocks(device: try device(budget: 64 << 20), model: model, layers: [layer], capacity: 64)
         var next: Int32 = 0
         for session in [cpu, hybrid] {
             let logits = try session.evaluate(Array(prompt))
@@ -259,16 +259,41 @@ final class HybridTests: XCTestCase {
         }
     }
 
+    /// The output head on the device: from the same residual, the logits agree with the CPU's
+    /// to float rounding, for a prompt's last row and for decoded tokens.
+    func testDeviceOutputHeadMatchesCPU() throws {
+        let model = try TestData.model(.smolLM2)
+        let prompt = try ReferenceTests.greedyCases()[0].promptIDs
+        let cpu = Session(model: model, threads: 2, contextLength: 64)
+        let hybrid = Session(model: model, threads: 2, contextLength: 64)
+        let blocks = try DeviceDenseBlocks(device: try device(budget: 64 << 20), model: model, layers: [], outputHead: true, capacity: 64)
+        hybrid.pass.denseOffload = blocks
+        var a = Array(try cpu.evaluate(prompt)), b = Array(try hybrid.evaluate(prompt))
+        for step in 0..<4 {
+            let error = zip(a, b).map { ($0 - $1) * ($0 - $1) }.reduce(Float(0), +).squareRoot()
+            let norm = a.map { $0 * $0 }.reduce(Float(0), +).squareRoot()
+            // The layers ran on the CPU in both sessions, so the head saw the same residual:
+            // same 8-bit blocks, other float orders in the norm and the block sums.
+            XCTAssertLessThan(error / norm, 1e-5, "step \(step)")
+            let next = Int32(Session.argmax(a.withUnsafeBufferPointer { $0 }))
+            XCTAssertEqual(Int32(Session.argmax(b.withUnsafeBufferPointer { $0 })), next, "step \(step)")
+            a = Array(try cpu.evaluate([next]))
+            b = Array(try hybrid.evaluate([next]))
+        }
+        XCTAssertNil(blocks.failure)
+        XCTAssertEqual(blocks.outputHeadRuns, 5, "the prompt's last row and four decoded tokens")
+    }
+
     /// Attention of some layers on the device, the rest of the model on the CPU: decoding gives
     /// the CPU-only logits up to float rounding, also after a prompt batch continues a decoded
     /// sequence (the device's cache catches up with rows the CPU wrote) and after a reset.
-    func testDeviceAttentionMatchesCPUOnly() throws {
+    func testDeviceDenseBlocksMatchesCPUOnly() throws {
         let model = try TestData.model(.smolLM2)
         let layers = [0, 7, 29]
         let cpu = Session(model: model, threads: 2, contextLength: 96)
         let hybrid = Session(model: model, threads: 2, contextLength: 96)
-        let attention = try DeviceAttention(device: try device(budget: 256 << 20), model: model, layers: layers, capacity: 96)
-        hybrid.pass.attentionOffload = attention
+        let attention = try DeviceDenseBlocks(device: try device(budget: 256 << 20), model: model, layers: layers, capacity: 96)
+        hybrid.pass.denseOffload = attention
         var worst: Float = 0, worstMean: Float = 0
         func compare(_ a: [Float], _ b: [Float], _ label: String) {
             let differences = zip(a, b).map { abs($0 - $1) }
@@ -303,6 +328,8 @@ final class HybridTests: XCTestCase {
         // other float orders (device norm, rope, softmax and sums), rounding flips downstream.
         print("device attention vs CPU: |Δlogit| max \(worst), mean \(worstMean)")
         XCTAssertNil(attention.failure)
+        // Three layers for each of the 2 × 11 single-token steps (step 6 is a batch).
+        XCTAssertEqual(attention.attentionRuns, 3 * 2 * 11)
         XCTAssertLessThan(worst, ReferenceTests.LogitTolerance.maximum)
         XCTAssertLessThan(worstMean, ReferenceTests.LogitTolerance.mean)
     }

@@ -275,20 +275,25 @@ public final class ForwardPass: @unchecked Sendable {
     /// Computes the FFN sparsely instead (see Sparsity/); nil runs it densely.
     public var sparsity: FeedForwardSparsity?
 
-    /// Runs some layers' attention on a device for single-token batches; nil: all on the CPU.
-    public var attentionOffload: AttentionOffload?
+    /// Runs some layers' attention (single-token batches) and the output head on a device;
+    /// nil: all on the CPU.
+    public var denseOffload: DenseOffload?
 }
 
-/// A device that runs the attention block of some layers for one token at a time. The CPU's
+/// A device that runs the attention block of some layers for one token at a time, and maybe
+/// the output head. The CPU's
 /// KV cache stays complete: the device stores the token's key and value there too, and hears of
 /// every cache row the CPU writes (prompt batches) so its own copy can catch up.
-public protocol AttentionOffload: AnyObject {
+public protocol DenseOffload: AnyObject {
     /// The attention block of the batch's single token at `layer` (norm, q/k/v, rope, cache,
     /// attention, output, residual: `pass.x` += its output). False when this layer is not
     /// on the device (or the device failed): the CPU then does it, nothing having changed.
     func attention(_ w: LayerWeights, layer: Int, pass: ForwardPass, cache: KVCache) -> Bool
     /// The CPU wrote `cache` rows `positions` of `layer`.
     func cacheWritten(layer: Int, positions: Range<Int>)
+    /// Final norm and output head of residual `x` into `logits`; false when the head is not on
+    /// the device (or it failed): the CPU then computes it.
+    func outputHead(_ x: UnsafePointer<Float>, into logits: UnsafeMutablePointer<Float>) -> Bool
 }
 
 /// A replacement for the dense FFN: reads `pass.normed` (and `pass.x`, the pre-norm input)

@@ -61,6 +61,9 @@ public final class LanguageModel: @unchecked Sendable {
 
     /// Final norm and output head for the batch rows `rows`, logits to `output` rows 0...
     private func outputHead(rows: Range<Int>, pass: ForwardPass, into output: Matrix) {
+        if rows.count == 1, let device = pass.denseOffload, device.outputHead(pass.x.row(rows.lowerBound), into: output.row(0)) {
+            return
+        }
         for (i, t) in rows.enumerated() {
             VectorKernels.rmsNorm(pass.x.row(t), weight: weights.outputNorm.pointer, epsilon: config.rmsEpsilon,
                                   pass.normed.row(i), config.embeddingLength)

@@ -2,11 +2,11 @@
 /// pre-norm attention with rope and grouped kv heads, then a pre-norm gated FFN.
 enum Llama {
     static func block(_ w: LayerWeights, layer: Int, pass p: ForwardPass, cache: KVCache) {
-        if p.tokenCount == 1, let device = p.attentionOffload, device.attention(w, layer: layer, pass: p, cache: cache) {
+        if p.tokenCount == 1, let device = p.denseOffload, device.attention(w, layer: layer, pass: p, cache: cache) {
             // Done on the device, residual included.
         } else {
             attention(w, layer: layer, pass: p, cache: cache)
-            p.attentionOffload?.cacheWritten(layer: layer, positions: p.positions[0]..<p.positions[0] + p.tokenCount)
+            p.denseOffload?.cacheWritten(layer: layer, positions: p.positions[0]..<p.positions[0] + p.tokenCount)
         }
 
         p.rmsNorm(p.x, w.ffnNorm, into: p.normed)

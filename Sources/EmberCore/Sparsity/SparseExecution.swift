@@ -47,16 +47,19 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
 }
 
 /// A fast device and, per layer, the FFN neurons it holds (model neuron ids, any order), and
-/// the layers whose attention it runs (the engine's DeviceAttention, not the FFN's business).
+/// the dense blocks it runs: layers' attention and maybe the output head (the engine's
+/// DeviceDenseBlocks, not the FFN's business).
 public struct HybridPlacement {
     public let device: OpenCLDevice
     public let deviceNeurons: [[Int32]]
     public let attentionLayers: [Int]
+    public let outputHead: Bool
 
-    public init(device: OpenCLDevice, deviceNeurons: [[Int32]], attentionLayers: [Int] = []) {
+    public init(device: OpenCLDevice, deviceNeurons: [[Int32]], attentionLayers: [Int] = [], outputHead: Bool = false) {
         self.device = device
         self.deviceNeurons = deviceNeurons
         self.attentionLayers = attentionLayers
+        self.outputHead = outputHead
     }
 }
 

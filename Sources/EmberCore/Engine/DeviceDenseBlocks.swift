@@ -1,7 +1,8 @@
 import Foundation
 
-/// The attention blocks of some layers, run on an OpenCL device for each decoded token
-/// (DESIGN.md section 6: the device holds dense blocks first). The device keeps its own KV
+/// The dense blocks placed on an OpenCL device (DESIGN.md section 6: the device holds dense
+/// blocks first): the attention blocks of some layers, run for each decoded token, and maybe
+/// the output head, run for every single row of logits. The device keeps its own KV
 /// cache for those layers; the CPU's stays complete (the device's keys and values are read
 /// back each token) and rows the CPU writes for prompt batches are copied over before the
 /// device next attends. One token's block is enqueued without a host round trip; the host
@@ -9,12 +10,17 @@ import Foundation
 ///
 /// Llama-family blocks without biases (Llama 2/3, Mistral, SmolLM2, the synthetic models);
 /// `unsupportedReason` says why others are not offloaded.
-public final class DeviceAttention: AttentionOffload, @unchecked Sendable {
+public final class DeviceDenseBlocks: DenseOffload, @unchecked Sendable {
     public let device: OpenCLDevice
     /// The layers whose attention runs on the device.
     public let layers: [Int]
+    /// Whether the final norm and output head run on the device.
+    public let runsOutputHead: Bool
     /// Why the device stopped (the CPU then runs every layer), if it did.
     public private(set) var failure: String?
+    /// Attention blocks and logit rows the device has computed so far.
+    public private(set) var attentionRuns = 0
+    public private(set) var outputHeadRuns = 0
 
     private struct Layer {
         let norm: OpenCLBuffer
@@ -33,6 +39,7 @@ public final class DeviceAttention: AttentionOffload, @unchecked Sendable {
     // One token's vectors.
     private let x, normed, q, k, v, attended, projected, cosines, sines, scores: OpenCLBuffer
     private var scratch: [TensorType: OpenCLBuffer] = [:]
+    private let head: (norm: OpenCLBuffer, output: OpenCLWeightMatrix, logits: OpenCLBuffer)?
 
     /// Why `model`'s attention cannot run on the device, or nil when it can.
     public static func unsupportedReason(_ model: LanguageModel) -> String? {
@@ -55,15 +62,23 @@ public final class DeviceAttention: AttentionOffload, @unchecked Sendable {
         let c = config, widest = max(c.embeddingLength, c.headCount * c.valueDimension)
         let vectors = 3 * c.embeddingLength + c.queryLength + c.kvLength + c.valueLength + c.headCount * c.valueDimension
             + c.headDimension + c.headCount * capacity
-        // Up to four activation formats (q, k, v, output), each at most a float per element.
-        return 4 * (vectors + 4 * widest)
+        // Up to five activation formats (q, k, v, output, head), each at most a float per
+        // element; the logits.
+        return 4 * (vectors + 5 * widest + c.vocabularySize)
     }
 
-    /// Uploads the attention weights of `layers` and makes their caches of `capacity` positions.
-    public init(device: OpenCLDevice, model: LanguageModel, layers: [Int], capacity: Int) throws {
+    /// Device bytes of the output head: the matrix and the final norm.
+    public static func outputHeadByteCount(_ weights: ModelWeights) -> Int {
+        weights.output.byteCount + weights.outputNorm.count * 4
+    }
+
+    /// Uploads the attention weights of `layers`, makes their caches of `capacity` positions,
+    /// and uploads the output head when `outputHead`.
+    public init(device: OpenCLDevice, model: LanguageModel, layers: [Int], outputHead: Bool = false, capacity: Int) throws {
         if let reason = Self.unsupportedReason(model) { throw OpenCLError.invalidArgument(reason) }
         self.device = device
         self.layers = layers
+        runsOutputHead = outputHead
         config = model.config
         self.capacity = capacity
         matrices = try OpenCLMatrixKernels(device: device)
@@ -101,6 +116,35 @@ public final class DeviceAttention: AttentionOffload, @unchecked Sendable {
             }
         }
         self.state = state
+        if outputHead {
+            let w = model.weights
+            let output = try matrices.upload(w.output)
+            head = (norm: try device.makeBuffer(copying: UnsafeRawBufferPointer(start: w.outputNorm.pointer, count: d * 4),
+                                                label: "output_norm"),
+                    output: output, logits: try buffer(output.rows, "logits"))
+            if output.activationType != .f32, scratch[output.activationType] == nil {
+                scratch[output.activationType] = try matrices.makeActivations(output.activationType, length: d)
+            }
+        } else {
+            head = nil
+        }
+    }
+
+    public func outputHead(_ residual: UnsafePointer<Float>, into logits: UnsafeMutablePointer<Float>) -> Bool {
+        guard failure == nil, let head else { return false }
+        let d = config.embeddingLength
+        do {
+            try device.write(UnsafeRawBufferPointer(start: residual, count: d * 4), to: x)
+            try vectors.rmsNorm(x, weight: head.norm, epsilon: config.rmsEpsilon, length: d, into: normed)
+            let input = try matrices.activations(for: head.output, from: normed, length: d, scratch: scratch[head.output.activationType])
+            try matrices.multiply(head.output, activations: input, into: head.logits)
+            try device.read(head.logits, into: UnsafeMutableRawBufferPointer(start: logits, count: head.output.rows * 4))
+            outputHeadRuns += 1
+            return true
+        } catch {
+            failure = "\(error)"
+            return false
+        }
     }
 
     public func cacheWritten(layer: Int, positions: Range<Int>) {
@@ -115,6 +159,7 @@ public final class DeviceAttention: AttentionOffload, @unchecked Sendable {
             try run(&s, layer: layer, position: position, pass: pass, cache: cache)
             s.synced = position + 1
             state[layer] = s
+            attentionRuns += 1
             return true
         } catch {
             // Nothing on the host changed before the last read; the CPU takes over for good.
