@@ -46,6 +46,7 @@ enum BenchCommand {
                 object["device"] = device.info.name
                 object["device_share"] = hybrid.deviceShare
                 object["device_attention_layers"] = sparse?.hybridPlacement?.attentionLayers.count ?? 0
+                object["device_output_head"] = sparse?.hybridPlacement?.outputHead ?? false
                 object["cpu_ms_per_token"] = hybrid.cpuSeconds * perToken
                 object["device_wait_ms_per_token"] = hybrid.deviceWaitSeconds * perToken
                 if let failure = hybrid.failure { object["device_failure"] = failure }
@@ -69,9 +70,10 @@ enum BenchCommand {
         print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; median decode uses %.0f %% of it",
                      Double(result.weightBytesPerToken) / 1e6, result.readBandwidth / 1e9, result.bandwidthShare * 100))
         if let hybrid, let device = sparse?.hybridDevice, generated > 0 {
-            print(String(format: "hybrid: %@ ran the attention of %d layers and computed %.1f %% of the activated neurons "
+            print(String(format: "hybrid: %@ ran the attention of %d layers%@ and computed %.1f %% of the activated neurons "
                             + "(%.0f per token, the CPU %.0f); per token the CPU worked %.2f ms on its neurons, then waited %.2f ms "
                             + "for the device", device.info.name, sparse?.hybridPlacement?.attentionLayers.count ?? 0,
+                         sparse?.hybridPlacement?.outputHead == true ? " and the output head" : "",
                          hybrid.deviceShare * 100, Double(hybrid.deviceNeurons) / Double(generated),
                          Double(hybrid.cpuNeurons) / Double(generated), hybrid.cpuSeconds * perToken,
                          hybrid.deviceWaitSeconds * perToken))
