@@ -100,6 +100,7 @@ public final class DeviceDenseBlocks: DenseOffload, @unchecked Sendable {
         cosines = try buffer(c.headDimension / 2, "rope cosines")
         sines = try buffer(c.headDimension / 2, "rope sines")
         scores = try buffer(c.headCount * capacity, "attention scores")
+        let widest = max(d, c.headCount * c.valueDimension)
         var state = [Layer?](repeating: nil, count: c.layerCount)
         for l in layers {
             let w = model.weights.layers[l]
@@ -112,7 +113,8 @@ public final class DeviceDenseBlocks: DenseOffload, @unchecked Sendable {
                 values: try buffer(capacity * c.valueLength, "blk.\(l) value cache"))
             let placed = state[l]!
             for matrix in [placed.query, placed.key, placed.value, placed.output] where matrix.activationType != .f32 && scratch[matrix.activationType] == nil {
-                scratch[matrix.activationType] = try matrices.makeActivations(matrix.activationType, length: matrix.columns)
+                // One buffer per format serves every input of that format: sized for the widest.
+                scratch[matrix.activationType] = try matrices.makeActivations(matrix.activationType, length: widest)
             }
         }
         self.state = state
@@ -123,7 +125,7 @@ public final class DeviceDenseBlocks: DenseOffload, @unchecked Sendable {
                                                 label: "output_norm"),
                     output: output, logits: try buffer(output.rows, "logits"))
             if output.activationType != .f32, scratch[output.activationType] == nil {
-                scratch[output.activationType] = try matrices.makeActivations(output.activationType, length: d)
+                scratch[output.activationType] = try matrices.makeActivations(output.activationType, length: widest)
             }
         } else {
             head = nil
