@@ -54,12 +54,6 @@ final class CommandLineTests: XCTestCase {
         return directory
     }
 
-    /// Skips the test when libOpenCL.so.1 is absent, and only then.
-    func requireOpenCL() throws {
-        if case let .failure(unavailable) = OpenCLLibrary.load() {
-            throw XCTSkip("libOpenCL.so.1 is absent (scripts/setup --opencl installs PoCL): \(unavailable.reason)")
-        }
-    }
 
     func testBadFlagsAreUsageErrors() throws {
         let cases: [([String], String)] = [
@@ -230,7 +224,7 @@ final class CommandLineTests: XCTestCase {
     /// device takes its hottest neurons and `bench` reports its share; mistakes exit 2; `--gpu
     /// off` runs on the CPU alone; a budget beyond the device's memory is a clear error.
     func testHybridRunAndBench() throws {
-        try requireOpenCL()
+        try TestData.requireOpenCL("hybrid runs of the command line")
         let directory = try scratchDirectory("hybrid")
         let path = try smol()
         let config = try TestData.model(.smolLM2).config
@@ -300,7 +294,7 @@ final class CommandLineTests: XCTestCase {
 
     /// A model whose FFN type the device kernels lack (Q5_1) runs hybrid flags on the CPU, saying so.
     func testHybridFallsBackToTheCPUForTypesTheDeviceLacks() throws {
-        try requireOpenCL()
+        try TestData.requireOpenCL("hybrid runs of the command line")
         let directory = try scratchDirectory("q51")
         let model = directory.appendingPathComponent("tiny.gguf").path
         let stats = directory.appendingPathComponent("tiny.stats.gguf").path

@@ -7,10 +7,7 @@ import XCTest
 /// skips these tests.
 final class HybridTests: XCTestCase {
     func device(budget: Int) throws -> OpenCLDevice {
-        if case let .failure(unavailable) = OpenCLLibrary.load() {
-            throw XCTSkip("libOpenCL.so.1 is absent, so hybrid execution cannot be tested here "
-                          + "(scripts/setup --opencl installs PoCL): \(unavailable.reason)")
-        }
+        try TestData.requireOpenCL("hybrid execution")
         return try OpenCLDevice(try OpenCLSystem.discover().get(), choice: .automatic, memoryBudget: budget)
     }
 

@@ -39,10 +39,7 @@ final class OpenCLTests: XCTestCase {
 
     /// The shared device; skips when libOpenCL.so.1 is absent, fails when it has no device.
     func openCL() throws -> Shared {
-        if case let .failure(unavailable) = OpenCLLibrary.load() {
-            throw XCTSkip("libOpenCL.so.1 is absent, so the OpenCL backend cannot be tested here "
-                          + "(scripts/setup --opencl installs PoCL): \(unavailable.reason)")
-        }
+        try TestData.requireOpenCL("the OpenCL backend")
         if Self.shared == nil {
             Self.shared = Result {
                 let system = try OpenCLSystem.discover().get()

@@ -34,6 +34,15 @@ enum TestData {
         return model
     }
 
+    /// Skips the calling test when libOpenCL.so.1 is absent, and only then (`what`: what cannot
+    /// be tested without it).
+    static func requireOpenCL(_ what: String) throws {
+        if case let .failure(unavailable) = OpenCLLibrary.load() {
+            throw XCTSkip("libOpenCL.so.1 is absent, so \(what) cannot be tested here "
+                          + "(scripts/setup --opencl installs PoCL): \(unavailable.reason)")
+        }
+    }
+
     static func json(_ url: URL) throws -> [String: Any] {
         let data = try Data(contentsOf: url)
         return try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
