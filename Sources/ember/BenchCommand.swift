@@ -28,7 +28,7 @@ enum BenchCommand {
         let decode = Statistics.median(result.decode)
         // Hybrid runs: the counts cover the last repetition's decoded tokens.
         let sparse = session.pass.sparsity as? SparseExecution
-        let hybrid = sparse?.hybridDevice == nil ? nil : sparse?.hybrid
+        let device = sparse?.hybridDevice
         let perToken = 1000 / Double(max(generated, 1))
         if arguments.has("--json") {
             var object: [String: Any] = [
@@ -42,7 +42,7 @@ enum BenchCommand {
                 "sparsity_mode": (session.pass.sparsity as? SparseExecution)?.mode.description ?? "dense",
                 "ffn_sparsity": result.feedForwardSparsity,
             ]
-            if let hybrid, let device = sparse?.hybridDevice {
+            if let device, let hybrid = sparse?.hybrid {
                 object["device"] = device.info.name
                 object["device_share"] = hybrid.deviceShare
                 object["device_attention_layers"] = sparse?.hybridPlacement?.attentionLayers.count ?? 0
@@ -69,7 +69,7 @@ enum BenchCommand {
         }
         print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; median decode uses %.0f %% of it",
                      Double(result.weightBytesPerToken) / 1e6, result.readBandwidth / 1e9, result.bandwidthShare * 100))
-        if let hybrid, let device = sparse?.hybridDevice, generated > 0 {
+        if let device, let hybrid = sparse?.hybrid, generated > 0 {
             print(String(format: "hybrid: %@ ran the attention of %d layers%@ and computed %.1f %% of the activated neurons "
                             + "(%.0f per token, the CPU %.0f); per token the CPU worked %.2f ms on its neurons, then waited %.2f ms "
                             + "for the device", device.info.name, sparse?.hybridPlacement?.attentionLayers.count ?? 0,

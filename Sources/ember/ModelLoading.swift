@@ -114,6 +114,14 @@ enum SparsityFlags {
         }
     }
 
+    /// Device bytes a hybrid run's working buffers take beside the weights: the FFN's, and the
+    /// dense blocks' when the device runs them. `ember place` reserves the same, so its files
+    /// match the runs.
+    static func deviceWorkingBytes(_ model: LanguageModel, denseBlocks: Bool, contextLength: Int) -> Int {
+        DeviceFeedForward.workingBytes(model.config)
+            + (denseBlocks ? DeviceDenseBlocks.workingBytes(model.config, capacity: contextLength) : 0)
+    }
+
     /// The device, its dense blocks and its FFN neurons for `--vram-budget`, or nil (with a
     /// note) when no OpenCL device is there or `--gpu off` asks for the CPU alone. Attention
     /// blocks (with a KV cache for the whole context) and the output head come first where the
@@ -144,8 +152,7 @@ enum SparsityFlags {
         let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
         let attentionReason = DeviceDenseBlocks.unsupportedReason(model)
         if let attentionReason { Terminal.note("ember: attention stays on the CPU: \(attentionReason)") }
-        let working = DeviceFeedForward.workingBytes(model.config)
-            + (attentionReason == nil ? DeviceDenseBlocks.workingBytes(model.config, capacity: contextLength) : 0)
+        let working = deviceWorkingBytes(model, denseBlocks: attentionReason == nil, contextLength: contextLength)
         let options = PlacementOptions(sparsityTarget: target, kvCacheTokens: contextLength,
                                        placesDenseBlocks: attentionReason == nil, reservedBytes: min(budget, working))
         let placementPath = arguments.string("--placement")

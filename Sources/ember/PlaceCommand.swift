@@ -41,9 +41,9 @@ enum PlaceCommand {
         options.placesOutputHead = !arguments.has("--no-head")
         // The device's working buffers come out of the budget first, as in a hybrid run, so
         // a file written here is the one `--vram-budget` runs pick up.
-        let attention = options.placesDenseBlocks && DeviceDenseBlocks.unsupportedReason(loaded.model) == nil
-        options.reservedBytes = min(budget, DeviceFeedForward.workingBytes(loaded.model.config)
-            + (attention ? DeviceDenseBlocks.workingBytes(loaded.model.config, capacity: options.kvCacheTokens) : 0))
+        let denseBlocks = options.placesDenseBlocks && DeviceDenseBlocks.unsupportedReason(loaded.model) == nil
+        options.reservedBytes = min(budget, SparsityFlags.deviceWorkingBytes(loaded.model, denseBlocks: denseBlocks,
+                                                                             contextLength: options.kvCacheTokens))
         let report: PlacementReport
         do {
             report = try Placement.solve(model: loaded.model, modelPath: loaded.path, statisticsPath: statsPath,

@@ -13,9 +13,7 @@ import Foundation
 public final class DeviceDenseBlocks: DenseOffload, @unchecked Sendable {
     public let device: OpenCLDevice
     /// The layers whose attention runs on the device.
-    public let layers: [Int]
-    /// Whether the final norm and output head run on the device.
-    public let runsOutputHead: Bool
+    public var layers: [Int] { state.indices.filter { state[$0] != nil } }
     /// Why the device stopped (the CPU then runs every layer), if it did.
     public private(set) var failure: String?
     /// Attention blocks and logit rows the device has computed so far.
@@ -77,8 +75,6 @@ public final class DeviceDenseBlocks: DenseOffload, @unchecked Sendable {
     public init(device: OpenCLDevice, model: LanguageModel, layers: [Int], outputHead: Bool = false, capacity: Int) throws {
         if let reason = Self.unsupportedReason(model) { throw OpenCLError.invalidArgument(reason) }
         self.device = device
-        self.layers = layers
-        runsOutputHead = outputHead
         config = model.config
         self.capacity = capacity
         matrices = try OpenCLMatrixKernels(device: device)

@@ -12,7 +12,7 @@ import Foundation
 /// One token at a time: `start` enqueues the layer's work without waiting (no host round trip
 /// between kernels), `finish` waits and adds the device's partial output.
 public final class DeviceFeedForward: @unchecked Sendable {
-    public let device: OpenCLDevice
+    private let device: OpenCLDevice
 
     private struct Layer {
         let feedForward: OpenCLSparseFeedForward
@@ -29,9 +29,6 @@ public final class DeviceFeedForward: @unchecked Sendable {
     private let zeros: [Float]
     private let partial: UnsafeMutablePointer<Float>
     private var pending = false
-
-    /// Neurons placed on the device, per layer.
-    public let deviceNeuronCounts: [Int]
 
     /// Uploads, for each layer l, the rows of `deviceNeurons[l]` (model neuron ids) of the
     /// layer's gate and up matrices and of `downs[l]` (its neuron-major down projection).
@@ -70,7 +67,6 @@ public final class DeviceFeedForward: @unchecked Sendable {
             widest = max(widest, neurons.count)
         }
         self.layers = layers
-        deviceNeuronCounts = deviceNeurons.map(\.count)
         input = try device.makeBuffer(byteCount: d * 4, label: "hybrid input")
         rowIDs = try device.makeBuffer(byteCount: widest * 4, label: "hybrid neuron rows")
         output = try device.makeBuffer(byteCount: d * 4, label: "hybrid output")

@@ -137,18 +137,19 @@ public struct OpenCLSystem: @unchecked Sendable {
 // Info queries: strings are asked for their size first; scalars have the size of their type.
 
 private func platformString(_ api: ember_opencl_api, _ platform: OpaquePointer, _ param: Int) throws -> String {
-    var size = 0
-    try OpenCLError.check(api.clGetPlatformInfo(platform, UInt32(param), 0, nil, &size), "clGetPlatformInfo")
-    var bytes = [CChar](repeating: 0, count: size + 1)
-    try OpenCLError.check(api.clGetPlatformInfo(platform, UInt32(param), size, &bytes, nil), "clGetPlatformInfo")
-    return String(cString: bytes).trimmingCharacters(in: .whitespaces)
+    try infoString("clGetPlatformInfo") { api.clGetPlatformInfo(platform, UInt32(param), $0, $1, $2) }
 }
 
 private func deviceString(_ api: ember_opencl_api, _ device: OpaquePointer, _ param: Int) throws -> String {
+    try infoString("clGetDeviceInfo") { api.clGetDeviceInfo(device, UInt32(param), $0, $1, $2) }
+}
+
+/// A string from an info query `get(size, buffer, sizeOut)`: its size first, then its bytes.
+private func infoString(_ call: String, _ get: (Int, UnsafeMutableRawPointer?, UnsafeMutablePointer<Int>?) -> Int32) throws -> String {
     var size = 0
-    try OpenCLError.check(api.clGetDeviceInfo(device, UInt32(param), 0, nil, &size), "clGetDeviceInfo")
+    try OpenCLError.check(get(0, nil, &size), call)
     var bytes = [CChar](repeating: 0, count: size + 1)
-    try OpenCLError.check(api.clGetDeviceInfo(device, UInt32(param), size, &bytes, nil), "clGetDeviceInfo")
+    try OpenCLError.check(bytes.withUnsafeMutableBytes { get(size, $0.baseAddress, nil) }, call)
     return String(cString: bytes).trimmingCharacters(in: .whitespaces)
 }
 
