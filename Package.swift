@@ -1,10 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Ember depends on the toolchain only. Hot integer kernels live in the C target, which is
-// always optimised (a debug build of them would make the end-to-end tests crawl); its AVX2
-// paths are chosen at run time, so the binary still runs on CPUs without AVX2. OpenCL is
-// loaded with dlopen at run time (Backends/OpenCL), so building needs no OpenCL at all.
+// Ember depends on the toolchain only. Hot kernels live in the C target, whose AVX2 paths are
+// chosen at run time, so the binary still runs on CPUs without AVX2. OpenCL is loaded with
+// dlopen at run time (Backends/OpenCL), so building needs no OpenCL at all. No target uses
+// unsafe flags, so other packages can depend on Ember by version.
 let package = Package(
     name: "Ember",
     products: [
@@ -14,7 +14,6 @@ let package = Package(
     targets: [
         .target(
             name: "CEmberKernels",
-            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])],
             // dlopen for the OpenCL loader (part of libc on recent glibc; older ones need libdl).
             linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux]))]
         ),
@@ -26,6 +25,12 @@ let package = Package(
             name: "ember",
             dependencies: ["EmberCore"]
         ),
+        // A small app that uses only EmberCore's public API.
+        .executableTarget(
+            name: "ember-example",
+            dependencies: ["EmberCore"],
+            path: "Examples/Complete"
+        ),
         .testTarget(
             name: "EmberCoreTests",
             dependencies: ["EmberCore"],
@@ -33,5 +38,5 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -160,6 +160,22 @@ void ember_vec_rms_norm(const float *x, const float *w, float eps, float *out, i
     else for (int64_t i = 0; i < n; i++) out[i] = x[i] * inverse;
 }
 
+void ember_vec_layer_norm(const float *x, const float *w, const float *b, float eps, float *out, int64_t n) {
+    // Two passes in double: the mean is removed before squaring, so large offsets cost no precision.
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    const float mean = (float)(sum / (double)n);
+    double squares = 0;
+    for (int64_t i = 0; i < n; i++) squares += (double)(x[i] - mean) * (double)(x[i] - mean);
+    const float inverse = (float)(1.0 / sqrt(squares / (double)n + eps));
+    for (int64_t i = 0; i < n; i++) {
+        float v = (x[i] - mean) * inverse;
+        if (w) v *= w[i];
+        if (b) v += b[i];
+        out[i] = v;
+    }
+}
+
 void ember_vec_softmax(float *x, int64_t n) {
     if (n <= 0) return;
 #ifdef EMBER_X86

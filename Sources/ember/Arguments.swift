@@ -130,19 +130,28 @@ extension Arguments {
         }
     }
 
-    /// The OpenCL platforms and devices, from the library EMBER_OPENCL_LIBRARY names (else
-    /// libOpenCL.so.1), or why there are none.
-    func openCLSystem() -> Result<OpenCLSystem, OpenCLUnavailable> {
-        OpenCLSystem.discover(libraryPath: OpenCLLibrary.path(environment: ProcessInfo.processInfo.environment))
+    /// The OpenCL library EMBER_OPENCL_LIBRARY names, if it names one.
+    func openCLLibraryPath() -> String? {
+        ProcessInfo.processInfo.environment["EMBER_OPENCL_LIBRARY"].flatMap { $0.isEmpty ? nil : $0 }
     }
 
-    /// The device `--gpu`, `--device` and EMBER_OPENCL_DEVICE choose; a malformed value is a usage error.
-    func deviceChoice() throws -> OpenCLDeviceChoice {
-        do {
-            return try OpenCLDeviceChoice.parse(gpu: string("--gpu"), device: string("--device"),
-                                                environment: ProcessInfo.processInfo.environment)
-        } catch let error as OpenCLError {
-            throw UsageError(error.description)
+    /// The device `--gpu`, `--device` and EMBER_OPENCL_DEVICE choose; `--device` wins over the
+    /// environment, and `--gpu off` over both. A malformed value is a usage error.
+    func deviceChoice() throws -> DeviceChoice {
+        switch string("--gpu") {
+        case nil, "on", "auto": break
+        case "off": return .off
+        case let value?: throw UsageError("--gpu must be on or off, not \"\(value)\"")
         }
+        if let device = string("--device") {
+            guard let i = Int(device), i >= 0 else { throw UsageError("--device must be a device number from `ember devices`, not \"\(device)\"") }
+            return .index(i)
+        }
+        let variable = "EMBER_OPENCL_DEVICE"
+        if let value = ProcessInfo.processInfo.environment[variable], !value.isEmpty {
+            guard let i = Int(value), i >= 0 else { throw UsageError("\(variable) must be a device number from `ember devices`, not \"\(value)\"") }
+            return .index(i)
+        }
+        return .automatic
     }
 }

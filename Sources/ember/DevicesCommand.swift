@@ -8,32 +8,32 @@ enum DevicesCommand {
     static let flags: [Arguments.Flag] = DeviceFlags.all
     static let summary = "list OpenCL devices and their memory, and which one Ember would use"
 
-    static func main(_ arguments: Arguments) throws {
+    static func main(_ arguments: Arguments) async throws {
         let choice = try arguments.deviceChoice()
         let system: OpenCLSystem
-        switch arguments.openCLSystem() {
+        switch OpenCLSystem.discover(libraryPath: arguments.openCLLibraryPath() ?? OpenCLLibrary.defaultPath) {
         case let .failure(unavailable):
-            print("OpenCL unavailable: \(unavailable.reason)\nEmber runs on the CPU.")
+            try Terminal.print("OpenCL unavailable: \(unavailable.reason)\nEmber runs on the CPU.")
             return
         case let .success(found): system = found
         }
-        print("OpenCL library: \(system.library.path)")
+        try Terminal.print("OpenCL library: \(system.library.path)")
         for platform in system.platforms {
-            print("platform: \(platform.name) (\(platform.vendor), \(platform.version))")
+            try Terminal.print("platform: \(platform.name) (\(platform.vendor), \(platform.version))")
         }
         // Resolve the choice before listing, but report a bad index after the list it refers to.
         let selected = Result { try system.select(choice) }
         let chosenIndex = (try? selected.get().get())?.index
         for device in system.devices {
             let mark = device.index == chosenIndex ? "*" : " "
-            print("\(mark) \(device.index): \(device.name) [\(device.kind.rawValue)] on \(device.platform.name)")
-            print("     memory \(ByteSize.format(device.globalMemoryBytes)), largest buffer \(ByteSize.format(device.maxAllocationBytes)), "
+            try Terminal.print("\(mark) \(device.index): \(device.name) [\(device.kind.rawValue)] on \(device.platform.name)")
+            try Terminal.print("     memory \(ByteSize.format(device.globalMemoryBytes)), largest buffer \(ByteSize.format(device.maxAllocationBytes)), "
                   + "\(device.computeUnits) compute units, \(device.version)")
         }
         switch selected {
         case let .failure(error): throw error
-        case let .success(.success(device)): print("chosen: device \(device.index) (\(device.name))")
-        case let .success(.failure(unavailable)): print("none chosen: \(unavailable.reason); Ember runs on the CPU.")
+        case let .success(.success(device)): try Terminal.print("chosen: device \(device.index) (\(device.name))")
+        case let .success(.failure(unavailable)): try Terminal.print("none chosen: \(unavailable.reason); Ember runs on the CPU.")
         }
     }
 }

@@ -21,7 +21,7 @@ enum PlaceCommand {
 
     static let summary = "place dense blocks and hot FFN neurons on the fast device under a memory budget"
 
-    static func main(_ arguments: Arguments) throws {
+    static func main(_ arguments: Arguments) async throws {
         guard let budget = try arguments.vramBudget() else { throw UsageError("give the device memory with --vram-budget SIZE") }
         var options = PlacementOptions()
         options.granularity = try arguments.int("--granularity", default: 32, range: 1...1 << 20)
@@ -33,58 +33,51 @@ enum PlaceCommand {
             throw UsageError("no statistics file at \(statsFlag) (--stats)")
         }
 
-        let loaded = try LoadedModel(arguments)
-        let statsPath = arguments.string("--stats") ?? SparsityFlags.companion(of: loaded.path, "stats")
+        let model = try SessionFlags.model(arguments)
+        let statsPath = arguments.string("--stats") ?? CompanionFile.statistics.path(besideModel: model.path)
         guard FileManager.default.fileExists(atPath: statsPath) else {
             throw UsageError("give the activation statistics with --stats FILE (none at \(statsPath))")
         }
         options.placesOutputHead = !arguments.has("--no-head")
-        // The device's working buffers come out of the budget first, as in a hybrid run, so
-        // a file written here is the one `--vram-budget` runs pick up.
-        let denseBlocks = options.placesDenseBlocks && DeviceDenseBlocks.unsupportedReason(loaded.model) == nil
-        options.reservedBytes = min(budget, SparsityFlags.deviceWorkingBytes(loaded.model, denseBlocks: denseBlocks,
-                                                                             contextLength: options.kvCacheTokens))
+        let output = arguments.string("--output")
         let report: PlacementReport
         do {
-            report = try Placement.solve(model: loaded.model, modelPath: loaded.path, statisticsPath: statsPath,
-                                         budget: budget, options: options)
+            report = try model.place(statisticsPath: statsPath, budget: budget, options: options)
         } catch PlacementError.sparsityTarget(let detail) {
             throw UsageError("\(statsPath): \(detail) (--sparsity)")
         }
-        if let output = arguments.string("--output") {
-            try report.placement.write(to: output, powerInferMagic: arguments.has("--pwri"))
-        }
+        if let output { try report.placement.write(to: output, powerInferMagic: arguments.has("--pwri")) }
         if arguments.has("--json") {
-            printJSON(report, model: loaded.path, stats: statsPath, output: arguments.string("--output"))
+            try printJSON(report, model: model.path, stats: statsPath, output: output)
         } else {
-            printReport(report, model: loaded.path, stats: statsPath, output: arguments.string("--output"))
+            try printReport(report, model: model.path, stats: statsPath, output: output)
         }
     }
 
-    static func printReport(_ report: PlacementReport, model: String, stats: String, output: String?) {
+    static func printReport(_ report: PlacementReport, model: String, stats: String, output: String?) throws {
         let p = report.placement, a = report.assignment, o = report.layerOffloading
         let neurons = p.deviceNeurons.reduce(0) { $0 + $1.count }, all = p.layerCount * p.feedForwardLength
         let attention = p.denseBlocks.filter { $0 != .outputHead }.count
-        print("placement of \(p.modelName) (\((model as NSString).lastPathComponent)) with \((stats as NSString).lastPathComponent)"
+        try Terminal.print("placement of \(p.modelName) (\((model as NSString).lastPathComponent)) with \((stats as NSString).lastPathComponent)"
               + String(format: " (sparsity target %.2f), granularity %d, minimum groups %d", p.sparsityTarget, p.granularity, p.minimumGroups))
-        print("budget: \(ByteSize.format(p.budget)) (\(p.budget) bytes); used \(ByteSize.format(p.usedBytes)): "
+        try Terminal.print("budget: \(ByteSize.format(p.budget)) (\(p.budget) bytes); used \(ByteSize.format(p.usedBytes)): "
               + "working buffers \(ByteSize.format(p.reservedBytes)) + dense \(ByteSize.format(p.denseBytes)) + FFN \(ByteSize.format(p.neuronBytes))")
-        print("dense blocks on the device: attention of \(attention) of \(p.layerCount) layers, output head "
+        try Terminal.print("dense blocks on the device: attention of \(attention) of \(p.layerCount) layers, output head "
               + (p.denseBlocks.contains(.outputHead) ? "yes" : "no"))
-        print(String(format: "FFN neurons on the device: %d of %d (%.1f %%); per layer: ", neurons, all, Double(neurons) / Double(max(all, 1)) * 100)
+        try Terminal.print(String(format: "FFN neurons on the device: %d of %d (%.1f %%); per layer: ", neurons, all, Double(neurons) / Double(max(all, 1)) * 100)
               + p.deviceNeurons.map { String($0.count) }.joined(separator: " "))
         let method = a.quantum == 0 ? "everything fits"
             : "dynamic programme over \(p.layerCount) layers × \(a.capacityUnits) units of \(a.quantum) bytes"
-        print(String(format: "solved in %.1f ms (%@, %@)", report.solveSeconds * 1000, a.exact ? "exact" : "capacity rounded, not exact", method))
-        print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%)",
+        try Terminal.print(String(format: "solved in %.1f ms (%@, %@)", report.solveSeconds * 1000, a.exact ? "exact" : "capacity rounded, not exact", method))
+        try Terminal.print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%)",
                      p.expectedDeviceShare * 100, report.deviceReadShare * 100))
         let range = o.layers.isEmpty ? "none" : "\(o.layers.count) layers (\(o.layers.first!)–\(o.layers.last!))"
-        print(String(format: "offloading whole layers instead: %@, output head %@, %@: %.1f %% (of weight bytes read per token, dense: %.1f %%)",
+        try Terminal.print(String(format: "offloading whole layers instead: %@, output head %@, %@: %.1f %% (of weight bytes read per token, dense: %.1f %%)",
                      range, o.outputHead ? "yes" : "no", ByteSize.format(o.bytes), o.deviceShare * 100, o.deviceReadShare * 100))
-        if let output { print("wrote \(output)") }
+        if let output { try Terminal.print("wrote \(output)") }
     }
 
-    static func printJSON(_ report: PlacementReport, model: String, stats: String, output: String?) {
+    static func printJSON(_ report: PlacementReport, model: String, stats: String, output: String?) throws {
         let p = report.placement, a = report.assignment, o = report.layerOffloading
         var object: [String: Any] = [
             "model": model, "model_name": p.modelName, "stats": stats, "stats_sha256": p.statisticsSHA256,
@@ -100,7 +93,7 @@ enum PlaceCommand {
         ]
         if let output { object["output"] = output }
         if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
-            print(String(decoding: data, as: UTF8.self))
+            try Terminal.print(String(decoding: data, as: UTF8.self))
         }
     }
 }

@@ -18,29 +18,29 @@ enum ProfileCommand {
 
     static let summary = "activation statistics and thresholds of the FFN neurons on a text"
 
-    static func main(_ arguments: Arguments) throws {
+    static func main(_ arguments: Arguments) async throws {
         guard let path = arguments.string("--file") else { throw UsageError("give the calibration text with -f FILE") }
         guard let output = arguments.string("--output") else { throw UsageError("give the statistics file with -o FILE") }
-        let context = try arguments.int("--ctx", default: 256, range: 1...1 << 20)
+        let chunk = try arguments.int("--ctx", default: 256, range: 1...1 << 20)
         let tokenLimit = try arguments.int("--tokens", default: Int.max, range: 1...Int.max)
         let targets = try parseTargets(arguments.string("--targets") ?? "0.3,0.4,0.5,0.6,0.7,0.8,0.9")
         let reported = try arguments.float("--at", default: 0.7, range: 0...1)
         let other = try arguments.string("--compare").map { try ActivationStatistics(path: $0) }
 
         let text = try TextInput.readFile(path)
-        let loaded = try LoadedModel(arguments)
-        let tokens = Array(loaded.corpusTokens(text).prefix(tokenLimit))
-        let session = try loaded.session(arguments, minimumContext: context)
+        let model = try SessionFlags.model(arguments)
+        var options = try SessionFlags.options(arguments)
+        options.contextLength = min(chunk, model.contextLength)
+        options.sparsity = .dense
+        let session = try Session(model: model, options: options)
         let progress = Progress("profile")
         let start = DispatchTime.now()
-        let profile = try session.profileActivations(tokens, context: context, targets: targets) { done, total in
+        let profile = try await session.profile(text: text, chunkLength: chunk, maxTokens: tokenLimit, targets: targets) { done, total in
             progress.update(done, of: total, detail: done * 2 <= total ? "calibrating" : "counting")
         }
-        var statistics = profile.statistics
+        let statistics = profile.statistics
         progress.finish()
         let elapsed = seconds(since: start)
-        statistics.sourceModel = loaded.name
-        statistics.corpusSHA256 = SHA256.hex(Array(text.utf8))
         try statistics.write(to: output)
         Terminal.note(String(format: "[%d tokens in %.1f s, %.0f tokens/s; wrote %@]",
                              statistics.tokens, elapsed, Double(statistics.tokens) / elapsed, output))
@@ -50,7 +50,7 @@ enum ProfileCommand {
         guard let index else {
             throw UsageError("--at \(reported) is not one of the targets \(statistics.sparsityTargets.map { "\($0)" }.joined(separator: ","))")
         }
-        printSummary(statistics, targetIndex: index)
+        try printSummary(statistics, targetIndex: index)
         if let other { try printOverlap(statistics, other, targetIndex: index) }
         if let plot = arguments.string("--plot") {
             let title = "Activation frequency — \(statistics.sourceModel)"
@@ -58,14 +58,14 @@ enum ProfileCommand {
             Terminal.note("[wrote \(plot)]")
         }
         if let measured = profile.measured {
-            print("\ncheck: sparsity the thresholds reach on the same tokens (mean over layers / largest deviation):")
+            try Terminal.print("\ncheck: sparsity the thresholds reach on the same tokens (mean over layers / largest deviation):")
             for (s, target) in statistics.sparsityTargets.enumerated() {
                 func line(_ values: [[Double]]) -> String {
                     let column = values.map { $0[s] }
                     let deviation = column.map { abs($0 - Double(target)) }.max() ?? 0
                     return String(format: "%.4f / %.4f", column.reduce(0, +) / Double(column.count), deviation)
                 }
-                print(String(format: "  target %.2f: gate %@   down %@", target, line(measured.gate), line(measured.down)))
+                try Terminal.print(String(format: "  target %.2f: gate %@   down %@", target, line(measured.gate), line(measured.down)))
             }
         }
     }
@@ -78,26 +78,26 @@ enum ProfileCommand {
         return Array(Set(values.map { $0! })).sorted()
     }
 
-    static func printSummary(_ statistics: ActivationStatistics, targetIndex: Int) {
+    static func printSummary(_ statistics: ActivationStatistics, targetIndex: Int) throws {
         let relu = statistics.activation == "relu"
-        print("locality of \(statistics.sourceModel) over \(statistics.tokens) tokens"
+        try Terminal.print("locality of \(statistics.sourceModel) over \(statistics.tokens) tokens"
               + (relu ? " (ReLU: active = act > 0)" : " (active = |act(gate)| ≥ per-layer threshold)"))
-        print("all targets, whole model (neurons of all layers ranked together):")
-        print("  target  sparsity  neurons for 80 % of activations  activations of hottest 20 %")
+        try Terminal.print("all targets, whole model (neurons of all layers ranked together):")
+        try Terminal.print("  target  sparsity  neurons for 80 % of activations  activations of hottest 20 %")
         for s in statistics.sparsityTargets.indices {
             let o = LocalitySummary(statistics, targetIndex: s).overall
-            print(String(format: "  %5.1f %%  %6.1f %%  %20.1f %%  %27.1f %%", statistics.sparsityTargets[s] * 100,
+            try Terminal.print(String(format: "  %5.1f %%  %6.1f %%  %20.1f %%  %27.1f %%", statistics.sparsityTargets[s] * 100,
                          o.sparsity * 100, o.coveringShare * 100, o.hottestShare * 100))
         }
         let summary = LocalitySummary(statistics, targetIndex: targetIndex)
-        print(String(format: "per layer at target %.1f %%:", summary.sparsityTarget * 100))
-        print("  layer  sparsity  gate threshold  neurons for 80 %  hottest 20 % share")
+        try Terminal.print(String(format: "per layer at target %.1f %%:", summary.sparsityTarget * 100))
+        try Terminal.print("  layer  sparsity  gate threshold  neurons for 80 %  hottest 20 % share")
         for (l, entry) in summary.layers.enumerated() {
-            print(String(format: "  %5d  %6.1f %%  %14.5g  %14.1f %%  %16.1f %%", l, entry.sparsity * 100,
+            try Terminal.print(String(format: "  %5d  %6.1f %%  %14.5g  %14.1f %%  %16.1f %%", l, entry.sparsity * 100,
                          statistics.layers[l].gateThresholds[targetIndex], entry.coveringShare * 100, entry.hottestShare * 100))
         }
         let mean = summary.layers.map(\.coveringShare).reduce(0, +) / Double(summary.layers.count)
-        print(String(format: "  mean over layers: %.1f %% of neurons cover 80 %% of activations; whole model: %.1f %%; hottest 20 %% make %.1f %%",
+        try Terminal.print(String(format: "  mean over layers: %.1f %% of neurons cover 80 %% of activations; whole model: %.1f %%; hottest 20 %% make %.1f %%",
                      mean * 100, summary.overall.coveringShare * 100, summary.overall.hottestShare * 100))
     }
 
@@ -107,9 +107,9 @@ enum ProfileCommand {
             throw UsageError("the --compare statistics have no target \(target)")
         }
         let overlap = try LocalitySummary.hotSetOverlap(statistics, other, targetIndex: targetIndex, otherTargetIndex: otherIndex)
-        print("hottest 20 % of neurons shared with the --compare statistics, per layer:")
-        print("  " + overlap.map { String(format: "%.2f", $0) }.joined(separator: " "))
-        print(String(format: "  mean %.3f, min %.3f, max %.3f", overlap.reduce(0, +) / Double(overlap.count),
+        try Terminal.print("hottest 20 % of neurons shared with the --compare statistics, per layer:")
+        try Terminal.print("  " + overlap.map { String(format: "%.2f", $0) }.joined(separator: " "))
+        try Terminal.print(String(format: "  mean %.3f, min %.3f, max %.3f", overlap.reduce(0, +) / Double(overlap.count),
                      overlap.min() ?? 0, overlap.max() ?? 0))
     }
 }

@@ -21,26 +21,24 @@ enum SynthCommand {
 
     static let summary = "write a synthetic llama-shaped ReLU model with planted FFN sparsity (for speed tests)"
 
-    static func main(_ arguments: Arguments) throws {
+    static func main(_ arguments: Arguments) async throws {
         let options = try parse(arguments)
         guard let path = arguments.string("--output") else { throw UsageError("give the output file with -o FILE.gguf") }
         let threads = try arguments.threads()
 
         let tokenizerPath = try ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") }
-        let tokenizer = try GGUFFile(path: tokenizerPath)
-        let pool = ThreadPool(threads: threads)
         let progress = Progress("synth \(options.shape.name)")
         let start = DispatchTime.now()
-        try SyntheticModel.write(options, tokenizer: tokenizer, to: path, pool: pool) { done, total in
+        try SyntheticModel.write(options, tokenizerFrom: tokenizerPath, to: path, threads: threads) { done, total in
             progress.update(done >> 20, of: total >> 20, detail: "MiB")
         }
         progress.finish()
         let elapsed = seconds(since: start)
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        print(String(format: "wrote %@: %.1f MB in %.1f s (shape %@, %@, sparsity %.2f, seed %llu)",
+        try Terminal.print(String(format: "wrote %@: %.1f MB in %.1f s (shape %@, %@, sparsity %.2f, seed %llu)",
                      path, Double(size) / 1e6, elapsed, options.shape.name, options.type.description,
                      options.sparsity, options.seed))
-        print(SyntheticModel.description(options))
+        try Terminal.print(SyntheticModel.description(options))
     }
 
     static func parse(_ arguments: Arguments) throws -> SyntheticModel.Options {

@@ -22,7 +22,7 @@ enum TrainPredictorCommand {
 
     static let summary = "train per-layer activation predictors (PowerInfer's form) on a text"
 
-    static func main(_ arguments: Arguments) throws {
+    static func main(_ arguments: Arguments) async throws {
         guard let statsPath = arguments.string("--stats") else { throw UsageError("give the statistics file with --stats FILE") }
         guard let textPath = arguments.string("--file") else { throw UsageError("give the training text with -f FILE") }
         guard let output = arguments.string("--output") else { throw UsageError("give the output file with -o FILE") }
@@ -37,80 +37,62 @@ enum TrainPredictorCommand {
         let tokenLimit = try arguments.int("--tokens", default: Int.max, range: 1...Int.max)
 
         let stats = try ActivationStatistics(path: statsPath)
-        let sparsity: Float
-        if arguments.has("--sparsity") {
-            sparsity = try arguments.float("--sparsity", default: 0, range: 0...1)
-        } else {
-            guard stats.sparsityTargets.count == 1 else {
-                throw UsageError("\(statsPath) has targets \(stats.sparsityTargets): choose one with --sparsity")
-            }
-            sparsity = stats.sparsityTargets[0]
+        let sparsity: Float? = arguments.has("--sparsity") ? try arguments.float("--sparsity", default: 0, range: 0...1) : nil
+        if sparsity == nil, stats.sparsityTargets.count != 1 {
+            throw UsageError("\(statsPath) has targets \(stats.sparsityTargets): choose one with --sparsity")
         }
-        guard let target = stats.targetIndex(for: sparsity) else {
+        if let sparsity, stats.targetIndex(for: sparsity) == nil {
             throw UsageError("\(statsPath) has no threshold for sparsity \(sparsity); it has \(stats.sparsityTargets)")
         }
-
-        let loaded = try LoadedModel(arguments)
-        let config = loaded.model.config
-        guard stats.feedForwardLength == config.feedForwardLength, stats.layers.count == config.layerCount else {
-            throw SparsityError.mismatch("\(statsPath) describes \(stats.layers.count) layers of \(stats.feedForwardLength) neurons, "
-                                         + "\(loaded.path) has \(config.layerCount) of \(config.feedForwardLength)")
-        }
-        var layers = Array(0..<config.layerCount)
+        let model = try SessionFlags.model(arguments)
+        var layers: [Int]?
         if let list = arguments.string("--layers") {
             layers = try list.split(separator: ",").map { item in
-                guard let l = Int(item.trimmingCharacters(in: .whitespaces)), (0..<config.layerCount).contains(l) else {
-                    throw UsageError("--layers takes layer numbers below \(config.layerCount), not \"\(item)\"")
+                guard let l = Int(item.trimmingCharacters(in: .whitespaces)), l >= 0 else {
+                    throw UsageError("--layers takes layer numbers, not \"\(item)\"")
                 }
                 return l
             }
         }
         let text = try TextInput.readFile(textPath)
-        let tokens = Array(loaded.corpusTokens(text).prefix(tokenLimit))
-        let threads = try arguments.threads()
-        let session = Session(model: loaded.model, threads: threads, contextLength: context, batchSize: 64)
-        let relu = stats.activation == "relu"
+        var sessionOptions = SessionOptions()
+        sessionOptions.threads = try arguments.threads()
+        sessionOptions.contextLength = min(context, model.contextLength)
+        sessionOptions.sparsity = .dense
+        let session = try Session(model: model, options: sessionOptions)
 
         let start = DispatchTime.now()
-        let collecting = Progress("collecting")
-        let data = try PredictorTrainingData.collect(
-            session: session, tokens: tokens, context: context, layers: layers,
-            thresholds: stats.layers.map { $0.gateThresholds[target] }, relu: relu) { collecting.update($0, of: $1) }
-        collecting.finish()
-        let collected = seconds(since: start)
-        Terminal.note(String(format: "collected %d tokens × %d layers in %.1f s", data.tokenCount, layers.count, collected))
-
-        let training = Progress("training")
-        var done = 0
-        let result = PredictorTrainer.train(
-            data: data, layerCount: config.layerCount,
-            hotShares: stats.layers.map { PredictorTrainer.hotShare(counts: $0.counts[target]) },
-            options: options, pool: session.pool,
-            sourceModel: loaded.name,
-            targetSparsity: sparsity) { report in
-                done += 1
-                training.update(done, of: layers.count, detail: "layer \(report.layer): rank \(report.rank)")
+        let collecting = Progress("collecting"), training = Progress("training")
+        let result = try await session.trainPredictors(text: text, statistics: stats, sparsity: sparsity, options: options,
+                                                       chunkLength: context, maxTokens: tokenLimit, layers: layers,
+                                                       writingTo: output) { stage, done, total in
+            switch stage {
+            case .collecting: collecting.update(done, of: total)
+            case .training:
+                collecting.finish()
+                training.update(done, of: total)
             }
-        training.finish()
-        let trained = seconds(since: start) - collected
-        try result.predictors.write(to: output)
-
-        print(String(format: "predictors for %@ at sparsity %.2f, recall target %.2f; tokens: %d train, %d validation (τ, rank), %d held out",
-                     URL(fileURLWithPath: loaded.path).lastPathComponent, sparsity, options.targetRecall,
-                     result.trainTokens, result.validationTokens, result.heldOutTokens))
-        print("layer  rank  tried (rank:validation share)  hot80  active  τ         recall  precision  predicted")
-        for r in result.reports {
-            let tried = r.attempts.map { String(format: "%d:%.2f", $0.rank, $0.validationShare) }.joined(separator: " ")
-            print(String(format: "%5d  %4d  %@  %.3f  %.3f   %-8.4g  %.3f   %.3f      %.3f", r.layer, r.rank,
-                         tried.padding(toLength: max(28, tried.count), withPad: " ", startingAt: 0), r.hotShare, r.activeShare,
-                         r.threshold, r.recall, r.precision, r.predictedShare))
         }
-        let reports = result.reports
+        training.finish()
+        let elapsed = seconds(since: start)
+
+        try Terminal.print(String(format: "predictors for %@ at sparsity %.2f, recall target %.2f; tokens: %d train, %d validation (τ, rank), %d held out",
+                                  URL(fileURLWithPath: model.path).lastPathComponent, result.targetSparsity, options.targetRecall,
+                                  result.trainTokens, result.validationTokens, result.heldOutTokens))
+        try Terminal.print("layer  rank  tried (rank:validation share)  hot80  active  τ         recall  precision  predicted")
+        for r in result.layers {
+            let tried = r.attempts.map { String(format: "%d:%.2f", $0.rank, $0.validationShare) }.joined(separator: " ")
+            try Terminal.print(String(format: "%5d  %4d  %@  %.3f  %.3f   %-8.4g  %.3f   %.3f      %.3f", r.layer, r.rank,
+                                      tried.padding(toLength: max(28, tried.count), withPad: " ", startingAt: 0), r.hotShare, r.activeShare,
+                                      r.threshold, r.recall, r.precision, r.predictedShare))
+        }
+        let reports = result.layers
         func mean(_ values: [Float]) -> Float { values.reduce(0, +) / Float(max(values.count, 1)) }
-        print(String(format: "mean: recall %.3f, precision %.3f, predicted %.3f (truly active %.3f); ranks %d–%d",
-                     mean(reports.map(\.recall)), mean(reports.map(\.precision)), mean(reports.map(\.predictedShare)),
-                     mean(reports.map(\.activeShare)), reports.map(\.rank).min() ?? 0, reports.map(\.rank).max() ?? 0))
-        print(String(format: "wrote %@: %.2f MB of %@ weights (read per token); collection %.1f s, training %.1f s on %d threads",
-                     output, Double(result.predictors.byteCount) / 1e6, options.weightType.description, collected, trained, threads))
+        try Terminal.print(String(format: "mean: recall %.3f, precision %.3f, predicted %.3f (truly active %.3f); ranks %d–%d",
+                                  mean(reports.map(\.recall)), mean(reports.map(\.precision)), mean(reports.map(\.predictedShare)),
+                                  mean(reports.map(\.activeShare)), reports.map(\.rank).min() ?? 0, reports.map(\.rank).max() ?? 0))
+        try Terminal.print(String(format: "wrote %@: %.2f MB of %@ weights (read per token) in %.1f s on %d threads",
+                                  output, Double(result.byteCount) / 1e6, options.weightType.description, elapsed,
+                                  sessionOptions.threads))
     }
 }

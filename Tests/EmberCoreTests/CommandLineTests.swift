@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -12,8 +12,9 @@ final class CommandLineTests: XCTestCase {
     }
 
     /// Runs the release binary (built by `swift build -c release`, which .ci/run does first).
-    func ember(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Outcome {
-        let binary = TestData.packageRoot.appendingPathComponent(".build/release/ember")
+    func ember(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:],
+               executable: String = "ember") throws -> Outcome {
+        let binary = TestData.packageRoot.appendingPathComponent(".build/release/" + executable)
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             XCTFail("\(binary.path) is missing: run `swift build -c release` first")
             throw XCTSkip("no binary")
@@ -81,7 +82,7 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(missing.status, 0, missing.stderr)
         XCTAssertTrue(missing.stdout.contains("OpenCL unavailable: cannot load /nonexistent/libOpenCL.so.1"), missing.stdout)
 
-        let listed = try ember(["devices"], environment: [OpenCLDeviceChoice.environmentVariable: ""])
+        let listed = try ember(["devices"], environment: ["EMBER_OPENCL_DEVICE": ""])
         XCTAssertEqual(listed.status, 0, listed.stderr)
         if case .success = OpenCLSystem.discover() {
             XCTAssertTrue(listed.stdout.contains("* 0: "), listed.stdout)
@@ -132,6 +133,19 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(outcome.stderr.contains("tokens/s"), outcome.stderr)
     }
 
+    /// The example app, built on the public API alone, streams a chat reply and cancels a
+    /// generation half-way.
+    func testExampleAppUsesThePublicAPI() throws {
+        let outcome = try ember([try smol(), "Name three colours."], executable: "ember-example")
+        XCTAssertEqual(outcome.status, 0, outcome.stderr)
+        XCTAssertTrue(outcome.stdout.contains("tokens/s"), outcome.stdout)
+        let cancelled = try XCTUnwrap(outcome.stdout.split(separator: "\n").last { $0.hasPrefix("cancelled after") })
+        let count = try XCTUnwrap(Int(cancelled.split(separator: " ")[2]))
+        XCTAssertLessThan(count, 1000, "the cancelled generation stopped early")
+        let usage = try ember([], executable: "ember-example")
+        XCTAssertEqual(usage.status, 2)
+    }
+
     func testPromptLongerThanTheContextIsAnError() throws {
         let outcome = try ember(["run", "-m", try smol(), "--ctx", "16", "-p", String(repeating: "word ", count: 40)])
         XCTAssertEqual(outcome.status, 1, outcome.stderr)
@@ -166,7 +180,7 @@ final class CommandLineTests: XCTestCase {
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])
         XCTAssertGreaterThan(try XCTUnwrap(json["decode_tps_median"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(json["read_bandwidth_bytes_per_s"] as? Double), 1e8)
-        XCTAssertEqual(json["weight_bytes_per_token"] as? Int, (try TestData.model(.smolLM2)).weights.bytesPerToken)
+        XCTAssertEqual(json["weight_bytes_per_token"] as? Int, (try TestData.model(.smolLM2)).bytesPerToken)
     }
 
     /// `ember place` end to end on SmolLM2 with statistics of seeded random counts: usage
@@ -285,7 +299,7 @@ final class CommandLineTests: XCTestCase {
 
         let off = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "16MiB", "--gpu", "off"] + sparse)
         XCTAssertEqual(off.status, 0, off.stderr)
-        XCTAssertTrue(off.stderr.contains("--gpu off"), off.stderr)
+        XCTAssertTrue(off.stderr.contains("the device is turned off"), off.stderr)
 
         let huge = try ember(["run", "-p", "hi", "-n", "2", "--vram-budget", "64TiB"] + sparse)
         XCTAssertEqual(huge.status, 1, huge.stderr)

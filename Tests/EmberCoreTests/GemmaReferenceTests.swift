@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -21,7 +21,7 @@ final class GemmaReferenceTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(cases.count, 4)
         let model = try TestData.model(.gemma3)
         let tokenizer = try Tokenizer(file: model.file)
-        let session = Session(model: model, threads: 2, contextLength: 192)
+        let session = Context(model: model, threads: 2, contextLength: 192)
         for test in cases {
             let prompt = try XCTUnwrap(test["prompt"] as? String)
             let promptIDs = try XCTUnwrap(test["prompt_ids"] as? [Int]).map(Int32.init)
@@ -33,7 +33,7 @@ final class GemmaReferenceTests: XCTestCase {
             session.reset()
             let logits = try session.evaluate(promptIDs)
             let top = top10[0], topID = Int(top[0])
-            XCTAssertEqual(Int(Session.argmax(logits)), topID, "top token after \(prompt.debugDescription)")
+            XCTAssertEqual(Int(argmax(logits)), topID, "top token after \(prompt.debugDescription)")
             for pair in top10.dropFirst() {
                 let ours = logits[Int(pair[0])] - logits[topID]
                 let theirs = Float(pair[1] - top[1])

@@ -1,6 +1,6 @@
 import XCTest
 import CEmberKernels
-import EmberCore
+@testable import EmberCore
 
 /// Tests of the C kernels (CEmberKernels) on generated data, for every weight type.
 ///

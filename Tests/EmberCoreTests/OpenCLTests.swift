@@ -1,5 +1,5 @@
 import CEmberKernels
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -64,19 +64,6 @@ final class OpenCLTests: XCTestCase {
             return XCTFail("libm was taken for an OpenCL library")
         }
         XCTAssertTrue(unavailable.reason.contains("clGetPlatformIDs"), unavailable.reason)
-    }
-
-    func testDeviceChoiceFromFlagsAndEnvironment() throws {
-        let env = [OpenCLDeviceChoice.environmentVariable: "2"]
-        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: nil, device: nil, environment: [:]), .automatic)
-        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: nil, device: nil, environment: env), .index(2))
-        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: nil, device: "1", environment: env), .index(1))
-        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: "off", device: "1", environment: env), .off)
-        XCTAssertEqual(try OpenCLDeviceChoice.parse(gpu: "on", device: nil, environment: [:]), .automatic)
-        XCTAssertThrowsError(try OpenCLDeviceChoice.parse(gpu: "maybe", device: nil, environment: [:]))
-        XCTAssertThrowsError(try OpenCLDeviceChoice.parse(gpu: nil, device: "-1", environment: [:]))
-        XCTAssertThrowsError(try OpenCLDeviceChoice.parse(gpu: nil, device: nil,
-                                                          environment: [OpenCLDeviceChoice.environmentVariable: "gpu"]))
     }
 
     func testListsDevicesGPUsFirst() throws {

@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -269,19 +269,22 @@ final class PlacementTests: XCTestCase {
     /// except the embedding row (plus the norms, which `bytesPerToken` leaves out).
     func testCostsOfSmolLM2() throws {
         let model = try TestData.model(.smolLM2)
-        let weights = model.weights, config = model.config
-        let costs = PlacementCosts(weights: weights)
+        let config = model.config
+        let costs = PlacementCosts(model: model)
         XCTAssertEqual(costs.layerCount, config.layerCount)
         XCTAssertEqual(costs.feedForwardLength, config.feedForwardLength)
         let d = config.embeddingLength
-        for (l, layer) in weights.layers.enumerated() {
-            XCTAssertEqual(costs.neuronBytes[l], layer.gate!.rowBytes + layer.up.rowBytes + d / 32 * 34)
+        for l in 0..<config.layerCount {
+            let f = model.architecture.feedForward(l)
+            XCTAssertEqual(costs.neuronBytes[l], f.gate!.weight.rowBytes + f.up.weight.rowBytes + d / 32 * 34)
         }
-        let norms = (config.layerCount * 2 + 1) * d * 4
+        // The layer norms run on the host; the final norm goes with the output head.
+        let outputNorm = d * 4
         let dense = costs.denseBlocks.reduce(0) { $0 + $1.bytes }
-        XCTAssertEqual(dense + costs.feedForwardFileBytes.reduce(0, +), weights.bytesPerToken - weights.tokenEmbedding.rowBytes + norms)
+        let fileBytes = costs.feedForwardFileBytes.reduce(0, +)
+        XCTAssertEqual(dense + fileBytes, model.bytesPerToken - model.architecture.embedding.tokens.rowBytes + outputNorm)
         XCTAssertEqual(costs.denseBlocks.last?.block, .outputHead)
-        let withCache = PlacementCosts(weights: weights, kvCacheTokens: 100)
+        let withCache = PlacementCosts(model: model, kvCacheTokens: 100)
         XCTAssertEqual(withCache.bytes(of: .attention(layer: 3)) - costs.bytes(of: .attention(layer: 3)), 100 * 2 * config.kvLength * 4)
     }
 

@@ -255,7 +255,7 @@ final class PredictorTests: XCTestCase {
     /// Gate thresholds reaching `sparsity` on `tokens`, measured here because the profiler is
     /// not on main yet: per layer, the `sparsity` quantile of |act(gate)| over every
     /// `sampleEvery`-th token, and activation counts at it over those tokens.
-    static func calibrate(session: Session, tokens: [Int32], context: Int, sparsities: [Float],
+    static func calibrate(session: Context, tokens: [Int32], context: Int, sparsities: [Float],
                           sampleEvery: Int = 4) throws -> ActivationStatistics {
         let config = session.model.config
         let f = config.feedForwardLength
@@ -298,7 +298,7 @@ final class PredictorTests: XCTestCase {
         let tokenizer = try Tokenizer(file: model.file)
         let text = try String(contentsOfFile: Self.evalTextPath(), encoding: .utf8)
         let tokens = Array(tokenizer.encode(text, addSpecial: false, parseSpecial: false).prefix(1024))
-        let session = Session(model: model, threads: 2, contextLength: 128)
+        let session = Context(model: model, threads: 2, contextLength: 128)
         let stats = try Self.calibrate(session: session, tokens: tokens, context: 128, sparsities: [0.5])
         let layers = [1, 20]
         let data = try PredictorTrainingData.collect(session: session, tokens: tokens, context: 128, layers: layers,

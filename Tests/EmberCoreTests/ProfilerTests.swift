@@ -9,7 +9,7 @@ final class ProfilerTests: XCTestCase {
 
     /// Two chunks of 256 tokens of the GPL text on SmolLM2, profiled once for all tests.
     struct Profiled {
-        let session: Session
+        let session: Context
         let tokens: [Int32]
         let statistics: ActivationStatistics
     }
@@ -26,7 +26,7 @@ final class ProfilerTests: XCTestCase {
         let text = try String(contentsOf: corpus(), encoding: .utf8)
         let tokens = Array(tokenizer.encode(String(text.prefix(4000)), addSpecial: false, parseSpecial: false).prefix(2 * context))
         XCTAssertEqual(tokens.count, 2 * context)
-        let session = Session(model: model, threads: 2, contextLength: context)
+        let session = Context(model: model, threads: 2, contextLength: context)
         let statistics = try session.profileActivations(tokens, context: context, targets: targets).statistics
         let result = Profiled(session: session, tokens: tokens, statistics: statistics)
         profiled = result

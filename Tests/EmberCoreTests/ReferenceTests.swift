@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -55,7 +55,7 @@ final class ReferenceTests: XCTestCase {
 
     func testLastPositionLogitsMatchLlamaCpp() throws {
         let model = try TestData.model(.smolLM2)
-        let session = Session(model: model, threads: 2, contextLength: 256)
+        let session = Context(model: model, threads: 2, contextLength: 256)
         for test in try Self.greedyCases() {
             session.reset()
             let logits = Array(try session.evaluate(test.promptIDs))
@@ -67,13 +67,13 @@ final class ReferenceTests: XCTestCase {
             XCTAssertLessThan(maximum, LogitTolerance.maximum, "max |Δlogit| for \(test.prompt.debugDescription)")
             XCTAssertLessThan(mean, LogitTolerance.mean, "mean |Δlogit| for \(test.prompt.debugDescription)")
             XCTAssertLessThan(Self.klDivergence(reference, logits), LogitTolerance.klDivergence, "KL for \(test.prompt.debugDescription)")
-            XCTAssertEqual(Session.argmax(logits.withUnsafeBufferPointer { $0 }), test.greedyIDs[0])
+            XCTAssertEqual(argmax(logits), test.greedyIDs[0])
         }
     }
 
     func testGreedyDecodingMatchesLlamaCpp() throws {
         let model = try TestData.model(.smolLM2)
-        let session = Session(model: model, threads: 2, contextLength: 256)
+        let session = Context(model: model, threads: 2, contextLength: 256)
         for test in try Self.greedyCases() {
             session.reset()
             var sampler = Sampler(.greedy)
@@ -96,7 +96,7 @@ final class ReferenceTests: XCTestCase {
         let text = try String(contentsOf: TestData.fixtures.appendingPathComponent("eval-gpl3.txt"), encoding: .utf8)
         let tokenizer = try Tokenizer(file: model.file)
         let tokens = tokenizer.encode(text, addSpecial: false, parseSpecial: false)
-        let session = Session(model: model, threads: 2, contextLength: 256, batchSize: 256)
+        let session = Context(model: model, threads: 2, contextLength: 256, batchSize: 256)
         let result = try session.perplexity(of: tokens, context: try XCTUnwrap(reference["ctx"] as? Int))
         XCTAssertEqual(result.chunks, reference["chunks"] as? Int)
         XCTAssertEqual(result.scoredTokens, reference["scored_tokens"] as? Int)
@@ -107,7 +107,7 @@ final class ReferenceTests: XCTestCase {
 
     func testContextOverflowIsAnError() throws {
         let model = try TestData.model(.smolLM2)
-        let session = Session(model: model, threads: 1, contextLength: 8)
+        let session = Context(model: model, threads: 1, contextLength: 8)
         XCTAssertThrowsError(try session.evaluate(Array(repeating: 1, count: 9))) { error in
             XCTAssertEqual(error as? ModelError, .contextOverflow(needed: 9, context: 8))
         }
@@ -122,8 +122,8 @@ final class ReferenceTests: XCTestCase {
     func testBatchedPrefillEqualsTokenByToken() throws {
         let model = try TestData.model(.smolLM2)
         let prompt = try Self.greedyCases()[1].promptIDs
-        let batched = Session(model: model, threads: 2, contextLength: 64, batchSize: 64)
-        let single = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let batched = Context(model: model, threads: 2, contextLength: 64, batchSize: 64)
+        let single = Context(model: model, threads: 2, contextLength: 64, batchSize: 1)
         let a = Array(try batched.evaluate(prompt))
         let b = Array(try single.evaluate(prompt))
         // The prefill kernels add in another order than the decode ones, which is enough to
@@ -131,6 +131,6 @@ final class ReferenceTests: XCTestCase {
         let differences = zip(a, b).map { abs($0 - $1) }
         XCTAssertLessThan(differences.reduce(0, +) / Float(differences.count), LogitTolerance.mean)
         XCTAssertLessThan(Self.klDivergence(a, b), LogitTolerance.klDivergence)
-        XCTAssertEqual(Session.argmax(a.withUnsafeBufferPointer { $0 }), Session.argmax(b.withUnsafeBufferPointer { $0 }))
+        XCTAssertEqual(argmax(a), argmax(b))
     }
 }

@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 

@@ -24,36 +24,31 @@ final class SparseExecutionTests: XCTestCase {
         let model = try TestData.model(.smolLM2)
         let text = try String(contentsOf: TestData.fixtures.appendingPathComponent("eval-gpl3.txt"), encoding: .utf8)
         let tokens = try Tokenizer(file: model.file).encode(text, addSpecial: false, parseSpecial: false)
-        let session = Session(model: model, threads: 2, contextLength: 128, batchSize: 128)
+        let session = Context(model: model, threads: 2, contextLength: 128, batchSize: 128)
         return try session.profileActivations(Array(tokens.prefix(512)), context: 128, targets: [0.5, 0.7]).statistics
     }
 
-    /// A real FFN input: the normed residual of a token after a few layers of a prompt.
-    func passAtLayer(_ layer: Int, model: LanguageModel) throws -> ForwardPass {
-        let session = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+    /// A real FFN input: the normed residual of a prompt's last token at `layer`, with the pass
+    /// as at that layer's FFN.
+    func passAtLayer(_ layer: Int, model: LanguageModel) throws -> (pass: ForwardPass, input: Matrix) {
+        let session = Context(model: model, threads: 2, contextLength: 64, batchSize: 1)
         let prompt = try ReferenceTests.greedyCases()[1].promptIDs
-        try session.evaluate(Array(prompt.dropLast()))
-        // Run the last token up to `layer`, then stop before its FFN.
-        let pass = session.pass
-        pass.begin(tokens: prompt.suffix(1), start: session.position, embedding: model.weights.tokenEmbedding)
-        for l in 0..<layer { Llama.block(model.weights.layers[l], layer: l, pass: pass, cache: session.cache) }
-        pass.rmsNorm(pass.x, model.weights.layers[layer].ffnNorm, into: pass.normed)
+        let input = try FeedForwardInputCapture.input(of: layer, context: session, prompt: prompt)
         retained.append(session)
-        return pass
+        return (session.pass, input)
     }
-    private var retained: [Session] = []
+    private var retained: [Context] = []
 
     /// The FFN output of the single-token path and of the batch path on the same input.
     /// Also checks both computed the same number of neurons.
-    func bothPaths(_ execution: SparseExecution, layer: Int, pass: ForwardPass, model: LanguageModel,
+    func bothPaths(_ execution: SparseExecution, layer: Int, at point: (pass: ForwardPass, input: Matrix), model: LanguageModel,
                    file: StaticString = #filePath, line: UInt = #line) -> (decode: [Float], masked: [Float]) {
-        let w = model.weights.layers[layer]
-        let d = model.config.embeddingLength
-        execution.feedForward(w, layer: layer, pass: pass)
-        let decode = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+        let w = model.architecture.feedForward(layer), pass = point.pass
+        execution.feedForward(w, layer: layer, input: point.input, into: pass.projected, pass: pass)
+        let decode = pass.projected.array(row: 0)
         let decodeCount = execution.activeNeurons
-        execution.maskedFeedForward(w, layer: layer, pass: pass)
-        let masked = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
+        execution.maskedFeedForward(w, layer: layer, input: point.input, into: pass.projected, pass: pass)
+        let masked = pass.projected.array(row: 0)
         XCTAssertEqual(execution.activeNeurons - decodeCount, decodeCount, "neurons computed", file: file, line: line)
         return (decode, masked)
     }
@@ -81,10 +76,11 @@ final class SparseExecutionTests: XCTestCase {
                                      ranks: Array(repeating: r, count: config.layerCount),
                                      thresholds: Array(repeating: 0, count: config.layerCount), inputLength: d, neuronCount: f)
         for layer in [2, 17] {
-            let pass = try passAtLayer(layer, model: model)
+            let point = try passAtLayer(layer, model: model)
             for mode in [SparsityMode.threshold(0.5), .down(0.7), .predictor] {
-                let execution = try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor, pool: pass.pool)
-                let (decode, masked) = bothPaths(execution, layer: layer, pass: pass, model: model)
+                let execution = try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor,
+                                                    pool: point.pass.pool)
+                let (decode, masked) = bothPaths(execution, layer: layer, at: point, model: model)
                 assertSameFFN(decode, masked, "\(mode) at layer \(layer)")
                 XCTAssertGreaterThan(execution.reachedSparsity, 0.2, "\(mode) at layer \(layer)")
             }
@@ -101,27 +97,27 @@ final class SparseExecutionTests: XCTestCase {
                                     ranks: Array(repeating: 1, count: config.layerCount),
                                     thresholds: Array(repeating: 0, count: config.layerCount), inputLength: d, neuronCount: f)
         let layer = 5
-        let pass = try passAtLayer(layer, model: model)
-        pass.feedForward(model.weights.layers[layer], layer: layer)
-        let dense = Array(UnsafeBufferPointer(start: pass.projected.row(0), count: d))
-        let execution = try SparseExecution(mode: .predictor, model: model, statistics: nil, predictor: everyone, pool: pass.pool)
-        let (decode, masked) = bothPaths(execution, layer: layer, pass: pass, model: model)
+        let point = try passAtLayer(layer, model: model)
+        point.pass.feedForward(model.architecture.feedForward(layer), layer: layer, input: point.input, into: point.pass.projected)
+        let dense = point.pass.projected.array(row: 0)
+        let execution = try SparseExecution(mode: .predictor, model: model, statistics: nil, predictor: everyone, pool: point.pass.pool)
+        let (decode, masked) = bothPaths(execution, layer: layer, at: point, model: model)
         XCTAssertEqual(execution.reachedSparsity, 0)
         XCTAssertEqual(masked, dense, "the batch path with every neuron is the dense FFN")
         // Every neuron selected: the dense bytes, with down read from its Q8_0 neuron-major copy
         // (34 bytes per 32 values), plus the predictors.
         let neuronMajorDown = f * d / 32 * 34
-        let expectedBytes = model.weights.bytesPerToken + everyone.byteCount
-            + model.weights.layers.reduce(0) { $0 + neuronMajorDown - $1.down.byteCount }
-        XCTAssertEqual(execution.weightBytesPerToken(model.weights), expectedBytes)
+        let downBytes = (0..<config.layerCount).map { model.architecture.feedForward($0).down.weight.byteCount }
+        let expectedBytes = model.bytesPerToken + everyone.byteCount + downBytes.reduce(0) { $0 + neuronMajorDown - $1 }
+        XCTAssertEqual(execution.weightBytesPerToken(model), expectedBytes)
         assertSameFFN(decode, dense, "decode path with every neuron")
     }
 
     func testThresholdsReachTheirTargetOnAnotherText() throws {
         let model = try TestData.model(.smolLM2)
-        let session = Session(model: model, threads: 2, contextLength: 64)
+        let session = Context(model: model, threads: 2, contextLength: 64)
         let sparse = try SparseExecution(mode: .threshold(0.7), model: model, statistics: try Self.statistics.get(), predictor: nil, pool: session.pool)
-        session.pass.sparsity = sparse
+        session.sparse = sparse
         for test in try ReferenceTests.greedyCases() {
             session.reset()
             try session.evaluate(test.promptIDs)

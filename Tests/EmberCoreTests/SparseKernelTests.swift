@@ -1,5 +1,5 @@
 import CEmberKernels
-import EmberCore
+@testable import EmberCore
 import XCTest
 
 /// Tests of the neuron-aware sparse operators (ember_sparse.h, SparseKernels.swift) on

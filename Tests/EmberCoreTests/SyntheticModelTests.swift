@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -31,7 +31,7 @@ final class SyntheticModelTests: XCTestCase {
         let model = try LanguageModel(path: path)
         let config = model.config
         XCTAssertEqual(config.activation, .relu)
-        let session = Session(model: model, threads: 2, contextLength: tokens)
+        let session = Context(model: model, threads: 2, contextLength: tokens)
         var counts = [[Int]](repeating: [Int](repeating: 0, count: config.feedForwardLength), count: config.layerCount)
         session.pass.feedForwardObserver = { observation in
             for t in 0..<observation.tokenCount {
@@ -59,7 +59,7 @@ final class SyntheticModelTests: XCTestCase {
         var predicted: [Int: Float] = [:]
         for rank in [16, 0] {
             let model = try LanguageModel(path: try write(inputRank: rank, name: "rank\(rank).gguf"))
-            let session = Session(model: model, threads: 2, contextLength: 256)
+            let session = Context(model: model, threads: 2, contextLength: 256)
             let tokens = Self.randomTokens(4096, vocabulary: model.config.vocabularySize)
             let layer = 2
             let data = try PredictorTrainingData.collect(session: session, tokens: tokens, context: 256, layers: [layer],
@@ -88,10 +88,10 @@ final class SyntheticModelTests: XCTestCase {
     func testExactSparsityGivesTheDenseTokens() throws {
         let model = try LanguageModel(path: try write(sparsity: 0.9))
         let prompt: [Int32] = [504, 3575, 282, 4649, 314]
-        let dense = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
-        let exact = Session(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let dense = Context(model: model, threads: 2, contextLength: 64, batchSize: 1)
+        let exact = Context(model: model, threads: 2, contextLength: 64, batchSize: 1)
         let execution = try SparseExecution(mode: .exact, model: model, statistics: nil, predictor: nil, pool: exact.pool)
-        exact.pass.sparsity = execution
+        exact.sparse = execution
         var next = prompt
         var worst: Float = 0
         for step in 0..<40 {
@@ -99,11 +99,11 @@ final class SyntheticModelTests: XCTestCase {
             let difference = zip(a, b).map { abs($0 - $1) }.max() ?? 0
             worst = max(worst, difference)
             let sorted = a.sorted(by: >)
-            let denseChoice = Session.argmax(a.withUnsafeBufferPointer { $0 })
+            let denseChoice = argmax(a)
             // A different choice is only allowed where the dense top two are closer than the
             // logits moved.
             if sorted[0] - sorted[1] > 2 * difference {
-                XCTAssertEqual(Session.argmax(b.withUnsafeBufferPointer { $0 }), denseChoice, "step \(step)")
+                XCTAssertEqual(argmax(b), denseChoice, "step \(step)")
             }
             next = [denseChoice]
         }
@@ -125,7 +125,7 @@ final class SyntheticModelTests: XCTestCase {
         XCTAssertEqual(file.tensorInfo("blk.3.ffn_down.weight")?.dims, [1024, 256])
 
         let model = try LanguageModel(file: file)
-        let session = Session(model: model, threads: 2, contextLength: 64)
+        let session = Context(model: model, threads: 2, contextLength: 64)
         var token: Int32 = 1
         var generated: [Int32] = []
         for _ in 0..<8 {
@@ -140,7 +140,7 @@ final class SyntheticModelTests: XCTestCase {
     func testOtherTypesLoadAndRun() throws {
         for type in [TensorType.q8_0, .f16] {
             let path = try write(type: type, name: "\(type).gguf")
-            let session = Session(model: try LanguageModel(path: path), threads: 2, contextLength: 16)
+            let session = Context(model: try LanguageModel(path: path), threads: 2, contextLength: 16)
             XCTAssertTrue(try session.evaluate([1, 2, 3]).allSatisfy(\.isFinite), "\(type)")
         }
     }

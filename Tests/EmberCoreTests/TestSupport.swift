@@ -1,4 +1,4 @@
-import EmberCore
+@testable import EmberCore
 import Foundation
 import XCTest
 
@@ -51,5 +51,40 @@ enum TestData {
     static func floats(_ url: URL) throws -> [Float] {
         let data = try Data(contentsOf: url)
         return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+}
+
+/// The input of one layer's FFN for the last token of a prompt, decoded as a single token
+/// after the rest: what a sparse FFN sees there.
+final class FeedForwardInputCapture: FeedForwardSparsity {
+    let layer: Int
+    let normed: Matrix
+    let residual: Matrix
+
+    init(layer: Int, config: ModelConfig) {
+        self.layer = layer
+        normed = Matrix(rows: 1, length: config.embeddingLength)
+        residual = Matrix(rows: 1, length: config.embeddingLength)
+    }
+
+    func feedForward(_ f: FeedForward, layer: Int, input: Matrix, into output: Matrix, pass: ForwardPass) {
+        if layer == self.layer {
+            normed.row(0).update(from: input.row(0), count: input.length)
+            residual.row(0).update(from: pass.x.row(0), count: pass.x.length)
+        }
+        output.row(0).update(repeating: 0, count: output.length)
+    }
+
+    /// Runs `prompt` in `context` and leaves `context.pass` as at `layer`'s FFN for its last
+    /// token: `pass.x` the residual entering the FFN; returns the normed input.
+    static func input(of layer: Int, context: Context, prompt: [Int32]) throws -> Matrix {
+        try context.evaluate(Array(prompt.dropLast()))
+        let capture = FeedForwardInputCapture(layer: layer, config: context.model.config)
+        let saved = context.pass.sparsity
+        context.pass.sparsity = capture
+        defer { context.pass.sparsity = saved }
+        try context.evaluate(Array(prompt.suffix(1)))
+        context.pass.x.row(0).update(from: capture.residual.row(0), count: capture.residual.length)
+        return capture.normed
     }
 }

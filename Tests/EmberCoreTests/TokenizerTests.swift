@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import EmberCore
 
@@ -51,12 +52,12 @@ final class TokenizerTests: XCTestCase {
         return path
     }
 
-    private static var loaded: [String: Tokenizer] = [:]
+    private static let loaded = Mutex<[String: Tokenizer]>([:])
 
     /// The model's tokenizer, loaded once per test run. A missing model fails the test (CI
     /// downloads it), it is not skipped.
     func tokenizer(_ name: String) throws -> Tokenizer {
-        if let tokenizer = Self.loaded[name] { return tokenizer }
+        if let tokenizer = Self.loaded.withLock({ $0[name] }) { return tokenizer }
         let path = Self.modelPath(name)
         guard FileManager.default.fileExists(atPath: path) else {
             let error = MissingModel(path: path)
@@ -64,7 +65,7 @@ final class TokenizerTests: XCTestCase {
             throw error
         }
         let tokenizer = try Tokenizer(path: path)
-        Self.loaded[name] = tokenizer
+        Self.loaded.withLock { $0[name] = tokenizer }
         return tokenizer
     }
 

@@ -16,6 +16,9 @@ float ember_vec_dot(const float *a, const float *b, int64_t n);
 void ember_vec_axpy(float a, const float *x, float *y, int64_t n);
 /// out[i] = x[i] / sqrt(mean(x²) + eps) · w[i] (w may be NULL); out may equal x.
 void ember_vec_rms_norm(const float *x, const float *w, float eps, float *out, int64_t n);
+/// LayerNorm: out[i] = (x[i] - mean(x)) / sqrt(var(x) + eps) · w[i] + b[i] (w, b may be NULL);
+/// out may equal x.
+void ember_vec_layer_norm(const float *x, const float *w, const float *b, float eps, float *out, int64_t n);
 /// In place: x = softmax(x).
 void ember_vec_softmax(float *x, int64_t n);
 

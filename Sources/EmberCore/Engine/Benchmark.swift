@@ -1,8 +1,8 @@
 import Foundation
 
-/// Prefill and decode speed of a session, measured the way llama.cpp's benchmarks do: per
-/// repetition a fresh cache, one prompt of `promptTokens` evaluated as a batch, then
-/// `generatedTokens` single-token evaluations feeding back the greedy choice.
+/// Prefill and decode speed, measured the way llama.cpp's benchmarks do: per repetition a
+/// fresh cache, one prompt of `promptTokens` evaluated as a batch, then `generatedTokens`
+/// single-token evaluations feeding back the greedy choice.
 public struct BenchmarkResult: Sendable {
     /// Tokens per second of each repetition.
     public var prefill: [Double]
@@ -11,13 +11,26 @@ public struct BenchmarkResult: Sendable {
     public var weightBytesPerToken: Int
     /// The machine's measured read bandwidth with the same threads, bytes per second.
     public var readBandwidth: Double
-    /// The share of FFN neurons skipped while decoding (0 when dense).
+    /// The sparsity mode of the run, and the share of FFN neurons it skipped while decoding.
+    public var sparsityMode: SparsityMode
     public var feedForwardSparsity: Double
+    /// Hybrid runs: what the device did over the last repetition's decoded tokens.
+    public var hybrid: HybridReport?
 
     /// Decode at the median speed as a share of what the bandwidth allows.
     public var bandwidthShare: Double {
         Statistics.median(decode) * Double(weightBytesPerToken) / readBandwidth
     }
+}
+
+/// What the device of a hybrid run held and did.
+public struct HybridReport: Sendable {
+    public var deviceName: String
+    public var attentionLayers: Int
+    public var outputHead: Bool
+    /// Over the decoded tokens counted: active neurons each side computed, the CPU's time on
+    /// its neurons and its wait for the device, and why the device was dropped, if it was.
+    public var counts: HybridCounts
 }
 
 public enum Statistics {
@@ -29,9 +42,9 @@ public enum Statistics {
     }
 }
 
-extension Session {
-    public func benchmark(promptTokens: Int, generatedTokens: Int, repetitions: Int,
-                          progress: (Int) -> Void = { _ in }) throws -> BenchmarkResult {
+extension Context {
+    func benchmark(promptTokens: Int, generatedTokens: Int, repetitions: Int,
+                   progress: (Int) -> Void = { _ in }) throws -> BenchmarkResult {
         guard promptTokens + generatedTokens <= contextLength else {
             throw ModelError.contextOverflow(needed: promptTokens + generatedTokens, context: contextLength)
         }
@@ -41,22 +54,21 @@ extension Session {
 
         // One untimed short run faults the mapped weights in.
         reset()
-        _ = try evaluate(Array(prompt.prefix(8)))
+        try advance(Array(prompt.prefix(8)))
 
         var prefill: [Double] = []
         var decode: [Double] = []
-        let sparse = pass.sparsity as? SparseExecution
         for repetition in 0..<max(1, repetitions) {
             reset()
             let start = DispatchTime.now()
-            var logits = try evaluate(prompt)
+            try advance(prompt)
             prefill.append(Double(prompt.count) / seconds(since: start))
             var decodeSeconds = 0.0
             sparse?.resetCounts()
             for _ in 0..<generatedTokens {
-                let next = Self.argmax(logits)
+                let next = withLogits { argmax($0) }
                 let step = DispatchTime.now()
-                logits = try evaluate([next])
+                try advance([next])
                 decodeSeconds += seconds(since: step)
             }
             if generatedTokens > 0 { decode.append(Double(generatedTokens) / decodeSeconds) }
@@ -65,14 +77,15 @@ extension Session {
         reset()
         let bandwidth = MemoryBandwidth.measureRead(threads: pool.threadCount) { body in pool.run(body) }
         return BenchmarkResult(prefill: prefill, decode: decode,
-                               weightBytesPerToken: sparse?.weightBytesPerToken(model.weights) ?? model.weights.bytesPerToken,
-                               readBandwidth: bandwidth,
-                               feedForwardSparsity: sparse?.reachedSparsity ?? 0)
+                               weightBytesPerToken: sparse?.weightBytesPerToken(model) ?? model.bytesPerToken,
+                               readBandwidth: bandwidth, sparsityMode: sparse?.mode ?? .dense,
+                               feedForwardSparsity: sparse?.reachedSparsity ?? 0, hybrid: hybridReport)
     }
 
-    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int32 {
-        var best = 0
-        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-        return Int32(best)
+    /// The device's part of a hybrid run so far, or nil when there is no device.
+    var hybridReport: HybridReport? {
+        guard let placement = sparse?.hybridPlacement, let counts = sparse?.hybrid else { return nil }
+        return HybridReport(deviceName: placement.device.info.name, attentionLayers: placement.attentionLayers.count,
+                            outputHead: placement.outputHead, counts: counts)
     }
 }

@@ -2,10 +2,14 @@ import Foundation
 
 /// Why a generation ended.
 public enum StopReason: String, Sendable {
+    /// The model produced its end-of-generation token.
     case endOfGeneration = "end of generation"
+    /// The text reached one of the stop strings.
+    case stopString = "stop string"
     case tokenLimit = "token limit"
     case contextFull = "context full"
-    case stopped = "stopped"
+    /// The caller stopped it (cancelled the task).
+    case cancelled = "cancelled"
 }
 
 /// What a generation did and how fast.
@@ -19,18 +23,32 @@ public struct GenerationStatistics: Sendable {
     public var decodeSeconds = 0.0
     public var stopReason = StopReason.tokenLimit
 
+    public init() {}
+
     public var promptTokensPerSecond: Double { promptSeconds > 0 ? Double(promptTokens) / promptSeconds : 0 }
     public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(decodeEvaluations) / decodeSeconds : 0 }
 }
 
-extension Session {
-    /// Continues the cached sequence with `prompt` (evaluating only what the cache lacks),
-    /// then samples up to `maxTokens` tokens. Each token goes to `onToken` as soon as it is
-    /// chosen; returning false stops. A token for which `isEnd` is true is reported and ends
-    /// the generation. The last token produced is not evaluated (nothing needs its logits);
-    /// the next `generate` or `continueWith` evaluates it when the conversation goes on.
-    public func generate(prompt: [Int32], maxTokens: Int, sampler: inout Sampler,
-                         isEnd: (Int32) -> Bool, onToken: (Int32) -> Bool) throws -> GenerationStatistics {
+public enum GenerationError: Error, Equatable, LocalizedError, CustomStringConvertible {
+    case emptyPrompt
+
+    public var description: String {
+        switch self {
+        case .emptyPrompt: return "the prompt is empty: give at least one token"
+        }
+    }
+
+    public var errorDescription: String? { description }
+}
+
+extension Context {
+    /// Continues the cached sequence with `prompt` (evaluating only what the cache lacks), then
+    /// samples up to `maxTokens` tokens. Each token goes to `onToken` as soon as it is chosen;
+    /// returning false stops (reason `.cancelled`). A token for which `isEnd` is true is reported
+    /// and ends the generation. The last token produced is not evaluated (nothing needs its
+    /// logits); the next `generate` or `continueWith` evaluates it when the conversation goes on.
+    func generate(prompt: [Int32], maxTokens: Int, sampler: inout Sampler,
+                  isEnd: (Int32) -> Bool, onToken: (Int32) -> Bool) throws -> GenerationStatistics {
         var statistics = GenerationStatistics()
         guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
         guard prompt.count < contextLength else {
@@ -38,35 +56,25 @@ extension Session {
         }
         let promptStart = DispatchTime.now()
         let before = position
-        var logits = try continueWith(prompt)
+        try continueWith(prompt)
         statistics.promptTokens = position - before
         statistics.promptSeconds = seconds(since: promptStart)
 
         var history = prompt
         while statistics.generatedTokens < maxTokens {
-            let token = sampler.sample(logits, history: history)
+            let token = withLogits { sampler.sample($0, history: history) }
             history.append(token)
             statistics.generatedTokens += 1
-            guard onToken(token) else { statistics.stopReason = .stopped; return statistics }
+            guard onToken(token) else { statistics.stopReason = .cancelled; return statistics }
             if isEnd(token) { statistics.stopReason = .endOfGeneration; return statistics }
             if statistics.generatedTokens == maxTokens { break }
             if position + 1 >= contextLength { statistics.stopReason = .contextFull; return statistics }
             let start = DispatchTime.now()
-            logits = try evaluate([token])
+            try advance([token])
             statistics.decodeSeconds += seconds(since: start)
             statistics.decodeEvaluations += 1
         }
         statistics.stopReason = .tokenLimit
         return statistics
-    }
-}
-
-public enum GenerationError: Error, CustomStringConvertible {
-    case emptyPrompt
-
-    public var description: String {
-        switch self {
-        case .emptyPrompt: return "the prompt is empty: give at least one token"
-        }
     }
 }

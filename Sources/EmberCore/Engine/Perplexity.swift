@@ -11,23 +11,25 @@ public struct PerplexityResult: Sendable {
     public var perplexity: Double { exp(meanNegativeLogLikelihood) }
 }
 
-public enum PerplexityError: Error, CustomStringConvertible {
+public enum PerplexityError: Error, Equatable, LocalizedError, CustomStringConvertible {
     case textTooShort(tokens: Int, context: Int)
     case contextTooSmall(Int)
 
     public var description: String {
         switch self {
         case .textTooShort(let tokens, let context):
-            return "the text has \(tokens) tokens, fewer than one chunk of \(context): use a longer text or a smaller --ctx"
+            return "the text has \(tokens) tokens, fewer than one chunk of \(context): use a longer text or a smaller context"
         case .contextTooSmall(let context):
-            return "--ctx \(context) is too small: a chunk needs at least 2 tokens"
+            return "a context of \(context) is too small: a chunk needs at least 2 tokens"
         }
     }
+
+    public var errorDescription: String? { description }
 }
 
-extension Session {
+extension Context {
     /// `progress(chunksDone, chunks, runningPerplexity)` is called after every chunk.
-    public func perplexity(of tokens: [Int32], context: Int,
+    func perplexity(of tokens: [Int32], context: Int,
                            progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
         guard context >= 2 else { throw PerplexityError.contextTooSmall(context) }
         guard context <= contextLength else {

@@ -4,13 +4,13 @@ import Foundation
 // Running the model to gather what the Sparsity layer learns from: the engine drives the
 // session; Sparsity/ holds the accumulators and file formats it fills.
 
-extension Session {
+extension Context {
     /// Runs the model over `tokens` by the perplexity rule (consecutive chunks of `context`
     /// tokens, a shorter tail dropped, each from an empty cache) and records how its FFN neurons
     /// fire: a pass to calibrate the thresholds, then one to count each neuron at them, which
     /// also measures the sparsity they reach (ReLU models: one pass, nothing to calibrate).
     /// `progress(chunksDone, chunks)` is called after every chunk of either.
-    public func profileActivations(_ tokens: [Int32], context: Int, targets: [Float],
+    func profileActivations(_ tokens: [Int32], context: Int, targets: [Float],
                                    progress: (Int, Int) -> Void = { _, _ in }) throws -> ActivationProfile {
         let profiler = ActivationProfiler(config: model.config, targets: targets)
         let pool = self.pool
@@ -66,7 +66,7 @@ extension Session {
 
     /// Re-runs `tokens` (same rule) and counts exactly what the thresholds of `statistics` do:
     /// a check of the calibration.
-    public func measureSparsity(_ tokens: [Int32], context: Int, statistics: ActivationStatistics,
+    func measureSparsity(_ tokens: [Int32], context: Int, statistics: ActivationStatistics,
                                 progress: (Int, Int) -> Void = { _, _ in }) throws -> MeasuredSparsity {
         try measureSparsity(tokens, context: context, statistics: statistics, near: nil, progress: progress)
     }
@@ -166,7 +166,7 @@ extension Session {
         }
         for chunk in 0..<chunks {
             reset()
-            try evaluate(Array(tokens[chunk * context..<(chunk + 1) * context]))
+            try advance(Array(tokens[chunk * context..<(chunk + 1) * context]))
             progress(chunk + 1, chunks)
         }
     }
@@ -177,7 +177,7 @@ extension PredictorTrainingData {
     /// (as perplexity does), and records for `layers` the FFN input and the active set: neuron
     /// i is active when |act(gate_i)| ≥ thresholds[l] (with `relu`, when act > 0).
     /// `progress(done, total)` counts chunks.
-    public static func collect(session: Session, tokens: [Int32], context: Int, layers: [Int],
+    static func collect(session: Context, tokens: [Int32], context: Int, layers: [Int],
                                thresholds: [Float], relu: Bool,
                                progress: (Int, Int) -> Void = { _, _ in }) throws -> PredictorTrainingData {
         let config = session.model.config
@@ -209,4 +209,75 @@ extension PredictorTrainingData {
         }
         return PredictorTrainingData(inputLength: d, neuronCount: f, tokenCount: count, layers: all)
     }
+}
+
+// MARK: what apps call
+
+extension Session {
+    /// How the FFN neurons fire on `text` (its first `maxTokens` tokens), in consecutive chunks of
+    /// `chunkLength` tokens each from an empty cache, and the per-layer thresholds that reach each
+    /// sparsity of `targets` (ReLU models: their natural sparsity, one target).
+    /// `progress(done, total)` counts chunks over both passes.
+    public func profile(text: String, chunkLength: Int, maxTokens: Int? = nil, targets: [Float],
+                        progress: (@Sendable (Int, Int) -> Void)? = nil) throws -> ActivationProfile {
+        let tokens = Array(model.corpusTokens(text).prefix(maxTokens ?? Int.max))
+        var profile = try context.profileActivations(tokens, context: chunkLength, targets: targets) { progress?($0, $1) }
+        profile.statistics.sourceModel = model.name
+        profile.statistics.corpusSHA256 = SHA256.hex(Array(text.utf8))
+        return profile
+    }
+
+    /// Trains one predictor per layer of `layers` (default: all) on `text` (its first
+    /// `maxTokens` tokens; the last share of them held out for the report), labelled by the
+    /// statistics' gate thresholds for `sparsity` (default: their only target), and writes them
+    /// to `path` as Ember's predictor file. `progress(stage, done, total)`: chunks collected,
+    /// then layers trained.
+    public func trainPredictors(text: String, statistics: ActivationStatistics, sparsity: Float? = nil,
+                                options: PredictorTrainingOptions = PredictorTrainingOptions(), chunkLength: Int,
+                                maxTokens: Int? = nil, layers: [Int]? = nil, writingTo path: String,
+                                progress: (@Sendable (PredictorTrainingStage, Int, Int) -> Void)? = nil) throws -> PredictorTrainingReport {
+        let c = model.language.config
+        guard statistics.feedForwardLength == c.feedForwardLength, statistics.layers.count == c.layerCount else {
+            throw SessionError.mismatch("the statistics describe \(statistics.layers.count) layers of \(statistics.feedForwardLength) "
+                                        + "neurons; \(model.path) has \(c.layerCount) of \(c.feedForwardLength)")
+        }
+        guard let chosen = sparsity ?? (statistics.sparsityTargets.count == 1 ? statistics.sparsityTargets[0] : nil) else {
+            throw SessionError.invalidOption("the statistics have targets \(statistics.sparsityTargets): choose one sparsity")
+        }
+        guard let target = statistics.targetIndex(for: chosen) else {
+            throw SessionError.invalidOption("the statistics have no threshold for sparsity \(chosen); they have \(statistics.sparsityTargets)")
+        }
+        let layers = layers ?? Array(0..<c.layerCount)
+        if let bad = layers.first(where: { !(0..<c.layerCount).contains($0) }) {
+            throw SessionError.invalidOption("layer \(bad) is not one of the model's \(c.layerCount)")
+        }
+        let tokens = Array(model.corpusTokens(text).prefix(maxTokens ?? Int.max))
+        // Training needs a few mini-batches of tokens beside the held-out and validation shares.
+        let needed = Int(Double(options.batchSize) / (1 - options.heldOutShare - options.validationShare)) + 2 * chunkLength
+        guard tokens.count >= needed else {
+            throw SessionError.invalidOption("the text has \(tokens.count) tokens; training needs at least \(needed)")
+        }
+        let relu = statistics.activation == VectorKernels.Activation.relu.rawValue
+        let data = try PredictorTrainingData.collect(session: context, tokens: tokens, context: chunkLength, layers: layers,
+                                                     thresholds: statistics.layers.map { $0.gateThresholds[target] },
+                                                     relu: relu) { progress?(.collecting, $0, $1) }
+        var done = 0
+        let total = layers.count
+        let result = PredictorTrainer.train(data: data, layerCount: c.layerCount,
+                                            hotShares: statistics.layers.map { PredictorTrainer.hotShare(counts: $0.counts[target]) },
+                                            options: options, pool: context.pool, sourceModel: model.name,
+                                            targetSparsity: chosen) { _ in
+            done += 1
+            progress?(.training, done, total)
+        }
+        try result.predictors.write(to: path)
+        return PredictorTrainingReport(layers: result.reports, trainTokens: result.trainTokens,
+                                       validationTokens: result.validationTokens, heldOutTokens: result.heldOutTokens,
+                                       targetSparsity: chosen, byteCount: result.predictors.byteCount)
+    }
+}
+
+/// The two stages of predictor training, for progress reports.
+public enum PredictorTrainingStage: Sendable {
+    case collecting, training
 }

@@ -23,17 +23,18 @@ public struct SamplerSettings: Sendable, Equatable {
     }
 }
 
-public struct Sampler {
-    public let settings: SamplerSettings
+/// Draws tokens by its settings; its random state advances with every draw.
+struct Sampler {
+    let settings: SamplerSettings
     private var random: SplitMix64
 
-    public init(_ settings: SamplerSettings) {
+    init(_ settings: SamplerSettings) {
         self.settings = settings
         random = SplitMix64(seed: settings.seed ?? UInt64.random(in: .min ... .max))
     }
 
     /// Picks the next token given the logits and the tokens so far (for the penalty).
-    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int32]) -> Int32 {
+    mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int32]) -> Int32 {
         // The penalty patches a copy, made only when it applies: the scans below read every
         // logit, and a lookup per entry would cost milliseconds on a 262k vocabulary.
         var patched: [Float]?
@@ -53,7 +54,7 @@ public struct Sampler {
     }
 
     private mutating func choose(from logits: UnsafeBufferPointer<Float>) -> Int32 {
-        if settings.temperature <= 0 { return Session.argmax(logits) }
+        if settings.temperature <= 0 { return argmax(logits) }
 
         // Candidates sorted by logit, the k best when top-k is on.
         let k = settings.topK > 0 ? min(settings.topK, logits.count) : logits.count

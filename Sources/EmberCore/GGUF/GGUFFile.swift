@@ -1,35 +1,35 @@
 /// Where a tensor's data lies in a GGUF file and how to read it.
-public struct GGUFTensorInfo: Sendable, Equatable {
-    public let name: String
+struct GGUFTensorInfo: Sendable, Equatable {
+    let name: String
     /// Dimensions in GGUF order: `dims[0]` is the row length (contiguous elements).
-    public let dims: [Int]
-    public let type: TensorType
+    let dims: [Int]
+    let type: TensorType
     /// Absolute byte offset of the data in the file.
-    public let offset: Int
-    public let byteCount: Int
+    let offset: Int
+    let byteCount: Int
 
-    public var elementCount: Int { dims.reduce(1, *) }
-    public var rowLength: Int { dims.first ?? 1 }
-    public var rowCount: Int { dims.dropFirst().reduce(1, *) }
-    public var rowBytes: Int { byteCount / max(rowCount, 1) }
+    var elementCount: Int { dims.reduce(1, *) }
+    var rowLength: Int { dims.first ?? 1 }
+    var rowCount: Int { dims.dropFirst().reduce(1, *) }
+    var rowBytes: Int { byteCount / max(rowCount, 1) }
 }
 
 /// A parsed GGUF file (v2 or v3, or PowerInfer's variant with the `PWRI` magic).
 /// Metadata is parsed eagerly; tensor data stays in the mapped file.
-public final class GGUFFile: @unchecked Sendable {
-    public enum Flavor: Sendable { case gguf, powerInfer }
+final class GGUFFile: @unchecked Sendable {
+    enum Flavor: Sendable { case gguf, powerInfer }
 
-    public let path: String
-    public let flavor: Flavor
-    public let version: UInt32
+    let path: String
+    let flavor: Flavor
+    let version: UInt32
     /// Metadata in file order.
-    public let metadataKeys: [String]
-    public let metadata: [String: GGUFValue]
-    public let tensors: [GGUFTensorInfo]
-    public let alignment: Int
+    let metadataKeys: [String]
+    let metadata: [String: GGUFValue]
+    let tensors: [GGUFTensorInfo]
+    let alignment: Int
     /// Absolute offset of the tensor data section.
-    public let dataOffset: Int
-    public let file: MappedFile
+    let dataOffset: Int
+    let file: MappedFile
     private let tensorIndex: [String: Int]
 
     /// Arrays may nest this deep; deeper nesting is rejected so a hostile file cannot exhaust the stack.
@@ -37,11 +37,11 @@ public final class GGUFFile: @unchecked Sendable {
     /// ggml tensors have at most four dimensions.
     static let maxDims = 4
 
-    public convenience init(path: String) throws {
+    convenience init(path: String) throws {
         try self.init(file: try MappedFile(path: path))
     }
 
-    public init(file: MappedFile) throws {
+    init(file: MappedFile) throws {
         self.file = file
         self.path = file.path
         var reader = ByteReader(bytes: file.bytes, path: file.path)
@@ -150,63 +150,63 @@ public final class GGUFFile: @unchecked Sendable {
 
     // MARK: tensors
 
-    public func tensorInfo(_ name: String) -> GGUFTensorInfo? {
+    func tensorInfo(_ name: String) -> GGUFTensorInfo? {
         tensorIndex[name].map { tensors[$0] }
     }
 
-    public func hasTensor(_ name: String) -> Bool { tensorIndex[name] != nil }
+    func hasTensor(_ name: String) -> Bool { tensorIndex[name] != nil }
 
     /// The bytes of a tensor, in place in the mapped file. The pointer is valid only while this
     /// GGUFFile (and so its mapping) is alive.
-    public func data(of tensor: GGUFTensorInfo) -> UnsafeRawPointer {
+    func data(of tensor: GGUFTensorInfo) -> UnsafeRawPointer {
         file.bytes.baseAddress! + tensor.offset
     }
 
     // MARK: metadata, typed
 
-    public func value(_ key: String) -> GGUFValue? { metadata[key] }
+    func value(_ key: String) -> GGUFValue? { metadata[key] }
 
-    public func int(_ key: String) throws -> Int? {
+    func int(_ key: String) throws -> Int? {
         guard let v = metadata[key] else { return nil }
         guard let i = v.intValue else { throw wrongType(key, "an integer", v) }
         return i
     }
 
-    public func requiredInt(_ key: String) throws -> Int {
+    func requiredInt(_ key: String) throws -> Int {
         guard let i = try int(key) else { throw GGUFError.missingKey(path: path, key: key) }
         return i
     }
 
-    public func float(_ key: String) throws -> Double? {
+    func float(_ key: String) throws -> Double? {
         guard let v = metadata[key] else { return nil }
         guard let f = v.floatValue else { throw wrongType(key, "a number", v) }
         return f
     }
 
-    public func string(_ key: String) throws -> String? {
+    func string(_ key: String) throws -> String? {
         guard let v = metadata[key] else { return nil }
         guard let s = v.stringValue else { throw wrongType(key, "a string", v) }
         return s
     }
 
-    public func requiredString(_ key: String) throws -> String {
+    func requiredString(_ key: String) throws -> String {
         guard let s = try string(key) else { throw GGUFError.missingKey(path: path, key: key) }
         return s
     }
 
-    public func bool(_ key: String) throws -> Bool? {
+    func bool(_ key: String) throws -> Bool? {
         guard let v = metadata[key] else { return nil }
         if let b = v.boolValue { return b }
         throw wrongType(key, "a bool", v)
     }
 
-    public func stringArray(_ key: String) throws -> [String]? {
+    func stringArray(_ key: String) throws -> [String]? {
         guard let v = metadata[key] else { return nil }
         guard case .array(.string, let items) = v else { throw wrongType(key, "an array of strings", v) }
         return items.map { $0.stringValue! }
     }
 
-    public func floatArray(_ key: String) throws -> [Float]? {
+    func floatArray(_ key: String) throws -> [Float]? {
         guard let v = metadata[key] else { return nil }
         guard let items = v.arrayValue, let floats = Optional(items.compactMap { $0.floatValue }), floats.count == items.count else {
             throw wrongType(key, "an array of numbers", v)
@@ -214,7 +214,7 @@ public final class GGUFFile: @unchecked Sendable {
         return floats.map { Float($0) }
     }
 
-    public func intArray(_ key: String) throws -> [Int]? {
+    func intArray(_ key: String) throws -> [Int]? {
         guard let v = metadata[key] else { return nil }
         guard let items = v.arrayValue, let ints = Optional(items.compactMap { $0.intValue }), ints.count == items.count else {
             throw wrongType(key, "an array of integers", v)

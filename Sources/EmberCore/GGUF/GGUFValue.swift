@@ -1,5 +1,5 @@
 /// A metadata value of a GGUF file. Arrays may nest (an array of arrays of strings, say).
-public indirect enum GGUFValue: Equatable, Sendable {
+indirect enum GGUFValue: Equatable, Sendable {
     case uint8(UInt8)
     case int8(Int8)
     case uint16(UInt16)
@@ -14,7 +14,7 @@ public indirect enum GGUFValue: Equatable, Sendable {
     case string(String)
     case array(GGUFValueType, [GGUFValue])
 
-    public var type: GGUFValueType {
+    var type: GGUFValueType {
         switch self {
         case .uint8: return .uint8
         case .int8: return .int8
@@ -33,7 +33,7 @@ public indirect enum GGUFValue: Equatable, Sendable {
     }
 
     /// The value as an integer, for any integer type (and bool); nil for the rest.
-    public var intValue: Int? {
+    var intValue: Int? {
         switch self {
         case .uint8(let v): return Int(v)
         case .int8(let v): return Int(v)
@@ -49,7 +49,7 @@ public indirect enum GGUFValue: Equatable, Sendable {
     }
 
     /// The value as a float, for float and integer types.
-    public var floatValue: Double? {
+    var floatValue: Double? {
         switch self {
         case .float32(let v): return Double(v)
         case .float64(let v): return v
@@ -57,24 +57,24 @@ public indirect enum GGUFValue: Equatable, Sendable {
         }
     }
 
-    public var stringValue: String? {
+    var stringValue: String? {
         if case .string(let s) = self { return s }
         return nil
     }
 
-    public var boolValue: Bool? {
+    var boolValue: Bool? {
         if case .bool(let b) = self { return b }
         return nil
     }
 
-    public var arrayValue: [GGUFValue]? {
+    var arrayValue: [GGUFValue]? {
         if case .array(_, let items) = self { return items }
         return nil
     }
 }
 
 /// The value type codes of the GGUF format.
-public enum GGUFValueType: UInt32, Sendable, CustomStringConvertible {
+enum GGUFValueType: UInt32, Sendable, CustomStringConvertible {
     case uint8 = 0, int8 = 1, uint16 = 2, int16 = 3, uint32 = 4, int32 = 5, float32 = 6
     case bool = 7, string = 8, array = 9, uint64 = 10, int64 = 11, float64 = 12
 
@@ -89,7 +89,7 @@ public enum GGUFValueType: UInt32, Sendable, CustomStringConvertible {
         }
     }
 
-    public var description: String {
+    var description: String {
         switch self {
         case .uint8: return "u8"
         case .int8: return "i8"

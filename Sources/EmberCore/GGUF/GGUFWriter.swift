@@ -8,16 +8,16 @@ import Darwin
 /// bytes are produced one at a time (so a multi-gigabyte model never sits in memory whole).
 /// `write(to:)` validates everything first, then writes to a temporary name beside the target and
 /// renames it, so a failed write leaves no partial file and never replaces a good one.
-public struct GGUFWriter {
-    public struct PendingTensor {
-        public let name: String
-        public let dims: [Int]
-        public let type: TensorType
-        public let fill: (UnsafeMutableRawBufferPointer) throws -> Void
+struct GGUFWriter {
+    struct PendingTensor {
+        let name: String
+        let dims: [Int]
+        let type: TensorType
+        let fill: (UnsafeMutableRawBufferPointer) throws -> Void
         /// Bytes the caller handed over up front, checked against the shape before writing.
         let suppliedByteCount: Int?
 
-        public var byteCount: Int { Self.byteCount(type: type, dims: dims) ?? 0 }
+        var byteCount: Int { Self.byteCount(type: type, dims: dims) ?? 0 }
 
         static func byteCount(type: TensorType, dims: [Int]) -> Int? {
             var elements = 1
@@ -31,21 +31,21 @@ public struct GGUFWriter {
         }
     }
 
-    public var magic: [UInt8] = Array("GGUF".utf8)
+    var magic: [UInt8] = Array("GGUF".utf8)
     /// GGUF version written; 2 and 3 share the little-endian layout.
-    public var version: UInt32 = 3
-    public private(set) var metadata: [(key: String, value: GGUFValue)] = []
-    public private(set) var tensors: [PendingTensor] = []
+    var version: UInt32 = 3
+    private(set) var metadata: [(key: String, value: GGUFValue)] = []
+    private(set) var tensors: [PendingTensor] = []
 
     /// Tensor data alignment: `general.alignment` when set (readers honour it), else GGUF's 32.
-    public var alignment: Int {
+    var alignment: Int {
         metadata.first(where: { $0.key == "general.alignment" })?.value.intValue ?? 32
     }
 
-    public init() {}
+    init() {}
 
     /// Sets a metadata key; setting a key again replaces its value in place (keys stay unique).
-    public mutating func set(_ key: String, _ value: GGUFValue) {
+    mutating func set(_ key: String, _ value: GGUFValue) {
         if let i = metadata.firstIndex(where: { $0.key == key }) {
             metadata[i].value = value
         } else {
@@ -54,20 +54,20 @@ public struct GGUFWriter {
     }
 
     /// Adds a tensor; `fill` receives a zeroed buffer of exactly the tensor's byte count.
-    public mutating func addTensor(_ name: String, type: TensorType, dims: [Int],
+    mutating func addTensor(_ name: String, type: TensorType, dims: [Int],
                                    fill: @escaping (UnsafeMutableRawBufferPointer) throws -> Void) {
         tensors.append(PendingTensor(name: name, dims: dims, type: type, fill: fill, suppliedByteCount: nil))
     }
 
     /// Adds a tensor from bytes already in memory.
-    public mutating func addTensor(_ name: String, type: TensorType, dims: [Int], bytes: [UInt8]) {
+    mutating func addTensor(_ name: String, type: TensorType, dims: [Int], bytes: [UInt8]) {
         tensors.append(PendingTensor(name: name, dims: dims, type: type,
                                      fill: { $0.copyBytes(from: bytes.prefix($0.count)) },
                                      suppliedByteCount: bytes.count))
     }
 
     /// Adds an F32 tensor.
-    public mutating func addTensor(_ name: String, dims: [Int], floats: [Float]) {
+    mutating func addTensor(_ name: String, dims: [Int], floats: [Float]) {
         tensors.append(PendingTensor(name: name, dims: dims, type: .f32,
                                      fill: { buffer in floats.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0.prefix(buffer.count))) } },
                                      suppliedByteCount: floats.count * 4))
@@ -75,7 +75,7 @@ public struct GGUFWriter {
 
     /// Checks that the file would read back: the errors are the ones `GGUFFile` would raise for
     /// the same fault, with `path` naming the target.
-    public func validate(path: String = "<GGUFWriter>") throws {
+    func validate(path: String = "<GGUFWriter>") throws {
         guard magic == Array("GGUF".utf8) || magic == Array("PWRI".utf8) else {
             throw GGUFError.badMagic(path: path, found: magic)
         }
@@ -140,7 +140,7 @@ public struct GGUFWriter {
     static func padded(_ n: Int, to alignment: Int) -> Int { (n + alignment - 1) / alignment * alignment }
 
     /// The whole file in memory (for tests and small files).
-    public func serialized() throws -> [UInt8] {
+    func serialized() throws -> [UInt8] {
         try validate()
         var out = header()
         let alignment = self.alignment
@@ -154,7 +154,7 @@ public struct GGUFWriter {
 
     /// Writes the file atomically: validated first, written to a unique temporary name in the
     /// same directory, flushed to disk, then renamed over `path`.
-    public func write(to path: String, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
+    func write(to path: String, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
         try validate(path: path)
         let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         guard let file = fopen(temporary, "wbx") else {

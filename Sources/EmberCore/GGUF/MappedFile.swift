@@ -5,11 +5,11 @@ import Darwin
 #endif
 
 /// A whole file mapped read-only into memory. Tensor data is read in place, never copied.
-public final class MappedFile: @unchecked Sendable {
-    public let path: String
-    public let bytes: UnsafeRawBufferPointer
+final class MappedFile: @unchecked Sendable {
+    let path: String
+    let bytes: UnsafeRawBufferPointer
 
-    public init(path: String) throws {
+    init(path: String) throws {
         self.path = path
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw GGUFError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
@@ -47,7 +47,7 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     /// Asks the kernel to read the given range ahead (weights are read soon and in full).
-    public func adviseWillNeed(offset: Int = 0, count: Int? = nil) {
+    func adviseWillNeed(offset: Int = 0, count: Int? = nil) {
         guard let base = bytes.baseAddress else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = offset / page * page

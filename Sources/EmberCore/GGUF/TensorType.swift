@@ -45,7 +45,7 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
     }
 
     /// Bytes per block.
-    public var blockBytes: Int {
+    var blockBytes: Int {
         switch self {
         case .f32, .i32: return 4
         case .f16, .bf16, .i16: return 2
@@ -78,7 +78,7 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
     }
 
     /// Whether Ember has dequantization and dot kernels for this type.
-    public var isComputable: Bool {
+    var isComputable: Bool {
         switch self {
         case .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K: return true
         default: return false
@@ -86,7 +86,7 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
     }
 
     /// Bytes taken by `count` elements; nil when `count` is not a whole number of blocks.
-    public func byteCount(elements count: Int) -> Int? {
+    func byteCount(elements count: Int) -> Int? {
         guard count >= 0, count % blockSize == 0 else { return nil }
         let (bytes, overflow) = (count / blockSize).multipliedReportingOverflow(by: blockBytes)
         return overflow ? nil : bytes

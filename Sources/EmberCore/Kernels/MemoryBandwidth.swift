@@ -2,10 +2,10 @@ import Foundation
 
 /// Measures how fast the machine streams memory: decode reads every weight once per token, so
 /// this read rate bounds decode speed (tokens/s ≤ bandwidth ÷ bytes per token).
-public enum MemoryBandwidth {
+enum MemoryBandwidth {
     /// Bytes per second read by `threads` threads together (each reading its own part of a
     /// buffer much larger than the caches); the best of `repetitions` passes.
-    public static func measureRead(threads: Int, bytes: Int = 512 << 20, repetitions: Int = 4,
+    static func measureRead(threads: Int, bytes: Int = 512 << 20, repetitions: Int = 4,
                                    run: ((Int) -> Void) -> Void) -> Double {
         let count = bytes / MemoryLayout<SIMD8<Float>>.stride
         let buffer = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: count)

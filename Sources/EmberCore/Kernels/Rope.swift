@@ -1,18 +1,18 @@
 import Foundation
 
 /// Rotary position embedding: rotates pairs of a head's dimensions by position-dependent angles.
-public struct Rope: Sendable {
+struct Rope: Sendable, Equatable {
     /// Which dimensions form a pair: adjacent ones (GGUF llama, whose Q/K rows are permuted for
     /// it) or the two halves of the rotated part (NeoX style: Gemma, Qwen2).
-    public enum Layout: Sendable { case adjacent, halves }
+    enum Layout: Sendable { case adjacent, halves }
 
-    public let layout: Layout
+    let layout: Layout
     /// Dimensions rotated (the leading part of each head; the rest pass through).
-    public let dimensions: Int
+    let dimensions: Int
     /// Angle per position of pair i: base^(-2i/dimensions), divided by any scaling factors.
-    public let frequencies: [Float]
+    let frequencies: [Float]
 
-    public init(layout: Layout, dimensions: Int, base: Double, linearScale: Double = 1, frequencyFactors: [Float]? = nil) {
+    init(layout: Layout, dimensions: Int, base: Double, linearScale: Double = 1, frequencyFactors: [Float]? = nil) {
         self.layout = layout
         self.dimensions = dimensions
         frequencies = (0..<dimensions / 2).map { i in
@@ -24,7 +24,7 @@ public struct Rope: Sendable {
 
     /// The cos/sin of every pair's angle at `position`, computed once and used by all heads
     /// and layers that share this rope.
-    public func angles(at position: Int, cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>) {
+    func angles(at position: Int, cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>) {
         for i in 0..<frequencies.count {
             let theta = Double(position) * Double(frequencies[i])
             cos[i] = Float(Foundation.cos(theta))
@@ -34,7 +34,7 @@ public struct Rope: Sendable {
 
     /// Rotates one head vector in place with precomputed angles.
     @inline(__always)
-    public func rotate(_ head: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
+    func rotate(_ head: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>) {
         let half = dimensions / 2
         switch layout {
         case .adjacent:

@@ -4,10 +4,10 @@ import Foundation
 /// Neuron-aware sparse FFN operators (DESIGN.md section 5): gate and up rows of the active
 /// neurons are gathered from their row-major matrices, and down works on its neuron-major
 /// transpose, so every sparse operator reads whole contiguous rows.
-public enum SparseKernelError: Error, CustomStringConvertible {
+enum SparseKernelError: Error, CustomStringConvertible {
     case unsupportedType(matrix: String, type: TensorType, length: Int)
 
-    public var description: String {
+    var description: String {
         switch self {
         case let .unsupportedType(matrix, type, length):
             return "\(matrix): cannot store a neuron-major copy as \(type) (rows of \(length) elements; "
@@ -20,7 +20,7 @@ extension WeightMatrix {
     /// y[k] = row rows[k] · activations for k < count (activations in `activationType`
     /// format). Each y[k] equals what the dense `multiply` gives for that row, bit for bit.
     @inline(__always)
-    public func multiply(gathering rows: UnsafePointer<Int32>, count: Int,
+    func multiply(gathering rows: UnsafePointer<Int32>, count: Int,
                          activations: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>) {
         ember_matvec_gather(Int32(type.rawValue), Int64(columns), data, rowBytes, activations,
                             rows, Int64(count), y)
@@ -38,22 +38,22 @@ extension WeightMatrix {
 /// F16 is used when the hidden size is not a multiple of 32. The price: Q8_0 is 8.5 bits per
 /// weight against 4.5 for Q4_0, so at equal activity the down gather reads about 1.9x the
 /// bytes of the source; `as: down.type` keeps the source type when that matters more.
-public final class NeuronMajorMatrix: @unchecked Sendable {
+final class NeuronMajorMatrix: @unchecked Sendable {
     /// The transposed matrix: `rows` = neurons, `columns` = hidden size. Its memory belongs to
     /// this object.
-    public let weights: WeightMatrix
+    let weights: WeightMatrix
     private let storage: UnsafeMutableRawPointer
 
-    public var type: TensorType { weights.type }
-    public var rows: Int { weights.rows }
-    public var columns: Int { weights.columns }
+    var type: TensorType { weights.type }
+    var rows: Int { weights.rows }
+    var columns: Int { weights.columns }
 
     /// The default storage type for rows of `length` elements.
-    public static func defaultType(length: Int) -> TensorType { length % 32 == 0 ? .q8_0 : .f16 }
+    static func defaultType(length: Int) -> TensorType { length % 32 == 0 ? .q8_0 : .f16 }
 
     /// Transposes `down` (rows = hidden size, columns = neurons) into neuron-major rows of
     /// `type` (nil: `defaultType`), on all threads of `pool`.
-    public init(transposing down: WeightMatrix, as type: TensorType? = nil, pool: ThreadPool) throws {
+    init(transposing down: WeightMatrix, as type: TensorType? = nil, pool: ThreadPool) throws {
         let d = down.rows, neurons = down.columns
         let type = type ?? Self.defaultType(length: d)
         guard ember_block_size(Int32(type.rawValue)) > 0, type != .q8_1, type != .q8_K,
@@ -101,7 +101,7 @@ public final class NeuronMajorMatrix: @unchecked Sendable {
 
     /// The rows of `neurons` (ids into `source`, in that order) as a matrix of their own: a
     /// device's share of a layer.
-    public init(selecting neurons: [Int32], of source: NeuronMajorMatrix) {
+    init(selecting neurons: [Int32], of source: NeuronMajorMatrix) {
         let rowBytes = source.weights.rowBytes
         storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons.count * rowBytes), alignment: 64)
         source.weights.copyRows(neurons, to: storage)
@@ -113,7 +113,7 @@ public final class NeuronMajorMatrix: @unchecked Sendable {
 
     /// y[0..<columns] += Σ_k coefficients[k] · row rows[k].
     @inline(__always)
-    public func accumulate(rows: UnsafePointer<Int32>, coefficients: UnsafePointer<Float>, count: Int,
+    func accumulate(rows: UnsafePointer<Int32>, coefficients: UnsafePointer<Float>, count: Int,
                            into y: UnsafeMutablePointer<Float>) {
         ember_axpy_gather(Int32(weights.type.rawValue), Int64(weights.columns), weights.data, weights.rowBytes,
                           rows, coefficients, Int64(count), y)
@@ -128,20 +128,20 @@ public final class NeuronMajorMatrix: @unchecked Sendable {
 /// neurons' down columns into its own partial output. The partials are summed once at the end,
 /// split over the hidden dimension, so no two threads ever add into the same floats.
 /// The result depends on the thread count only through float rounding of that final sum.
-public enum SparseFeedForward {
+enum SparseFeedForward {
     /// Scratch for `run`: per-thread activation buffers and partial outputs, and the per-neuron
     /// values. Make one per (pool, layer shape) and reuse it; not for concurrent calls.
-    public final class Workspace: @unchecked Sendable {
-        public let threadCount: Int
-        public let hiddenLength: Int
-        public let neuronCount: Int
+    final class Workspace {
+        let threadCount: Int
+        let hiddenLength: Int
+        let neuronCount: Int
         fileprivate let partials: UnsafeMutablePointer<Float>
         fileprivate let partialStride: Int
         fileprivate let gateValues: UnsafeMutablePointer<Float>
         fileprivate let upValues: UnsafeMutablePointer<Float>
         fileprivate let activations: [ActivationBuffers]
 
-        public init(threads: Int, hiddenLength: Int, neuronCount: Int) {
+        init(threads: Int, hiddenLength: Int, neuronCount: Int) {
             threadCount = threads
             self.hiddenLength = hiddenLength
             self.neuronCount = neuronCount
@@ -171,7 +171,7 @@ public enum SparseFeedForward {
 
     /// output[0..<hidden) = the FFN of `input` (hidden floats, already normed) restricted to
     /// the `count` neurons in `active` (any order, no repeats). `gate` nil: an ungated FFN.
-    public static func run(pool: ThreadPool, gate: WeightMatrix?, up: WeightMatrix, down: NeuronMajorMatrix,
+    static func run(pool: ThreadPool, gate: WeightMatrix?, up: WeightMatrix, down: NeuronMajorMatrix,
                            activation: VectorKernels.Activation, input: UnsafePointer<Float>,
                            active: UnsafePointer<Int32>, count: Int,
                            output: UnsafeMutablePointer<Float>, workspace: Workspace) {
@@ -205,7 +205,7 @@ public enum SparseFeedForward {
 
     /// values[k] = row rows[k] of `matrix` · input for k < count, the rows split among threads:
     /// the up rows of the neurons a dense gate selected.
-    public static func gather(pool: ThreadPool, matrix: WeightMatrix, input: UnsafePointer<Float>,
+    static func gather(pool: ThreadPool, matrix: WeightMatrix, input: UnsafePointer<Float>,
                               rows: UnsafePointer<Int32>, count: Int, into values: UnsafeMutablePointer<Float>,
                               workspace: Workspace) {
         precondition(workspace.threadCount >= pool.threadCount && workspace.hiddenLength == matrix.columns,
@@ -221,7 +221,7 @@ public enum SparseFeedForward {
 
     /// The down projection alone, sparse over given neurons: output[0..<hidden) =
     /// Σ_k coefficients[k] · down row rows[k] (gate, up and the activation done elsewhere).
-    public static func runDown(pool: ThreadPool, down: NeuronMajorMatrix, rows: UnsafePointer<Int32>,
+    static func runDown(pool: ThreadPool, down: NeuronMajorMatrix, rows: UnsafePointer<Int32>,
                                coefficients: UnsafePointer<Float>, count: Int,
                                output: UnsafeMutablePointer<Float>, workspace: Workspace) {
         let d = down.columns

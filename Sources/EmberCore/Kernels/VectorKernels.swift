@@ -3,9 +3,9 @@ import Foundation
 
 /// Float vector kernels on raw pointers: the element-wise and reduction steps of a transformer
 /// block. The loops themselves are C (ember_vector.h): AVX2 with FMA and a vector exp.
-public enum VectorKernels {
-    public typealias Pointer = UnsafeMutablePointer<Float>
-    public typealias ConstPointer = UnsafePointer<Float>
+enum VectorKernels {
+    typealias Pointer = UnsafeMutablePointer<Float>
+    typealias ConstPointer = UnsafePointer<Float>
 
     @inline(__always)
     static func load8(_ p: ConstPointer, _ i: Int) -> SIMD8<Float> {
@@ -19,18 +19,18 @@ public enum VectorKernels {
 
     /// Σ a[i]·b[i].
     @inline(__always)
-    public static func dot(_ a: ConstPointer, _ b: ConstPointer, _ n: Int) -> Float {
+    static func dot(_ a: ConstPointer, _ b: ConstPointer, _ n: Int) -> Float {
         ember_vec_dot(a, b, Int64(n))
     }
 
     /// y[i] += a · x[i].
     @inline(__always)
-    public static func axpy(_ a: Float, _ x: ConstPointer, _ y: Pointer, _ n: Int) {
+    static func axpy(_ a: Float, _ x: ConstPointer, _ y: Pointer, _ n: Int) {
         ember_vec_axpy(a, x, y, Int64(n))
     }
 
     /// y[i] += x[i].
-    public static func add(_ x: ConstPointer, into y: Pointer, _ n: Int) {
+    static func add(_ x: ConstPointer, into y: Pointer, _ n: Int) {
         var i = 0
         while i + 8 <= n {
             store8(load8(UnsafePointer(y), i) + load8(x, i), y, i)
@@ -43,7 +43,7 @@ public enum VectorKernels {
     }
 
     /// x[i] *= y[i].
-    public static func multiply(_ x: Pointer, by y: ConstPointer, _ n: Int) {
+    static func multiply(_ x: Pointer, by y: ConstPointer, _ n: Int) {
         var i = 0
         while i + 8 <= n {
             store8(load8(UnsafePointer(x), i) * load8(y, i), x, i)
@@ -56,7 +56,7 @@ public enum VectorKernels {
     }
 
     /// x[i] *= a.
-    public static func scale(_ x: Pointer, by a: Float, _ n: Int) {
+    static func scale(_ x: Pointer, by a: Float, _ n: Int) {
         var i = 0
         while i + 8 <= n {
             store8(load8(UnsafePointer(x), i) * a, x, i)
@@ -69,22 +69,27 @@ public enum VectorKernels {
     }
 
     /// out = x / rms(x) · weight (weight nil: no scaling). `out` may equal `x`.
-    public static func rmsNorm(_ x: ConstPointer, weight: ConstPointer?, epsilon: Float, _ out: Pointer, _ n: Int) {
+    static func rmsNorm(_ x: ConstPointer, weight: ConstPointer?, epsilon: Float, _ out: Pointer, _ n: Int) {
         ember_vec_rms_norm(x, weight, epsilon, out, Int64(n))
     }
 
+    /// out = (x - mean(x)) / sd(x) · weight + bias (either nil: left out). `out` may equal `x`.
+    static func layerNorm(_ x: ConstPointer, weight: ConstPointer?, bias: ConstPointer?, epsilon: Float, _ out: Pointer, _ n: Int) {
+        ember_vec_layer_norm(x, weight, bias, epsilon, out, Int64(n))
+    }
+
     /// In-place softmax: the row sums to 1.
-    public static func softmax(_ x: Pointer, _ n: Int) {
+    static func softmax(_ x: Pointer, _ n: Int) {
         ember_vec_softmax(x, Int64(n))
     }
 
     /// The FFN's activation, applied to the gate (or, ungated, to the up projection).
-    public enum Activation: String, Sendable {
+    enum Activation: String, Sendable {
         case silu, gelu, relu
     }
 
     /// out[i] = act(gate[i]) · up[i]; with `up` nil, out[i] = act(gate[i]).
-    public static func gatedActivation(_ activation: Activation, gate: ConstPointer, up: ConstPointer?, _ out: Pointer, _ n: Int) {
+    static func gatedActivation(_ activation: Activation, gate: ConstPointer, up: ConstPointer?, _ out: Pointer, _ n: Int) {
         let code: Int32
         switch activation {
         case .silu: code = Int32(EMBER_ACT_SILU)

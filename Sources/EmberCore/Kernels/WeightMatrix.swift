@@ -2,15 +2,15 @@ import CEmberKernels
 
 /// A weight matrix in place in the model file: `rows` output rows of `columns` inputs each,
 /// row-major, quant blocks along the row.
-public struct WeightMatrix: @unchecked Sendable {
-    public let name: String
-    public let type: TensorType
-    public let rows: Int
-    public let columns: Int
-    public let rowBytes: Int
-    public let data: UnsafeRawPointer
+struct WeightMatrix: @unchecked Sendable {
+    let name: String
+    let type: TensorType
+    let rows: Int
+    let columns: Int
+    let rowBytes: Int
+    let data: UnsafeRawPointer
 
-    public init(name: String, type: TensorType, rows: Int, columns: Int, data: UnsafeRawPointer) {
+    init(name: String, type: TensorType, rows: Int, columns: Int, data: UnsafeRawPointer) {
         self.name = name
         self.type = type
         self.rows = rows
@@ -19,16 +19,16 @@ public struct WeightMatrix: @unchecked Sendable {
         self.data = data
     }
 
-    public var byteCount: Int { rows * rowBytes }
+    var byteCount: Int { rows * rowBytes }
 
     /// The format activations must be converted to before they meet this matrix.
-    public var activationType: TensorType {
+    var activationType: TensorType {
         TensorType(rawValue: UInt32(ember_activation_type(Int32(type.rawValue))))!
     }
 
     /// y[r - rows.lowerBound] = row r · activations, for r in `rows`.
     @inline(__always)
-    public func multiply(_ activations: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, rows range: Range<Int>) {
+    func multiply(_ activations: UnsafeRawPointer, into y: UnsafeMutablePointer<Float>, rows range: Range<Int>) {
         ember_matvec(Int32(type.rawValue), Int64(columns), data, rowBytes, activations, y,
                      Int64(range.lowerBound), Int64(range.upperBound))
     }
@@ -36,7 +36,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// For each of `count` activation vectors (`stride` bytes apart) and each row r in `rows`:
     /// y[c * ldy + r] = row r · activations[c].
     @inline(__always)
-    public func multiply(_ activations: UnsafeRawPointer, stride: Int, count: Int,
+    func multiply(_ activations: UnsafeRawPointer, stride: Int, count: Int,
                          into y: UnsafeMutablePointer<Float>, ldy: Int, rows range: Range<Int>) {
         ember_matmul(Int32(type.rawValue), Int64(columns), data, rowBytes, activations, stride, Int64(count),
                      y, Int64(ldy), Int64(range.lowerBound), Int64(range.upperBound))
@@ -44,28 +44,28 @@ public struct WeightMatrix: @unchecked Sendable {
 
     /// Copies rows `rows` (in that order) one after another into `destination` (room for
     /// `rows.count * rowBytes` bytes): a selection of neurons as a matrix of its own.
-    public func copyRows(_ rows: [Int32], to destination: UnsafeMutableRawPointer) {
+    func copyRows(_ rows: [Int32], to destination: UnsafeMutableRawPointer) {
         for (k, row) in rows.enumerated() {
             (destination + k * rowBytes).copyMemory(from: data + Int(row) * rowBytes, byteCount: rowBytes)
         }
     }
 
     /// Row `r` expanded to floats.
-    public func dequantizeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+    func dequantizeRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         ember_dequantize_row(Int32(type.rawValue), data + r * rowBytes, out, Int64(columns))
     }
 }
 
 /// Float vectors converted to a weight type's activation format, ready for integer dots.
 /// One buffer holds up to `capacity` vectors of `length` elements, `stride` bytes apart.
-public final class ActivationBuffer: @unchecked Sendable {
-    public let type: TensorType
-    public let length: Int
-    public let capacity: Int
-    public let stride: Int
-    public let bytes: UnsafeMutableRawPointer
+final class ActivationBuffer {
+    let type: TensorType
+    let length: Int
+    let capacity: Int
+    let stride: Int
+    let bytes: UnsafeMutableRawPointer
 
-    public init(type: TensorType, length: Int, capacity: Int) {
+    init(type: TensorType, length: Int, capacity: Int) {
         self.type = type
         self.length = length
         self.capacity = capacity
@@ -78,15 +78,15 @@ public final class ActivationBuffer: @unchecked Sendable {
 
     /// Converts `x` (length floats) into vector slot `index`.
     @inline(__always)
-    public func store(_ x: UnsafePointer<Float>, at index: Int) {
+    func store(_ x: UnsafePointer<Float>, at index: Int) {
         ember_quantize_activations(Int32(type.rawValue), x, bytes + index * stride, Int64(length))
     }
 
-    public func vector(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(bytes + index * stride) }
+    func vector(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(bytes + index * stride) }
 }
 
 /// Activation buffers by format and length, made on first use. Each thread owns its own set.
-final class ActivationBuffers: @unchecked Sendable {
+final class ActivationBuffers {
     private var buffers: [Int: ActivationBuffer] = [:]
 
     func buffer(type: TensorType, length: Int, capacity: Int) -> ActivationBuffer {

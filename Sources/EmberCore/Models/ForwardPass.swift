@@ -1,65 +1,37 @@
 import CEmberKernels
 
-/// Float storage for `rows` vectors of `length` floats, 64-byte aligned.
-public final class Matrix: @unchecked Sendable {
-    public let rows: Int
-    public let length: Int
-    public let pointer: UnsafeMutablePointer<Float>
-    private let owned: Bool
-
-    public init(rows: Int, length: Int) {
-        self.rows = rows
-        self.length = length
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(rows * length, 16) * 4, alignment: 64)
-        pointer = raw.bindMemory(to: Float.self, capacity: max(rows * length, 16))
-        pointer.initialize(repeating: 0, count: max(rows * length, 16))
-        owned = true
-    }
-
-    /// Rows `range` of another matrix, sharing its memory (the other must outlive this one).
-    public init(rowsOf other: Matrix, _ range: Range<Int>) {
-        precondition(range.upperBound <= other.rows)
-        rows = range.count
-        length = other.length
-        pointer = other.row(range.lowerBound)
-        owned = false
-    }
-
-    deinit { if owned { pointer.deallocate() } }
-
-    @inline(__always)
-    public func row(_ r: Int) -> UnsafeMutablePointer<Float> { pointer + r * length }
-}
-
-/// The working memory of a forward pass over up to `maxTokens` tokens and the operations a
-/// transformer block is written with. Architecture files (Llama.swift, Gemma3.swift) describe
-/// their block as calls to these; each operation splits its work over the thread pool.
-public final class ForwardPass: @unchecked Sendable {
-    public let config: ModelConfig
-    public let pool: ThreadPool
-    public let maxTokens: Int
+/// The CPU executor of a forward pass over up to `maxTokens` tokens: its working memory and
+/// the operations architecture files write their blocks with (norm, attention, feedForward,
+/// addResidual). Each operation splits its work over the thread pool.
+///
+/// Two operations may run elsewhere, decided outside the architectures: `attention` of a
+/// single token on a device that holds the layer (`attentionOffload`), and `feedForward`
+/// sparsely, on the CPU or split with a device (`sparsity`).
+final class ForwardPass {
+    let config: ModelConfig
+    let pool: ThreadPool
+    let cache: KVCache
+    let maxTokens: Int
 
     /// Tokens in the current batch and their positions.
-    public private(set) var tokenCount = 0
-    public private(set) var positions: [Int] = []
+    private(set) var tokenCount = 0
+    private(set) var positions: [Int] = []
 
     // Activations, one row per token.
-    public let x: Matrix          // residual stream
-    public let normed: Matrix     // normalised input of the next projection
-    public let query: Matrix
-    public let key: Matrix
-    public let value: Matrix
-    public let attention: Matrix  // attention output, input of the output projection
-    public let projected: Matrix  // output of a projection back to the embedding length
-    public let gate: Matrix
-    public let up: Matrix
+    let x: Matrix          // residual stream
+    let normed: Matrix     // normalised input of the next projection
+    let query: Matrix
+    let key: Matrix
+    let value: Matrix
+    let attended: Matrix   // attention output, input of the output projection
+    let projected: Matrix  // output of a projection back to the embedding length
+    let gate: Matrix
+    let up: Matrix
 
     /// Per-thread attention scores (one context's worth each).
     private let scores: [Matrix]
-    /// Rope angles per token for the global and the sliding-window rope.
-    /// Rope angles of the batch's tokens (row t: token t), for devices that rotate themselves.
-    let ropeCos: Matrix, ropeSin: Matrix
-    private let slidingCos: Matrix, slidingSin: Matrix
+    /// The cos/sin of each rope of the model at the batch's positions (row t: token t).
+    private let ropeTables: [(rope: Rope, cos: Matrix, sin: Matrix)]
 
     /// Activations converted for integer dots: shared ones for batches (each thread converts
     /// some tokens), and per-thread ones for single tokens (each converts the whole vector,
@@ -67,9 +39,17 @@ public final class ForwardPass: @unchecked Sendable {
     private let sharedActivations = ActivationBuffers()
     private let threadActivations: [ActivationBuffers]
 
-    public init(config: ModelConfig, pool: ThreadPool, maxTokens: Int, contextCapacity: Int) {
+    /// Sees every layer's FFN activations (profiling, predictor training); nil in normal runs.
+    var feedForwardObserver: ((FeedForwardObservation) -> Void)?
+    /// Computes the FFN sparsely instead (Sparsity/); nil runs it densely.
+    var sparsity: FeedForwardSparsity?
+    /// Runs some layers' attention and the output head on a device; nil: all on the CPU.
+    var offload: DenseOffload?
+
+    init(config: ModelConfig, ropes: [Rope], pool: ThreadPool, cache: KVCache, maxTokens: Int) {
         self.config = config
         self.pool = pool
+        self.cache = cache
         self.maxTokens = maxTokens
         let d = config.embeddingLength
         x = Matrix(rows: maxTokens, length: d)
@@ -77,41 +57,45 @@ public final class ForwardPass: @unchecked Sendable {
         query = Matrix(rows: maxTokens, length: config.queryLength)
         key = Matrix(rows: maxTokens, length: config.kvLength)
         value = Matrix(rows: maxTokens, length: config.valueLength)
-        attention = Matrix(rows: maxTokens, length: config.headCount * config.valueDimension)
+        attended = Matrix(rows: maxTokens, length: config.attentionOutputLength)
         projected = Matrix(rows: maxTokens, length: d)
         gate = Matrix(rows: maxTokens, length: config.feedForwardLength)
         up = Matrix(rows: maxTokens, length: config.feedForwardLength)
-        scores = (0..<pool.threadCount).map { _ in Matrix(rows: 1, length: contextCapacity) }
-        let half = config.rope.dimensions / 2
-        ropeCos = Matrix(rows: maxTokens, length: half)
-        ropeSin = Matrix(rows: maxTokens, length: half)
-        slidingCos = Matrix(rows: maxTokens, length: half)
-        slidingSin = Matrix(rows: maxTokens, length: half)
+        scores = (0..<pool.threadCount).map { _ in Matrix(rows: 1, length: cache.capacity) }
+        ropeTables = ropes.map { ($0, Matrix(rows: maxTokens, length: $0.dimensions / 2), Matrix(rows: maxTokens, length: $0.dimensions / 2)) }
         threadActivations = (0..<pool.threadCount).map { _ in ActivationBuffers() }
     }
 
     // MARK: batch set-up
 
-    /// Starts a batch: embeds `tokens` at positions `start...` into `x` and computes the rope
-    /// angles of those positions.
-    public func begin(tokens: ArraySlice<Int32>, start: Int, embedding: WeightMatrix) {
+    /// Starts a batch: embeds `tokens` at positions `cache.count...` into `x` and computes the
+    /// rope angles of those positions.
+    func begin(tokens: ArraySlice<Int32>, embedding: Embedding) {
         precondition(tokens.count <= maxTokens)
         tokenCount = tokens.count
-        positions = (0..<tokens.count).map { start + $0 }
+        positions = (0..<tokens.count).map { cache.count + $0 }
+        let d = config.embeddingLength
         for (t, token) in tokens.enumerated() {
-            embedding.dequantizeRow(Int(token), into: x.row(t))
-            if config.embeddingScale != 1 {
-                VectorKernels.scale(x.row(t), by: config.embeddingScale, config.embeddingLength)
+            embedding.tokens.dequantizeRow(Int(token), into: x.row(t))
+            if embedding.scale != 1 { VectorKernels.scale(x.row(t), by: embedding.scale, d) }
+            if let table = embedding.positions {
+                table.dequantizeRow(positions[t] + embedding.positionOffset, into: normed.row(t))
+                VectorKernels.add(normed.row(t), into: x.row(t), d)
             }
         }
-        for t in 0..<tokenCount {
-            config.rope.angles(at: positions[t], cos: ropeCos.row(t), sin: ropeSin.row(t))
-            config.slidingRope?.angles(at: positions[t], cos: slidingCos.row(t), sin: slidingSin.row(t))
+        for table in ropeTables {
+            for t in 0..<tokenCount { table.rope.angles(at: positions[t], cos: table.cos.row(t), sin: table.sin.row(t)) }
         }
     }
 
+    /// The batch's angles of `rope` (one of the model's).
+    func ropeAngles(_ rope: Rope) -> (cos: Matrix, sin: Matrix) {
+        let table = ropeTables.first { $0.rope == rope }!
+        return (table.cos, table.sin)
+    }
+
     /// Runs `body(t)` for every token of the batch, split over threads (inline for one token).
-    public func forEachToken(_ body: (Int) -> Void) {
+    func forEachToken(_ body: (Int) -> Void) {
         if tokenCount == 1 {
             body(0)
         } else {
@@ -119,23 +103,99 @@ public final class ForwardPass: @unchecked Sendable {
         }
     }
 
-    // MARK: operations
+    // MARK: operations of a block
 
-    /// output[t] = rmsNorm(input[t]) · weight.
-    public func rmsNorm(_ input: Matrix, _ weight: FloatVector, into output: Matrix) {
-        forEachToken { t in
-            VectorKernels.rmsNorm(input.row(t), weight: weight.pointer, epsilon: config.rmsEpsilon, output.row(t), input.length)
-        }
+    /// output[t] = norm(input[t]).
+    func norm(_ n: Norm, _ input: Matrix, into output: Matrix) {
+        let length = input.length
+        forEachToken { t in Self.normalize(n, input.row(t), into: output.row(t), length) }
     }
 
     /// x[t] += y[t].
-    public func addResidual(_ y: Matrix) {
+    func addResidual(_ y: Matrix) {
         forEachToken { t in VectorKernels.add(y.row(t), into: x.row(t), config.embeddingLength) }
+    }
+
+    /// Self-attention of the batch on `input` (normed), into `output`; keys and values of the
+    /// batch join the cache of `layer`. A single token runs on the device when it holds the layer.
+    func attention(_ a: Attention, layer: Int, input: Matrix, into output: Matrix) {
+        if tokenCount == 1, let offload, offload.attention(a, layer: layer, input: input.row(0), output: output.row(0), pass: self) {
+            return
+        }
+        linear(input, [(a.query.weight, query), (a.key.weight, key), (a.value.weight, value)])
+        addBias(a.query.bias, to: query)
+        addBias(a.key.bias, to: key)
+        addBias(a.value.bias, to: value)
+        if let norm = a.queryNorm { headNorm(query, norm) }
+        if let norm = a.keyNorm { headNorm(key, norm) }
+        rotateAndStore(a.rope, layer: layer)
+        offload?.cacheWritten(layer: layer, positions: positions[0]..<positions[0] + tokenCount)
+        attend(layer: layer, window: a.window, scale: a.scale)
+        linear(attended, [(a.output.weight, output)])
+        addBias(a.output.bias, to: output)
+    }
+
+    /// The FFN of `layer` on `input` (normed), into `output`: down(act(gate) · up), or
+    /// down(act(up)) without a gate; sparsely when `sparsity` is set.
+    func feedForward(_ f: FeedForward, layer: Int, input: Matrix, into output: Matrix) {
+        if let sparsity {
+            sparsity.feedForward(f, layer: layer, input: input, into: output, pass: self)
+            return
+        }
+        let n = f.neuronCount
+        if let gateWeights = f.gate {
+            linear(input, [(gateWeights.weight, gate), (f.up.weight, up)])
+            addBias(gateWeights.bias, to: gate)
+            addBias(f.up.bias, to: up)
+        } else {
+            linear(input, [(f.up.weight, gate)])
+            addBias(f.up.bias, to: gate)
+        }
+        let gated = f.gate != nil
+        if let observer = feedForwardObserver {
+            forEachToken { t in VectorKernels.gatedActivation(f.activation, gate: gate.row(t), up: nil, gate.row(t), n) }
+            observer(FeedForwardObservation(layer: layer, tokenCount: tokenCount, input: x, activated: gate,
+                                            up: gated ? up : nil))
+            if gated { forEachToken { t in VectorKernels.multiply(gate.row(t), by: up.row(t), n) } }
+        } else {
+            forEachToken { t in
+                VectorKernels.gatedActivation(f.activation, gate: gate.row(t), up: gated ? up.row(t) : nil, gate.row(t), n)
+            }
+        }
+        linear(gate, [(f.down.weight, output)])
+        addBias(f.down.bias, to: output)
+    }
+
+    /// Final norm and output head for the batch rows `rows`, logits to `output` rows 0...;
+    /// a single row runs on the device when it holds the head.
+    func outputHead(_ head: OutputHead, rows: Range<Int>, into output: Matrix) {
+        for (i, t) in rows.enumerated() {
+            Self.normalize(head.norm, x.row(t), into: normed.row(i), config.embeddingLength)
+        }
+        if rows.count == 1, let offload, offload.outputHead(head, normed: normed.row(0), into: output.row(0)) {
+            return
+        }
+        linear(normed, [(head.output.weight, output)], count: rows.count)
+        if let bias = head.output.bias {
+            for i in 0..<rows.count { VectorKernels.add(bias.pointer, into: output.row(i), output.length) }
+        }
+    }
+
+    // MARK: the steps they are made of
+
+    static func normalize(_ n: Norm, _ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, _ length: Int) {
+        switch n.kind {
+        case .rms:
+            VectorKernels.rmsNorm(input, weight: n.weight.pointer, epsilon: n.epsilon, output, length)
+            if let bias = n.bias { VectorKernels.add(bias.pointer, into: output, length) }
+        case .layer:
+            VectorKernels.layerNorm(input, weight: n.weight.pointer, bias: n.bias?.pointer, epsilon: n.epsilon, output, length)
+        }
     }
 
     /// output[t] = W · input[t] for each (W, output) pair and the first `count` rows (default:
     /// the batch); all share the same input, converted once per activation format.
-    public func linear(_ input: Matrix, _ products: [(WeightMatrix, Matrix)], count: Int? = nil) {
+    func linear(_ input: Matrix, _ products: [(WeightMatrix, Matrix)], count: Int? = nil) {
         let n = input.length
         let tokenCount = count ?? self.tokenCount
         if tokenCount == 1 {
@@ -180,48 +240,46 @@ public final class ForwardPass: @unchecked Sendable {
     }
 
     /// output[t] += bias.
-    public func addBias(_ bias: FloatVector?, to output: Matrix) {
+    func addBias(_ bias: FloatVector?, to output: Matrix) {
         guard let bias else { return }
-        forEachToken { t in VectorKernels.add(bias.pointer, into: output.row(t), output.length) }
+        forEachToken { t in VectorKernels.add(bias.pointer, into: output.row(t), bias.count) }
     }
 
-    /// RMS-normalises each head of `m` (heads of `headLength`) with a shared weight (q/k norm).
-    public func headNorm(_ m: Matrix, _ weight: FloatVector?, headLength: Int) {
-        guard let weight else { return }
+    /// Normalises each head of `m` (heads of the norm's length) with the norm's shared weight.
+    private func headNorm(_ m: Matrix, _ n: Norm) {
+        let headLength = n.weight.count
         forEachToken { t in
             for h in 0..<(m.length / headLength) {
                 let head = m.row(t) + h * headLength
-                VectorKernels.rmsNorm(head, weight: weight.pointer, epsilon: config.rmsEpsilon, head, headLength)
+                Self.normalize(n, head, into: head, headLength)
             }
         }
     }
 
-    /// Rotates q and k of every token by its position and stores k and v in the cache.
-    public func ropeAndStore(layer: Int, cache: KVCache) {
-        let sliding = config.slidingLayers[layer]
-        let rope = config.rope(forLayer: layer)
-        let cos = sliding && config.slidingRope != nil ? slidingCos : ropeCos
-        let sin = sliding && config.slidingRope != nil ? slidingSin : ropeSin
+    /// Rotates q and k of every token by its position (when there is a rope) and stores k and
+    /// v in the cache.
+    private func rotateAndStore(_ rope: Rope?, layer: Int) {
         let hd = config.headDimension
+        let angles = rope.map { ropeAngles($0) }
         forEachToken { t in
-            for h in 0..<config.headCount {
-                rope.rotate(query.row(t) + h * hd, cos: cos.row(t), sin: sin.row(t))
-            }
-            for h in 0..<config.kvHeadCount {
-                rope.rotate(key.row(t) + h * hd, cos: cos.row(t), sin: sin.row(t))
+            if let rope, let angles {
+                for h in 0..<config.headCount {
+                    rope.rotate(query.row(t) + h * hd, cos: angles.cos.row(t), sin: angles.sin.row(t))
+                }
+                for h in 0..<config.kvHeadCount {
+                    rope.rotate(key.row(t) + h * hd, cos: angles.cos.row(t), sin: angles.sin.row(t))
+                }
             }
             cache.key(layer: layer, position: positions[t]).update(from: key.row(t), count: config.kvLength)
             cache.value(layer: layer, position: positions[t]).update(from: value.row(t), count: config.valueLength)
         }
     }
 
-    /// Causal attention of every query head over the cached positions (within the sliding
-    /// window on sliding layers), written to `attention`.
-    public func attend(layer: Int, cache: KVCache) {
+    /// Causal attention of every query head over the cached positions (the last `window` of
+    /// them when there is a window), written to `attended`.
+    private func attend(layer: Int, window: Int?, scale: Float) {
         let hd = config.headDimension, vd = config.valueDimension
         let groupSize = config.headCount / config.kvHeadCount
-        let window = config.slidingLayers[layer] ? config.slidingWindow : nil
-        let scale = config.attentionScale
         let work = tokenCount * config.headCount
         pool.run { thread in
             let s = scores[thread].pointer
@@ -234,82 +292,42 @@ public final class ForwardPass: @unchecked Sendable {
                                      cache.key(layer: layer, position: first) + g * hd, Int64(cache.keyLength),
                                      cache.value(layer: layer, position: first) + g * vd, Int64(cache.valueLength),
                                      Int64(position - first + 1), Int64(hd), Int64(vd), scale,
-                                     s, attention.row(t) + h * vd)
+                                     s, attended.row(t) + h * vd)
             }
         }
     }
-
-    /// The feed-forward block on `normed`, result in `projected`: down(act(gate) · up), or
-    /// down(act(up)) for ungated FFNs. With an observer set, it sees act(gate) and up before
-    /// they are multiplied.
-    public func feedForward(_ w: LayerWeights, layer: Int) {
-        if let sparsity {
-            sparsity.feedForward(w, layer: layer, pass: self)
-            return
-        }
-        let n = config.feedForwardLength
-        let activation = config.activation
-        let gated = w.gate != nil
-        if let gateWeights = w.gate {
-            linear(normed, [(gateWeights, gate), (w.up, up)])
-        } else {
-            linear(normed, [(w.up, gate)])
-        }
-        if let observer = feedForwardObserver {
-            forEachToken { t in VectorKernels.gatedActivation(activation, gate: gate.row(t), up: nil, gate.row(t), n) }
-            observer(FeedForwardObservation(layer: layer, tokenCount: tokenCount, input: x, activated: gate,
-                                            up: gated ? up : nil))
-            if gated { forEachToken { t in VectorKernels.multiply(gate.row(t), by: up.row(t), n) } }
-        } else {
-            forEachToken { t in
-                VectorKernels.gatedActivation(activation, gate: gate.row(t), up: gated ? up.row(t) : nil, gate.row(t), n)
-            }
-        }
-        linear(gate, [(w.down, projected)])
-    }
-
-    /// Called with every layer's FFN activations (profiling, predictor training); nil in
-    /// normal runs.
-    public var feedForwardObserver: ((FeedForwardObservation) -> Void)?
-
-    /// Computes the FFN sparsely instead (see Sparsity/); nil runs it densely.
-    public var sparsity: FeedForwardSparsity?
-
-    /// Runs some layers' attention (single-token batches) and the output head on a device;
-    /// nil: all on the CPU.
-    public var denseOffload: DenseOffload?
 }
 
-/// A device that runs the attention block of some layers for one token at a time, and maybe
-/// the output head. The CPU's
-/// KV cache stays complete: the device stores the token's key and value there too, and hears of
-/// every cache row the CPU writes (prompt batches) so its own copy can catch up.
-public protocol DenseOffload: AnyObject {
-    /// The attention block of the batch's single token at `layer` (norm, q/k/v, rope, cache,
-    /// attention, output, residual: `pass.x` += its output). False when this layer is not
-    /// on the device (or the device failed): the CPU then does it, nothing having changed.
-    func attention(_ w: LayerWeights, layer: Int, pass: ForwardPass, cache: KVCache) -> Bool
-    /// The CPU wrote `cache` rows `positions` of `layer`.
+/// A device that runs some layers' attention for one token at a time, and maybe the output
+/// head. The CPU's KV cache stays complete: the device writes the token's key and value there
+/// too, and hears of every cache row the CPU writes (prompt batches) so its own copy can catch up.
+protocol DenseOffload: AnyObject {
+    /// The attention of the batch's single token at `layer`: normed `input` → `output`, its key
+    /// and value stored in `pass.cache`. False when the layer is not on the device (or the
+    /// device failed): the CPU then computes it, nothing having changed.
+    func attention(_ a: Attention, layer: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                   pass: ForwardPass) -> Bool
+    /// The CPU wrote cache rows `positions` of `layer`.
     func cacheWritten(layer: Int, positions: Range<Int>)
-    /// Final norm and output head of residual `x` into `logits`; false when the head is not on
+    /// The output head on the final-normed `normed` into `logits`; false when the head is not on
     /// the device (or it failed): the CPU then computes it.
-    func outputHead(_ x: UnsafePointer<Float>, into logits: UnsafeMutablePointer<Float>) -> Bool
+    func outputHead(_ head: OutputHead, normed: UnsafePointer<Float>, into logits: UnsafeMutablePointer<Float>) -> Bool
 }
 
-/// A replacement for the dense FFN: reads `pass.normed` (and `pass.x`, the pre-norm input)
-/// for the batch's tokens and writes the FFN output to `pass.projected`.
-public protocol FeedForwardSparsity: AnyObject {
-    func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass)
+/// A replacement for the dense FFN: reads `input` (and `pass.x`, the residual stream before the
+/// FFN's norm) for the batch's tokens and writes the FFN output to `output`.
+protocol FeedForwardSparsity: AnyObject {
+    func feedForward(_ f: FeedForward, layer: Int, input: Matrix, into output: Matrix, pass: ForwardPass)
 }
 
 /// One batch of one layer's FFN, as the observer sees it. Rows 0..<tokenCount are valid.
-public struct FeedForwardObservation {
-    public let layer: Int
-    public let tokenCount: Int
+struct FeedForwardObservation {
+    let layer: Int
+    let tokenCount: Int
     /// The residual stream entering the FFN, before its norm (what predictors read).
-    public let input: Matrix
+    let input: Matrix
     /// act(gate) per neuron (ungated FFNs: act(up)).
-    public let activated: Matrix
+    let activated: Matrix
     /// The up projection of gated FFNs.
-    public let up: Matrix?
+    let up: Matrix?
 }

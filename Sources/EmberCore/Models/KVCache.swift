@@ -1,16 +1,17 @@
 /// Keys and values of every past position, per layer, in float.
-/// Layout per layer: position-major, `kvLength` floats per position (all kv heads side by side).
-public final class KVCache: @unchecked Sendable {
-    public let layerCount: Int
-    public let capacity: Int
-    public let keyLength: Int
-    public let valueLength: Int
+/// Layout per layer: position-major, `keyLength` (`valueLength`) floats per position, all kv
+/// heads side by side.
+final class KVCache {
+    let layerCount: Int
+    let capacity: Int
+    let keyLength: Int
+    let valueLength: Int
     /// Positions filled so far; the next token goes to position `count`.
-    public internal(set) var count = 0
+    var count = 0
     private let keys: [UnsafeMutablePointer<Float>]
     private let values: [UnsafeMutablePointer<Float>]
 
-    public init(config: ModelConfig, capacity: Int) {
+    init(config: ModelConfig, capacity: Int) {
         layerCount = config.layerCount
         self.capacity = capacity
         keyLength = config.kvLength
@@ -24,17 +25,22 @@ public final class KVCache: @unchecked Sendable {
         values.forEach { $0.deallocate() }
     }
 
-    /// Forgets everything (a new sequence starts at position 0).
-    public func clear() { count = 0 }
+    /// Bytes a cache of `capacity` positions takes, or nil when that overflows.
+    static func byteCount(_ config: ModelConfig, capacity: Int) -> Int? {
+        let perPosition = (config.kvLength + config.valueLength) * MemoryLayout<Float>.size
+        let (perLayer, o1) = perPosition.multipliedReportingOverflow(by: capacity)
+        let (all, o2) = perLayer.multipliedReportingOverflow(by: config.layerCount)
+        return o1 || o2 ? nil : all
+    }
 
-    /// Forgets positions from `position` on (for resuming a conversation from a common prefix).
-    public func truncate(to position: Int) { count = min(count, max(0, position)) }
+    /// Forgets positions from `position` on (0: a new sequence).
+    func truncate(to position: Int) { count = min(count, max(0, position)) }
 
     @inline(__always)
-    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { keys[layer] + position * keyLength }
+    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { keys[layer] + position * keyLength }
 
     @inline(__always)
-    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { values[layer] + position * valueLength }
+    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { values[layer] + position * valueLength }
 
-    public var byteCount: Int { layerCount * capacity * (keyLength + valueLength) * 4 }
+    var byteCount: Int { layerCount * capacity * (keyLength + valueLength) * 4 }
 }

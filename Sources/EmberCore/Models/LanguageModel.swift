@@ -1,75 +1,77 @@
-/// A transformer language model loaded from a GGUF file, its weights read in place.
-public final class LanguageModel: @unchecked Sendable {
-    public let file: GGUFFile
-    public let config: ModelConfig
-    public let weights: ModelWeights
+/// A transformer language model loaded from a GGUF file, its weights read in place: the file
+/// and the architecture that reads it.
+final class LanguageModel: Sendable {
+    let file: GGUFFile
+    let architecture: any Architecture
 
-    public init(file: GGUFFile) throws {
+    init(file: GGUFFile) throws {
         self.file = file
-        config = try ModelConfig(file: file)
-        weights = try ModelWeights(file: file, config: config)
+        architecture = try Architectures.load(file)
     }
 
-    public convenience init(path: String) throws {
+    convenience init(path: String) throws {
         try self.init(file: try GGUFFile(path: path))
     }
 
+    var config: ModelConfig { architecture.config }
+    var layerCount: Int { config.layerCount }
+
+    /// The distinct ropes of the model's layers (the angles a batch needs).
+    var ropes: [Rope] {
+        var found: [Rope] = []
+        for l in 0..<layerCount {
+            if let rope = architecture.attention(l).rope, !found.contains(rope) { found.append(rope) }
+        }
+        return found
+    }
+
+    /// Bytes of weights read to decode one token: every layer's matrices and the output head
+    /// (the embedding lookup reads one row only).
+    var bytesPerToken: Int {
+        let a = architecture
+        var total = a.head.output.weight.byteCount + a.embedding.tokens.rowBytes
+        for l in 0..<layerCount { total += a.attention(l).byteCount + a.feedForward(l).byteCount }
+        return total
+    }
+
     /// Which positions of a forward call need logits.
-    public enum LogitRows: Sendable {
+    enum LogitRows: Equatable {
         case none
         case last
         case all
     }
 
-    /// Runs `tokens` after the positions already in `cache` (in batches of `pass.maxTokens`)
-    /// and appends them to it. Logits go to `logits`: one row for `.last`, one per token for
-    /// `.all` (its row count must cover the tokens).
-    public func forward(_ tokens: ArraySlice<Int32>, cache: KVCache, pass: ForwardPass,
-                        logits: LogitRows = .last, into output: Matrix? = nil) throws {
+    /// Runs `tokens` after the positions already in the pass's cache (in batches of
+    /// `pass.maxTokens`) and appends them to it. Logits go to `output`: one row for `.last`,
+    /// one per token for `.all` (its row count must cover the tokens).
+    func forward(_ tokens: ArraySlice<Int32>, pass: ForwardPass, logits: LogitRows = .last, into output: Matrix? = nil) throws {
         for token in tokens where token < 0 || Int(token) >= config.vocabularySize {
             throw ModelError.invalidToken(id: Int(token), vocabularySize: config.vocabularySize)
         }
+        let cache = pass.cache
         guard cache.count + tokens.count <= cache.capacity else {
             throw ModelError.contextOverflow(needed: cache.count + tokens.count, context: cache.capacity)
         }
         precondition(logits == .none || output != nil, "logits requested without an output matrix")
+        let a = architecture
         var done = 0
         while done < tokens.count {
             let count = min(pass.maxTokens, tokens.count - done)
             let start = tokens.startIndex + done
-            pass.begin(tokens: tokens[start..<start + count], start: cache.count, embedding: weights.tokenEmbedding)
-            for (l, layer) in weights.layers.enumerated() {
-                switch config.family {
-                case .llama, .qwen2: Llama.block(layer, layer: l, pass: pass, cache: cache)
-                case .gemma3: Gemma3.block(layer, layer: l, pass: pass, cache: cache)
-                }
-            }
+            pass.begin(tokens: tokens[start..<start + count], embedding: a.embedding)
+            for l in 0..<layerCount { a.block(l, pass) }
             cache.count += count
             switch logits {
             case .none:
                 break
             case .last where done + count == tokens.count:
-                outputHead(rows: (count - 1)..<count, pass: pass, into: output!)
+                pass.outputHead(a.head, rows: (count - 1)..<count, into: output!)
             case .last:
                 break
             case .all:
-                outputHead(rows: 0..<count, pass: pass, into: Matrix(rowsOf: output!, done..<done + count))
+                pass.outputHead(a.head, rows: 0..<count, into: Matrix(rowsOf: output!, done..<done + count))
             }
             done += count
         }
     }
-
-    /// Final norm and output head for the batch rows `rows`, logits to `output` rows 0...
-    private func outputHead(rows: Range<Int>, pass: ForwardPass, into output: Matrix) {
-        if rows.count == 1, let device = pass.denseOffload, device.outputHead(pass.x.row(rows.lowerBound), into: output.row(0)) {
-            return
-        }
-        for (i, t) in rows.enumerated() {
-            VectorKernels.rmsNorm(pass.x.row(t), weight: weights.outputNorm.pointer, epsilon: config.rmsEpsilon,
-                                  pass.normed.row(i), config.embeddingLength)
-        }
-        pass.linear(pass.normed, [(weights.output, output)], count: rows.count)
-    }
 }
-
-extension LanguageModel.LogitRows: Equatable {}

@@ -1,29 +1,58 @@
-/// The llama-family block (Llama 2/3, Mistral, SmolLM2; Qwen2 adds q/k/v biases):
-/// pre-norm attention with rope and grouped kv heads, then a pre-norm gated FFN.
-enum Llama {
-    static func block(_ w: LayerWeights, layer: Int, pass p: ForwardPass, cache: KVCache) {
-        if p.tokenCount == 1, let device = p.denseOffload, device.attention(w, layer: layer, pass: p, cache: cache) {
-            // Done on the device, residual included.
-        } else {
-            attention(w, layer: layer, pass: p, cache: cache)
-            p.denseOffload?.cacheWritten(layer: layer, positions: p.positions[0]..<p.positions[0] + p.tokenCount)
-        }
+import Foundation
 
-        p.rmsNorm(p.x, w.ffnNorm, into: p.normed)
-        p.feedForward(w, layer: layer)
-        p.addResidual(p.projected)
+/// Llama 2/3, Mistral, SmolLM2 and Ember's synthetic models: pre-norm attention with rotary
+/// positions on adjacent pairs (llama GGUF files permute the Q and K rows for it) and grouped kv
+/// heads, then a pre-norm gated FFN: SiLU, or ReLU for ReLU-family files. Mistral v0.1's
+/// sliding window covers every layer.
+struct Llama: Architecture {
+    static let names = ["llama", "mistral"]
+
+    let config: ModelConfig
+    let embedding: Embedding
+    let head: OutputHead
+    private let layers: [Layer]
+
+    private struct Layer {
+        let attentionNorm: Norm
+        let attention: Attention
+        let feedForwardNorm: Norm
+        let feedForward: FeedForward
     }
 
-    /// Pre-norm attention on the CPU, added into the residual stream.
-    static func attention(_ w: LayerWeights, layer: Int, pass p: ForwardPass, cache: KVCache) {
-        p.rmsNorm(p.x, w.attentionNorm, into: p.normed)
-        p.linear(p.normed, [(w.query, p.query), (w.key, p.key), (w.value, p.value)])
-        p.addBias(w.queryBias, to: p.query)
-        p.addBias(w.keyBias, to: p.key)
-        p.addBias(w.valueBias, to: p.value)
-        p.ropeAndStore(layer: layer, cache: cache)
-        p.attend(layer: layer, cache: cache)
-        p.linear(p.attention, [(w.output, p.projected)])
+    init(file: GGUFFile, name: String) throws {
+        let m = HyperparameterReader(file: file, architecture: name)
+        let activation = try Architectures.activation(file, default: file.flavor == .powerInfer ? .relu : .silu)
+        let c = try ModelConfig(m, activation: activation)
+        let epsilon = Float(try m.float("attention.layer_norm_rms_epsilon", in: 0...1, default: 1e-5))
+        let rope = try m.rope(layout: .adjacent, headDimension: c.headDimension)
+        let window = try m.optionalInt("attention.sliding_window", in: ModelConfig.Limits.context)
+        let t = TensorReader(file: file)
+        let d = c.embeddingLength
+        embedding = Embedding(tokens: try t.tokenEmbedding(c), scale: 1, positions: nil, positionOffset: 0)
+        head = try t.outputHead(c, norm: .rms, epsilon: epsilon)
+        layers = try (0..<c.layerCount).map { l in
+            let w = try t.attentionProjections(layer: l, c)
+            return Layer(
+                attentionNorm: try t.norm("blk.\(l).attn_norm", .rms, count: d, epsilon: epsilon),
+                attention: Attention(query: w.query, key: w.key, value: w.value, queryNorm: nil, keyNorm: nil, rope: rope,
+                                     window: window, scale: 1 / Float(c.headDimension).squareRoot(), output: w.output),
+                feedForwardNorm: try t.norm("blk.\(l).ffn_norm", .rms, count: d, epsilon: epsilon),
+                feedForward: try t.feedForward(layer: l, c))
+        }
+        config = c
+    }
+
+    func attention(_ l: Int) -> Attention { layers[l].attention }
+    func feedForward(_ l: Int) -> FeedForward { layers[l].feedForward }
+
+    func block(_ l: Int, _ p: ForwardPass) {
+        let w = layers[l]
+        p.norm(w.attentionNorm, p.x, into: p.normed)
+        p.attention(w.attention, layer: l, input: p.normed, into: p.projected)
+        p.addResidual(p.projected)
+
+        p.norm(w.feedForwardNorm, p.x, into: p.normed)
+        p.feedForward(w.feedForward, layer: l, input: p.normed, into: p.projected)
         p.addResidual(p.projected)
     }
 }

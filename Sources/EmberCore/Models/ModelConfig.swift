@@ -1,154 +1,126 @@
-import Foundation
+/// The shape of a transformer, common to every architecture: what the executors, the KV cache,
+/// the sparsity layer and placement need to know. What differs between architectures (norms,
+/// rope, windows, scales, biases) lives in the layers each architecture file builds
+/// (Layers.swift).
+struct ModelConfig: Sendable {
+    var architecture: String
+    var layerCount: Int
+    var embeddingLength: Int
+    var feedForwardLength: Int
+    var headCount: Int
+    var kvHeadCount: Int
+    var headDimension: Int
+    var valueDimension: Int
+    var vocabularySize: Int
+    /// The context the model was trained for: the most positions a session may hold.
+    var contextLength: Int
+    /// The FFN activation of every layer (ReLU-family models are the ones with exact zeros).
+    var activation: VectorKernels.Activation
 
-/// The hyperparameters of a transformer, read from GGUF metadata (`{arch}.*` keys).
-public struct ModelConfig: Sendable {
-    public enum Family: String, Sendable {
-        /// Llama 2/3, Mistral, SmolLM2 and other `llama`-architecture files; Qwen2 adds biases.
-        case llama, qwen2
-        case gemma3
+    var queryLength: Int { headCount * headDimension }
+    var kvLength: Int { kvHeadCount * headDimension }
+    var valueLength: Int { kvHeadCount * valueDimension }
+    var attentionOutputLength: Int { headCount * valueDimension }
+
+    /// Reads the hyperparameters most architectures share under their `{arch}.` prefix (the
+    /// key names llama.cpp's GGUF files use), each within the bounds of `Limits`.
+    init(_ m: HyperparameterReader, activation: VectorKernels.Activation) throws {
+        architecture = m.architecture
+        self.activation = activation
+        layerCount = try m.int("block_count", in: Limits.layers)
+        embeddingLength = try m.int("embedding_length", in: Limits.width)
+        feedForwardLength = try m.int("feed_forward_length", in: Limits.width)
+        headCount = try m.int("attention.head_count", in: Limits.heads)
+        kvHeadCount = try m.int("attention.head_count_kv", in: 1...headCount, default: headCount)
+        guard headCount % kvHeadCount == 0 else {
+            throw ModelError.badHyperparameter(path: m.path, key: m.key("attention.head_count_kv"),
+                                               value: "\(kvHeadCount)", expected: "a divisor of the \(headCount) heads")
+        }
+        let defaultHead = embeddingLength / headCount
+        headDimension = try m.int("attention.key_length", in: Limits.headDimension, default: defaultHead)
+        guard headDimension % 2 == 0 else {
+            throw ModelError.badHyperparameter(path: m.path, key: m.key("attention.key_length"),
+                                               value: "\(headDimension)", expected: "an even head dimension")
+        }
+        valueDimension = try m.int("attention.value_length", in: Limits.headDimension, default: headDimension)
+        contextLength = try m.int("context_length", in: Limits.context, default: 2048)
+        let listed = try m.file.stringArray("tokenizer.ggml.tokens")?.count
+        vocabularySize = try m.int("vocab_size", in: Limits.vocabulary, default: listed ?? 0)
     }
 
-    public var architecture: String
-    public var family: Family
-    public var layerCount: Int
-    public var embeddingLength: Int
-    public var feedForwardLength: Int
-    public var headCount: Int
-    public var kvHeadCount: Int
-    public var headDimension: Int
-    public var valueDimension: Int
-    public var vocabularySize: Int
-    public var contextLength: Int
-    public var rmsEpsilon: Float
-    /// The FFN activation: SiLU-gated for llama, GELU-gated for Gemma, ReLU for the sparse
-    /// ReLU-family models (PowerInfer files, or the `ember.ffn_activation` key).
-    public var activation: VectorKernels.Activation
-    /// Rope of full-attention layers, and of sliding-window layers where it differs.
-    public var rope: Rope
-    public var slidingRope: Rope?
-    /// Sliding-window size, and which layers use it.
-    public var slidingWindow: Int?
-    public var slidingLayers: [Bool]
-    /// Multiplies the token embedding (Gemma: sqrt of the embedding length).
-    public var embeddingScale: Float
-    /// Multiplies q·k before the softmax.
-    public var attentionScale: Float
-
-    public var queryLength: Int { headCount * headDimension }
-    public var kvLength: Int { kvHeadCount * headDimension }
-    public var valueLength: Int { kvHeadCount * valueDimension }
-
-    public init(file: GGUFFile) throws {
-        let arch = try file.requiredString("general.architecture")
-        architecture = arch
-        switch arch {
-        case "llama", "mistral": family = .llama
-        case "qwen2": family = .qwen2
-        case "gemma3": family = .gemma3
-        default:
-            throw ModelError.unsupportedArchitecture(path: file.path, architecture: arch)
-        }
-        func key(_ name: String) -> String { "\(arch).\(name)" }
-        func required(_ name: String) throws -> Int {
-            let value = try file.requiredInt(key(name))
-            guard value > 0, value < 1 << 24 else {
-                throw ModelError.badHyperparameter(path: file.path, key: key(name), value: "\(value)")
-            }
-            return value
-        }
-
-        layerCount = try required("block_count")
-        embeddingLength = try required("embedding_length")
-        feedForwardLength = try required("feed_forward_length")
-        headCount = try required("attention.head_count")
-        kvHeadCount = try file.int(key("attention.head_count_kv")) ?? headCount
-        headDimension = try file.int(key("attention.key_length")) ?? embeddingLength / headCount
-        valueDimension = try file.int(key("attention.value_length")) ?? headDimension
-        contextLength = try file.int(key("context_length")) ?? 2048
-        let tokens = try file.stringArray("tokenizer.ggml.tokens")?.count
-        vocabularySize = try file.int(key("vocab_size")) ?? tokens ?? 0
-        rmsEpsilon = Float(try file.float(key("attention.layer_norm_rms_epsilon")) ?? 1e-5)
-        guard kvHeadCount > 0, headCount % kvHeadCount == 0, headDimension > 0, headDimension % 2 == 0,
-              valueDimension > 0, vocabularySize > 0, contextLength > 0 else {
-            throw ModelError.badHyperparameter(path: file.path, key: key("attention.head_count_kv"),
-                                               value: "heads \(headCount), kv heads \(kvHeadCount), head size \(headDimension)")
-        }
-
-        let ropeDimensions = try file.int(key("rope.dimension_count")) ?? headDimension
-        let ropeBase = try file.float(key("rope.freq_base")) ?? 10_000
-        var linearScale = 1.0
-        if try file.string(key("rope.scaling.type")) == "linear" {
-            linearScale = try file.float(key("rope.scaling.factor")) ?? 1
-        }
-        guard ropeDimensions > 0, ropeDimensions <= headDimension, ropeDimensions % 2 == 0, ropeBase > 0, linearScale > 0 else {
-            throw ModelError.badHyperparameter(path: file.path, key: key("rope.dimension_count"), value: "\(ropeDimensions)")
-        }
-        let layout: Rope.Layout = family == .llama ? .adjacent : .halves
-        // Llama 3.1-style per-pair frequency divisors, when the file carries them.
-        var factors: [Float]?
-        if let info = file.tensorInfo("rope_freqs.weight"), info.type == .f32, info.elementCount == ropeDimensions / 2 {
-            let pointer = file.data(of: info).assumingMemoryBound(to: Float.self)
-            factors = Array(UnsafeBufferPointer(start: pointer, count: info.elementCount))
-        }
-        rope = Rope(layout: layout, dimensions: ropeDimensions, base: ropeBase, linearScale: linearScale, frequencyFactors: factors)
-
-        slidingWindow = try file.int(key("attention.sliding_window"))
-        slidingLayers = Array(repeating: false, count: layerCount)
-        slidingRope = nil
-        embeddingScale = 1
-        attentionScale = 1 / Float(headDimension).squareRoot()
-        activation = .silu
-
-        switch family {
-        case .llama, .qwen2:
-            // A sliding window in a llama file (Mistral v0.1) applies to every layer.
-            if slidingWindow != nil { slidingLayers = Array(repeating: true, count: layerCount) }
-            if file.flavor == .powerInfer { activation = .relu }
-        case .gemma3:
-            // Gemma 3: five sliding-window layers, then one global layer; the sliding ones use
-            // rope base 10000 (Gemma 3 technical report).
-            let pattern = try file.int(key("attention.sliding_window_pattern")) ?? 6
-            if slidingWindow != nil {
-                slidingLayers = (0..<layerCount).map { pattern > 0 && $0 % pattern < pattern - 1 }
-            }
-            slidingRope = Rope(layout: layout, dimensions: ropeDimensions, base: 10_000)
-            embeddingScale = Float(embeddingLength).squareRoot()
-            activation = .gelu
-        }
-        if let name = try file.string("ember.ffn_activation") {
-            guard let chosen = VectorKernels.Activation(rawValue: name) else {
-                throw ModelError.badHyperparameter(path: file.path, key: "ember.ffn_activation", value: name)
-            }
-            activation = chosen
-        }
-        if let window = slidingWindow, window <= 0 {
-            throw ModelError.badHyperparameter(path: file.path, key: key("attention.sliding_window"), value: "\(window)")
-        }
-    }
-
-    /// The rope layer `layer` uses.
-    public func rope(forLayer layer: Int) -> Rope {
-        slidingLayers[layer] ? (slidingRope ?? rope) : rope
+    /// Bounds on hyperparameters, far above any published model, so every size derived from
+    /// them (products of a few of them) stays far from overflow and a crafted file fails here
+    /// rather than in an allocation.
+    enum Limits {
+        static let layers = 1...1024
+        static let width = 1...(1 << 18)
+        static let heads = 1...4096
+        static let headDimension = 1...4096
+        static let context = 1...(1 << 24)
+        static let vocabulary = 1...(1 << 22)
     }
 }
 
-/// Problems with a model file beyond its GGUF structure.
-public enum ModelError: Error, CustomStringConvertible, Equatable {
-    case unsupportedArchitecture(path: String, architecture: String)
-    case badHyperparameter(path: String, key: String, value: String)
-    case contextOverflow(needed: Int, context: Int)
-    case invalidToken(id: Int, vocabularySize: Int)
+/// Reads `{architecture}.*` metadata keys with bounds, naming the key and the bound in errors.
+struct HyperparameterReader {
+    let file: GGUFFile
+    let architecture: String
+    var path: String { file.path }
 
-    public var description: String {
-        switch self {
-        case .unsupportedArchitecture(let path, let architecture):
-            return "\(path): architecture \"\(architecture)\" is not supported (Ember runs llama, mistral, qwen2 and gemma3)"
-        case .badHyperparameter(let path, let key, let value):
-            return "\(path): metadata \"\(key)\" has an unusable value (\(value))"
-        case .contextOverflow(let needed, let context):
-            return "the sequence needs \(needed) positions but the context holds \(context); use a larger --ctx or a shorter prompt"
-        case .invalidToken(let id, let vocabularySize):
-            return "token id \(id) is outside the vocabulary (0..<\(vocabularySize))"
+    func key(_ name: String) -> String { "\(architecture).\(name)" }
+
+    /// The integer `{arch}.name`, or `fallback` when absent (required when there is none).
+    func int(_ name: String, in range: ClosedRange<Int>, default fallback: Int? = nil) throws -> Int {
+        let full = key(name)
+        guard let value = try file.int(full) ?? fallback else { throw GGUFError.missingKey(path: path, key: full) }
+        guard range.contains(value) else {
+            throw ModelError.badHyperparameter(path: path, key: full, value: "\(value)",
+                                               expected: "\(range.lowerBound)...\(range.upperBound)")
         }
+        return value
+    }
+
+    /// The optional integer `{arch}.name`, checked against `range` when present.
+    func optionalInt(_ name: String, in range: ClosedRange<Int>) throws -> Int? {
+        try file.int(key(name)) == nil ? nil : try int(name, in: range)
+    }
+
+    /// The number `{arch}.name` (any numeric type), or `fallback`; finite and within `range`.
+    func float(_ name: String, in range: ClosedRange<Double>, default fallback: Double) throws -> Double {
+        let full = key(name)
+        let value = try file.float(full) ?? fallback
+        guard value.isFinite, range.contains(value) else {
+            throw ModelError.badHyperparameter(path: path, key: full, value: "\(value)",
+                                               expected: "a finite number in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
+    }
+
+    func string(_ name: String) throws -> String? { try file.string(key(name)) }
+
+    /// Rotary embedding from the usual keys (`rope.dimension_count`, `rope.freq_base`, linear
+    /// `rope.scaling.*`, Llama 3.1's `rope_freqs.weight`), over heads of `headDimension`.
+    func rope(layout: Rope.Layout, headDimension: Int, defaultBase: Double = 10_000) throws -> Rope {
+        let dimensions = try int("rope.dimension_count", in: 2...headDimension, default: headDimension)
+        guard dimensions % 2 == 0 else {
+            throw ModelError.badHyperparameter(path: path, key: key("rope.dimension_count"), value: "\(dimensions)",
+                                               expected: "an even number")
+        }
+        let base = try float("rope.freq_base", in: 1...1e12, default: defaultBase)
+        var scale = 1.0
+        if try string("rope.scaling.type") == "linear" {
+            scale = try float("rope.scaling.factor", in: 1e-6...1e6, default: 1)
+        }
+        // Per-pair frequency divisors, when the file carries them.
+        var factors: [Float]?
+        if let info = file.tensorInfo("rope_freqs.weight"), info.type == .f32, info.elementCount == dimensions / 2 {
+            let values = UnsafeBufferPointer(start: file.data(of: info).assumingMemoryBound(to: Float.self), count: info.elementCount)
+            guard values.allSatisfy({ $0.isFinite && $0 > 0 }) else {
+                throw ModelError.badHyperparameter(path: path, key: "rope_freqs.weight", value: "a non-positive or non-finite factor",
+                                                   expected: "positive finite factors")
+            }
+            factors = Array(values)
+        }
+        return Rope(layout: layout, dimensions: dimensions, base: base, linearScale: scale, frequencyFactors: factors)
     }
 }

@@ -8,11 +8,11 @@ import Synchronization
 /// A decode step of a small model is a few hundred such jobs of some microseconds each, so the
 /// hand-off must cost far less than a microsecond: idle workers spin on an atomic generation
 /// counter for a while before they sleep on a condition variable.
-public final class ThreadPool: @unchecked Sendable {
-    public let threadCount: Int
+final class ThreadPool: @unchecked Sendable {
+    let threadCount: Int
     private let state: State
 
-    public init(threads: Int) {
+    init(threads: Int) {
         threadCount = max(1, threads)
         state = State()
         for index in 1..<threadCount {
@@ -28,7 +28,7 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     /// Runs `body(threadIndex)` on every thread and waits for all of them.
-    public func run(_ body: (Int) -> Void) {
+    func run(_ body: (Int) -> Void) {
         if threadCount == 1 {
             body(0)
             return
@@ -42,7 +42,7 @@ public final class ThreadPool: @unchecked Sendable {
 
     /// Splits `0..<count` into one contiguous range per thread (multiples of `granularity`
     /// except the last) and runs `body(range)` on each; empty ranges are skipped.
-    public func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Range<Int>) -> Void) {
+    func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Range<Int>) -> Void) {
         run { thread in
             let range = Self.share(of: count, thread: thread, threads: threadCount, granularity: granularity)
             if !range.isEmpty { body(range) }
@@ -50,7 +50,7 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     /// The part of `0..<count` that thread `thread` of `threads` takes.
-    public static func share(of count: Int, thread: Int, threads: Int, granularity: Int = 1) -> Range<Int> {
+    static func share(of count: Int, thread: Int, threads: Int, granularity: Int = 1) -> Range<Int> {
         let units = (count + granularity - 1) / granularity
         let start = min(count, units * thread / threads * granularity)
         let end = min(count, units * (thread + 1) / threads * granularity)

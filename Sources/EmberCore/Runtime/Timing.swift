@@ -1,6 +1,6 @@
 import Dispatch
 
 /// Seconds elapsed since `start` (monotonic clock).
-public func seconds(since start: DispatchTime) -> Double {
+func seconds(since start: DispatchTime) -> Double {
     Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
 }

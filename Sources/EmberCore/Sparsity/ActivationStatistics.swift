@@ -60,7 +60,7 @@ public struct ActivationStatistics: Sendable, Equatable {
         return best
     }
 
-    public init(file: GGUFFile) throws {
+    init(file: GGUFFile) throws {
         let path = file.path
         guard try file.string("general.architecture") == Self.architecture else {
             throw SparsityError.notAStatisticsFile(path: path)

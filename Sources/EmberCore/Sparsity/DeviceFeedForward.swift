@@ -11,7 +11,7 @@ import Foundation
 ///
 /// One token at a time: `start` enqueues the layer's work without waiting (no host round trip
 /// between kernels), `finish` waits and adds the device's partial output.
-public final class DeviceFeedForward: @unchecked Sendable {
+final class DeviceFeedForward {
     private let device: OpenCLDevice
 
     private struct Layer {
@@ -34,11 +34,11 @@ public final class DeviceFeedForward: @unchecked Sendable {
     /// layer's gate and up matrices and of `downs[l]` (its neuron-major down projection).
     /// Everything is counted against the device's memory budget; a placement that does not fit
     /// throws before the run starts.
-    public init(device: OpenCLDevice, weights: ModelWeights, activation: VectorKernels.Activation,
-                downs: [NeuronMajorMatrix], deviceNeurons: [[Int32]]) throws {
-        precondition(downs.count == weights.layers.count)
-        guard deviceNeurons.count == weights.layers.count else {
-            throw OpenCLError.invalidArgument("the placement has \(deviceNeurons.count) layers, the model \(weights.layers.count)")
+    init(device: OpenCLDevice, feedForwards: [FeedForward], activation: VectorKernels.Activation,
+         downs: [NeuronMajorMatrix], deviceNeurons: [[Int32]]) throws {
+        precondition(downs.count == feedForwards.count)
+        guard deviceNeurons.count == feedForwards.count else {
+            throw OpenCLError.invalidArgument("the placement has \(deviceNeurons.count) layers, the model \(feedForwards.count)")
         }
         self.device = device
         let matrices = try OpenCLMatrixKernels(device: device)
@@ -47,17 +47,18 @@ public final class DeviceFeedForward: @unchecked Sendable {
         hiddenLength = d
         var layers: [Layer?] = []
         var widest = 1
-        for (l, w) in weights.layers.enumerated() {
+        for (l, f) in feedForwards.enumerated() {
+            let gateWeights = f.gate?.weight, upWeights = f.up.weight
             let neurons = deviceNeurons[l]
             guard !neurons.isEmpty else { layers.append(nil); continue }
-            var rowOfNeuron = [Int32](repeating: -1, count: w.up.rows)
+            var rowOfNeuron = [Int32](repeating: -1, count: upWeights.rows)
             for (row, neuron) in neurons.enumerated() {
-                guard neuron >= 0, Int(neuron) < w.up.rows, rowOfNeuron[Int(neuron)] < 0 else {
+                guard neuron >= 0, Int(neuron) < upWeights.rows, rowOfNeuron[Int(neuron)] < 0 else {
                     throw OpenCLError.invalidArgument("layer \(l): placed neuron \(neuron) is out of range or repeated")
                 }
                 rowOfNeuron[Int(neuron)] = Int32(row)
             }
-            let gate = w.gate.map { RowSelection(neurons, of: $0) }, up = RowSelection(neurons, of: w.up)
+            let gate = gateWeights.map { RowSelection(neurons, of: $0) }, up = RowSelection(neurons, of: upWeights)
             let feedForward = try withExtendedLifetime((gate, up)) {
                 try OpenCLSparseFeedForward(matrices: matrices, vectors: vectors, gate: gate?.matrix, up: up.matrix,
                                             down: NeuronMajorMatrix(selecting: neurons, of: downs[l]),
@@ -78,7 +79,7 @@ public final class DeviceFeedForward: @unchecked Sendable {
 
     /// At most how many bytes of device memory a model's working buffers take beside the
     /// weights (every neuron placed, scratch as floats): what a placement must leave free.
-    public static func workingBytes(_ config: ModelConfig) -> Int {
+    static func workingBytes(_ config: ModelConfig) -> Int {
         let d = config.embeddingLength, f = config.feedForwardLength
         // Per layer: gate and up values per neuron, the input in up to two activation formats;
         // then the input, the neuron rows and the output.
@@ -87,13 +88,13 @@ public final class DeviceFeedForward: @unchecked Sendable {
 
     /// The device row of `neuron` in `layer`, or -1 when the CPU computes it.
     @inline(__always)
-    public func deviceRow(layer: Int, neuron: Int32) -> Int32 {
+    func deviceRow(layer: Int, neuron: Int32) -> Int32 {
         layers[layer]?.rowOfNeuron[Int(neuron)] ?? -1
     }
 
     /// Enqueues layer `layer`'s FFN over device rows `rows[0..<count]` for the normed input `x`
     /// (hidden floats) and sends it to the device without waiting.
-    public func start(layer: Int, input x: UnsafePointer<Float>, rows: UnsafePointer<Int32>, count: Int) throws {
+    func start(layer: Int, input x: UnsafePointer<Float>, rows: UnsafePointer<Int32>, count: Int) throws {
         guard count > 0, let w = layers[layer] else { pending = false; return }
         try device.write(UnsafeRawBufferPointer(start: x, count: hiddenLength * 4), to: input)
         try device.write(UnsafeRawBufferPointer(start: rows, count: count * 4), to: rowIDs)
@@ -104,7 +105,7 @@ public final class DeviceFeedForward: @unchecked Sendable {
     }
 
     /// Waits for the work `start` enqueued and adds its partial output into `y` (hidden floats).
-    public func finish(addingInto y: UnsafeMutablePointer<Float>) throws {
+    func finish(addingInto y: UnsafeMutablePointer<Float>) throws {
         guard pending else { return }
         pending = false
         try device.read(output, into: UnsafeMutableRawBufferPointer(start: partial, count: hiddenLength * 4))

@@ -254,7 +254,7 @@ extension Placement {
     }
 
     /// Solves the placement of `model` from the statistics file at `statisticsPath`.
-    public static func solve(model: LanguageModel, modelPath: String, statisticsPath: String, budget: Int,
+    static func solve(model: LanguageModel, modelPath: String, statisticsPath: String, budget: Int,
                              options: PlacementOptions = PlacementOptions()) throws -> PlacementReport {
         let statistics = try ActivationStatistics(path: statisticsPath)
         let config = model.config
@@ -263,14 +263,14 @@ extension Placement {
                                           + "neurons, \(modelPath) has \(config.layerCount) of \(config.feedForwardLength)")
         }
         let (target, frequencies) = try frequencies(statistics, sparsityTarget: options.sparsityTarget)
-        return try solve(costs: PlacementCosts(weights: model.weights, kvCacheTokens: options.kvCacheTokens),
+        return try solve(costs: PlacementCosts(model: model, kvCacheTokens: options.kvCacheTokens),
                          frequencies: frequencies, budget: budget, options: options,
                          modelName: modelName(model, path: modelPath), statisticsSHA256: try fileSHA256(statisticsPath),
                          sparsityTarget: target)
     }
 
     /// The model's own name (`general.name`), else its file name.
-    public static func modelName(_ model: LanguageModel, path: String) -> String {
+    static func modelName(_ model: LanguageModel, path: String) -> String {
         ((try? model.file.string("general.name")) ?? nil) ?? URL(fileURLWithPath: path).lastPathComponent
     }
 
@@ -290,21 +290,15 @@ extension Placement {
         case solved(statisticsPath: String)
     }
 
-    /// The placement file beside a model: MODEL.gguf → MODEL.placement.gguf.
-    public static func companionPath(of modelPath: String) -> String {
-        (modelPath.hasSuffix(".gguf") ? String(modelPath.dropLast(5)) : modelPath) + ".placement.gguf"
-    }
-
     /// The placement a run of `model` uses under `budget`: the placement file (default: beside the
     /// model) when it was solved for this budget, options and model, and for these statistics
     /// when the statistics file exists; otherwise one solved now from the statistics (default:
     /// MODEL.stats.gguf beside the model). A malformed placement file is an error, not skipped.
-    public static func load(model: LanguageModel, modelPath: String, budget: Int,
-                            options: PlacementOptions = PlacementOptions(),
-                            statisticsPath: String? = nil, placementPath: String? = nil) throws -> (placement: Placement, source: Source) {
-        let placementPath = placementPath ?? companionPath(of: modelPath)
-        let base = modelPath.hasSuffix(".gguf") ? String(modelPath.dropLast(5)) : modelPath
-        let statisticsPath = statisticsPath ?? base + ".stats.gguf"
+    static func load(model: LanguageModel, modelPath: String, budget: Int,
+                     options: PlacementOptions = PlacementOptions(),
+                     statisticsPath: String? = nil, placementPath: String? = nil) throws -> (placement: Placement, source: Source) {
+        let placementPath = placementPath ?? CompanionFile.placement.path(besideModel: modelPath)
+        let statisticsPath = statisticsPath ?? CompanionFile.statistics.path(besideModel: modelPath)
         let haveStatistics = FileManager.default.fileExists(atPath: statisticsPath)
         if FileManager.default.fileExists(atPath: placementPath) {
             let stored = try Placement(path: placementPath)
@@ -369,7 +363,7 @@ extension Placement {
         try self.init(file: try GGUFFile(path: path))
     }
 
-    public init(file: GGUFFile) throws {
+    init(file: GGUFFile) throws {
         let path = file.path
         guard try file.string("general.architecture") == Self.architecture else { throw PlacementError.notAPlacementFile(path: path) }
         func malformed(_ detail: String) -> PlacementError { .malformed(path: path, detail: detail) }

@@ -6,7 +6,7 @@
 public struct PlacementCosts: Sendable, Equatable {
     /// A part of the model the device holds whole.
     public enum DenseBlock: Hashable, Sendable, CustomStringConvertible {
-        /// A layer's Q, K, V and output projections with all of the layer's norm weights and biases.
+        /// A layer's Q, K, V and output projections with their biases and head norms.
         case attention(layer: Int)
         /// The final norm and the output head.
         case outputHead
@@ -65,30 +65,31 @@ public struct PlacementCosts: Sendable, Equatable {
         self.feedForwardLength = feedForwardLength
     }
 
-    /// The costs of `weights`. `kvCacheTokens` > 0 reserves, beside each attention block, its
-    /// layer's KV cache (float keys and values) for that many positions.
-    public init(weights: ModelWeights, kvCacheTokens: Int = 0) {
+    /// The costs of `model`'s weights. `kvCacheTokens` > 0 reserves, beside each attention
+    /// block, its layer's KV cache (float keys and values) for that many positions.
+    init(model: LanguageModel, kvCacheTokens: Int = 0) {
         var blocks: [DenseCost] = []
         var neuronBytes: [Int] = []
         var fileBytes: [Int] = []
-        for (l, layer) in weights.layers.enumerated() {
-            let vectors: [FloatVector?] = [layer.attentionNorm, layer.queryBias, layer.keyBias, layer.valueBias,
-                                           layer.queryNorm, layer.keyNorm, layer.postAttentionNorm, layer.ffnNorm,
-                                           layer.postFFNNorm]
-            let cache = max(kvCacheTokens, 0) * (layer.key.rows + layer.value.rows) * MemoryLayout<Float>.size
-            let attention = layer.query.byteCount + layer.key.byteCount + layer.value.byteCount + layer.output.byteCount
-                + vectors.reduce(0) { $0 + ($1?.count ?? 0) * MemoryLayout<Float>.size } + cache
+        let c = model.config
+        let floatBytes = MemoryLayout<Float>.size
+        for l in 0..<model.layerCount {
+            let a = model.architecture.attention(l), f = model.architecture.feedForward(l)
+            // The attention's biases and head norms travel with it (the layer's norms run on the host).
+            let vectors = [a.query.bias, a.key.bias, a.value.bias, a.output.bias, a.queryNorm?.weight, a.keyNorm?.weight]
+            let cache = max(kvCacheTokens, 0) * (c.kvLength + c.valueLength) * floatBytes
+            let attention = a.byteCount + vectors.reduce(0) { $0 + ($1?.count ?? 0) } * floatBytes + cache
             blocks.append(DenseCost(block: .attention(layer: l), bytes: attention))
 
-            let hidden = layer.down.rows
+            let hidden = c.embeddingLength
             let downRow = NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
-            neuronBytes.append((layer.gate?.rowBytes ?? 0) + layer.up.rowBytes + downRow)
-            fileBytes.append((layer.gate?.byteCount ?? 0) + layer.up.byteCount + layer.down.byteCount)
+            neuronBytes.append((f.gate?.weight.rowBytes ?? 0) + f.up.weight.rowBytes + downRow)
+            fileBytes.append(f.byteCount)
         }
-        let head = weights.output.byteCount + weights.outputNorm.count * MemoryLayout<Float>.size
-        blocks.append(DenseCost(block: .outputHead, bytes: head))
+        let head = model.architecture.head
+        blocks.append(DenseCost(block: .outputHead, bytes: head.output.weight.byteCount + head.norm.weight.count * floatBytes))
         self.init(denseBlocks: blocks, neuronBytes: neuronBytes, feedForwardFileBytes: fileBytes,
-                  feedForwardLength: weights.layers.first?.up.rows ?? 0)
+                  feedForwardLength: c.feedForwardLength)
     }
 
     public var layerCount: Int { neuronBytes.count }

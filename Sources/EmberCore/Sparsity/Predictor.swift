@@ -11,30 +11,30 @@ import Foundation
 /// τ from `powerinfer.sparse_threshold`, default 0), with weights of any type the kernels know.
 ///
 /// Not thread-safe: the single-token calls share one scratch buffer.
-public final class PredictorSet: @unchecked Sendable {
-    public struct Layer: @unchecked Sendable {
-        public let fc1: WeightMatrix
-        public let fc2: WeightMatrix
-        public let threshold: Float
-        public var rank: Int { fc1.rows }
+final class PredictorSet {
+    struct Layer: Sendable {
+        let fc1: WeightMatrix
+        let fc2: WeightMatrix
+        let threshold: Float
+        var rank: Int { fc1.rows }
     }
 
     /// Per layer; nil for layers without a predictor (they run dense).
-    public let layers: [Layer?]
-    public let inputLength: Int
-    public let neuronCount: Int
+    let layers: [Layer?]
+    let inputLength: Int
+    let neuronCount: Int
     /// What Ember's trainer recorded (zeros/empty for PowerInfer files).
-    public let metadata: Metadata
+    let metadata: Metadata
 
-    public struct Metadata: Sendable, Equatable {
-        public var sourceModel = ""
-        public var targetSparsity: Float = 0
-        public var targetRecall: Float = 0
+    struct Metadata: Sendable, Equatable {
+        var sourceModel = ""
+        var targetSparsity: Float = 0
+        var targetRecall: Float = 0
         /// Per layer, measured on held-out tokens.
-        public var recall: [Float] = []
-        public var precision: [Float] = []
-        public var predictedShare: [Float] = []
-        public init() {}
+        var recall: [Float] = []
+        var precision: [Float] = []
+        var predictedShare: [Float] = []
+        init() {}
     }
 
     /// Keeps the weights' memory alive: the mapped file or the trainer's buffers.
@@ -46,11 +46,11 @@ public final class PredictorSet: @unchecked Sendable {
 
     static let architecture = "ember.predictor"
 
-    public convenience init(path: String) throws {
+    convenience init(path: String) throws {
         try self.init(file: try GGUFFile(path: path))
     }
 
-    public convenience init(file: GGUFFile) throws {
+    convenience init(file: GGUFFile) throws {
         let path = file.path
         let isEmber = try file.string("general.architecture") == Self.architecture
         // Layers by the declared count (a model's block_count, or ours), else up to the last fc1.
@@ -105,7 +105,7 @@ public final class PredictorSet: @unchecked Sendable {
 
     /// Predictors from float weights in memory (the trainer's), stored as `type` (F32 or F16):
     /// fc1[l] is rank×d row-major, fc2[l] is F×rank row-major.
-    public convenience init(fc1: [[Float]?], fc2: [[Float]?], ranks: [Int], thresholds: [Float],
+    convenience init(fc1: [[Float]?], fc2: [[Float]?], ranks: [Int], thresholds: [Float],
                             inputLength d: Int, neuronCount f: Int, type: TensorType = .f16, metadata: Metadata = Metadata()) {
         precondition(type == .f32 || type == .f16)
         let storage = WeightStorage()
@@ -135,7 +135,7 @@ public final class PredictorSet: @unchecked Sendable {
     // MARK: single token (decode)
 
     /// score = fc2 · relu(fc1 · x) for one token, F floats into `scores`.
-    public func scores(layer l: Int, input x: UnsafePointer<Float>, into scores: UnsafeMutablePointer<Float>) {
+    func scores(layer l: Int, input x: UnsafePointer<Float>, into scores: UnsafeMutablePointer<Float>) {
         let p = layers[l]!
         let h = scratch.pointer
         Self.multiply(p.fc1, x, into: h, buffer: converted.row(0))
@@ -145,7 +145,7 @@ public final class PredictorSet: @unchecked Sendable {
 
     /// Writes the ids of the neurons predicted active (score ≥ τ), ascending, into `active`
     /// (room for F) and returns how many there are. Layers without a predictor list all neurons.
-    public func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>) -> Int {
+    func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>) -> Int {
         guard let p = layers[l] else {
             for i in 0..<neuronCount { active[i] = Int32(i) }
             return neuronCount
@@ -158,7 +158,7 @@ public final class PredictorSet: @unchecked Sendable {
     /// `activeNeurons` with both products' rows split over `pool` (for models whose predictor
     /// matrices are large enough that one thread cannot read them at full bandwidth; nil: the
     /// calling thread alone).
-    public func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>,
+    func activeNeurons(layer l: Int, input x: UnsafePointer<Float>, into active: UnsafeMutablePointer<Int32>,
                               pool: ThreadPool?) -> Int {
         guard let p = layers[l], let pool else { return activeNeurons(layer: l, input: x, into: active) }
         let h = scratch.row(0), s = scratch.row(1)
@@ -195,7 +195,7 @@ public final class PredictorSet: @unchecked Sendable {
 
     /// Scores of `count` tokens (rows of `inputs`) into rows of `scores` (length F), the rows
     /// of each product split over `pool` (nil: on the calling thread).
-    public func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool?) {
+    func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool?) {
         let p = layers[l]!
         precondition(inputs.length == inputLength && scores.length == neuronCount && count <= inputs.rows && count <= scores.rows)
         let hidden = Matrix(rows: count, length: p.rank)
@@ -208,7 +208,7 @@ public final class PredictorSet: @unchecked Sendable {
     /// else 0, so multiplying act(gate) by it makes unpredicted neurons contribute nothing.
     /// Layers without a predictor get all ones. Returns the number of active entries.
     @discardableResult
-    public func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int {
+    func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int {
         precondition(masks.length == neuronCount && count <= masks.rows)
         guard let p = layers[l] else {
             masks.pointer.update(repeating: 1, count: count * neuronCount)
@@ -240,7 +240,7 @@ public final class PredictorSet: @unchecked Sendable {
 
     /// Writes Ember's predictor file: per-layer thresholds and the trainer's figures in
     /// metadata, tensors in the types they are held in.
-    public func write(to path: String) throws {
+    func write(to path: String) throws {
         guard let storage = owner as? WeightStorage else {
             throw SparsityError.mismatch("only predictors built in memory can be written (\(path))")
         }

@@ -52,11 +52,22 @@ public struct PredictorLayerReport: Sendable {
     public var seconds: Double
 }
 
-public struct PredictorTrainingResult {
-    public var predictors: PredictorSet
+struct PredictorTrainingResult {
+    var predictors: PredictorSet
     /// Per trained layer, ascending.
-    public var reports: [PredictorLayerReport]
+    var reports: [PredictorLayerReport]
+    var trainTokens: Int, validationTokens: Int, heldOutTokens: Int
+}
+
+/// What training predictors produced and how well they do on held-out tokens.
+public struct PredictorTrainingReport: Sendable {
+    /// Per trained layer, ascending.
+    public var layers: [PredictorLayerReport]
     public var trainTokens: Int, validationTokens: Int, heldOutTokens: Int
+    /// The sparsity whose thresholds labelled the data.
+    public var targetSparsity: Float
+    /// Bytes of predictor weights read per token.
+    public var byteCount: Int
 }
 
 /// Trains one low-rank predictor per layer (score = fc2 · relu(fc1 · x)) by minimising a
@@ -64,7 +75,7 @@ public struct PredictorTrainingResult {
 /// in parallel, one per pool thread; every layer's randomness comes from (seed, layer, rank),
 /// so results do not depend on the thread count.
 public enum PredictorTrainer {
-    public static func train(data: PredictorTrainingData, layerCount: Int, hotShares: [Float]? = nil,
+    static func train(data: PredictorTrainingData, layerCount: Int, hotShares: [Float]? = nil,
                              options: PredictorTrainingOptions, pool: ThreadPool,
                              sourceModel: String = "", targetSparsity: Float = 0,
                              layerDone: @escaping (PredictorLayerReport) -> Void = { _ in }) -> PredictorTrainingResult {
@@ -191,7 +202,7 @@ public enum PredictorTrainer {
 
     /// Training weights: W1 (r×d, on scaled inputs) and W2 (F×r), row-major.
     struct Model {
-        var rank: Int
+        public var rank: Int
         var w1: [Float], w2: [Float]
         let d: Int, f: Int
 

@@ -24,15 +24,15 @@ import Foundation
 /// exact counts cost one more forward pass.
 ///
 /// ReLU models need no calibration: active means act > 0, counted exactly here in one pass.
-public final class ActivationProfiler: @unchecked Sendable {
-    public let layerCount: Int
-    public let feedForwardLength: Int
-    public let activation: VectorKernels.Activation
+final class ActivationProfiler {
+    let layerCount: Int
+    let feedForwardLength: Int
+    let activation: VectorKernels.Activation
     /// Target sparsities, ascending (ignored for ReLU models, which have their natural one).
-    public let targets: [Float]
+    let targets: [Float]
     /// Tokens seen per layer (equal once whole batches went through every layer).
-    public private(set) var tokensSeen: [Int]
-    public private(set) var gated = false
+    private(set) var tokensSeen: [Int]
+    private(set) var gated = false
 
     /// Per layer and thread, histograms of |act(gate)| and |act(gate) · up|; each thread owns
     /// its own so the hot loop needs no atomics.
@@ -41,7 +41,7 @@ public final class ActivationProfiler: @unchecked Sendable {
     /// Per layer and neuron, tokens with act > 0 (the ReLU counts).
     private var positive: [[Int]]
 
-    public init(layerCount: Int, feedForwardLength: Int, activation: VectorKernels.Activation, targets: [Float]) {
+    init(layerCount: Int, feedForwardLength: Int, activation: VectorKernels.Activation, targets: [Float]) {
         precondition(layerCount > 0 && feedForwardLength > 0)
         self.layerCount = layerCount
         self.feedForwardLength = feedForwardLength
@@ -53,19 +53,19 @@ public final class ActivationProfiler: @unchecked Sendable {
         positive = Array(repeating: Array(repeating: 0, count: feedForwardLength), count: layerCount)
     }
 
-    public convenience init(config: ModelConfig, targets: [Float]) {
+    convenience init(config: ModelConfig, targets: [Float]) {
         self.init(layerCount: config.layerCount, feedForwardLength: config.feedForwardLength,
                   activation: config.activation, targets: targets)
     }
 
     deinit { (gateHistograms + downHistograms).joined().forEach { $0.deallocate() } }
 
-    public func observe(_ o: FeedForwardObservation, pool: ThreadPool) {
+    func observe(_ o: FeedForwardObservation, pool: ThreadPool) {
         add(layer: o.layer, tokenCount: o.tokenCount, activated: o.activated, up: o.up, pool: pool)
     }
 
     /// Adds rows 0..<tokenCount of one layer's act(gate) (and up, for gated FFNs).
-    public func add(layer: Int, tokenCount: Int, activated: Matrix, up: Matrix?, pool: ThreadPool) {
+    func add(layer: Int, tokenCount: Int, activated: Matrix, up: Matrix?, pool: ThreadPool) {
         precondition(activated.length == feedForwardLength && tokenCount <= activated.rows)
         func zeroed() -> UnsafeMutablePointer<UInt64> {
             let p = UnsafeMutablePointer<UInt64>.allocate(capacity: Bins.fine.count)
@@ -101,7 +101,7 @@ public final class ActivationProfiler: @unchecked Sendable {
 
     /// The calibrated statistics. For ReLU models they are complete; otherwise each layer has
     /// its thresholds and zero counts, to be filled by counting at those thresholds.
-    public func statistics(sourceModel: String = "", corpusSHA256: String = "") -> ActivationStatistics {
+    func statistics(sourceModel: String = "", corpusSHA256: String = "") -> ActivationStatistics {
         let tokens = tokensSeen.min() ?? 0
         let f = feedForwardLength
         let fine = Bins.fine

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Guesses a layer's active neurons from the FFN's pre-norm input (a trained predictor).
-public protocol ActiveNeuronPredictor: AnyObject {
+protocol ActiveNeuronPredictor: AnyObject {
     /// Writes the ids of the neurons predicted active for `input` to `into` (room for every
     /// neuron) and returns how many there are; `pool` (nil: the calling thread) shares the work.
     func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>, pool: ThreadPool?) -> Int
@@ -14,10 +14,10 @@ public protocol ActiveNeuronPredictor: AnyObject {
 
 /// Ember's trained predictors (and PowerInfer's) are such predictors.
 extension PredictorSet: ActiveNeuronPredictor {
-    public var byteCount: Int { layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) } }
+    var byteCount: Int { layers.reduce(0) { $0 + ($1.map { $0.fc1.byteCount + $0.fc2.byteCount } ?? 0) } }
 }
 
-public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
+public enum SparseExecutionError: Error, CustomStringConvertible, Equatable, LocalizedError {
     case needsStatistics(SparsityMode)
     case needsPredictor
     case needsReLU
@@ -25,37 +25,42 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable {
     case targetMissing(Float, available: [Float])
     case statisticsMismatch(String)
     case hybridNeedsPredictor
+    case biasesUnsupported
 
     public var description: String {
         switch self {
         case .needsStatistics(let mode):
-            return "--sparsity \(mode) needs activation statistics: make them with `ember profile` and pass --stats FILE"
+            return "\(mode) sparsity needs activation statistics of the model (made by profiling it on a text)"
         case .needsPredictor:
-            return "--sparsity predictor needs predictors: train them with `ember train-predictor` and pass --predictor FILE"
+            return "predictor sparsity needs a predictor file (trained from the model's activation statistics)"
         case .needsReLU:
-            return "--sparsity exact is exact only for ReLU-family models; this model's FFN is not ReLU: use threshold:S, down:S or predictor"
+            return "exact sparsity is exact only for ReLU-family models; this model's FFN is not ReLU: use threshold:S, down:S or predictor"
         case .needsGatedFFN(let mode):
-            return "--sparsity \(mode) needs a gated FFN (SwiGLU/GeGLU)"
+            return "\(mode) sparsity needs a gated FFN (SwiGLU/GeGLU)"
         case .targetMissing(let s, let available):
             return "the statistics have no thresholds for sparsity \(s); profiled targets: \(available.map { "\($0)" }.joined(separator: ", "))"
         case .statisticsMismatch(let detail):
             return "the statistics do not fit this model: \(detail)"
+        case .biasesUnsupported:
+            return "the sparse FFN does not compute FFN biases yet: run this model densely"
         case .hybridNeedsPredictor:
-            return "hybrid execution (--vram-budget) needs --sparsity predictor: the active set must be known before the devices start"
+            return "hybrid execution (a device memory budget) needs predictor sparsity: the active set must be known before the devices start"
         }
     }
+
+    public var errorDescription: String? { description }
 }
 
 /// A fast device and, per layer, the FFN neurons it holds (model neuron ids, any order), and
 /// the dense blocks it runs: layers' attention and maybe the output head (the engine's
 /// DeviceDenseBlocks, not the FFN's business).
-public struct HybridPlacement {
-    public let device: OpenCLDevice
-    public let deviceNeurons: [[Int32]]
-    public let attentionLayers: [Int]
-    public let outputHead: Bool
+struct HybridPlacement {
+    let device: OpenCLDevice
+    let deviceNeurons: [[Int32]]
+    let attentionLayers: [Int]
+    let outputHead: Bool
 
-    public init(device: OpenCLDevice, deviceNeurons: [[Int32]], attentionLayers: [Int] = [], outputHead: Bool = false) {
+    init(device: OpenCLDevice, deviceNeurons: [[Int32]], attentionLayers: [Int] = [], outputHead: Bool = false) {
         self.device = device
         self.deviceNeurons = deviceNeurons
         self.attentionLayers = attentionLayers
@@ -67,8 +72,8 @@ public struct HybridPlacement {
 /// batch: a neuron left out contributes exactly zero. Prompt batches compute gate and up
 /// densely and zero the left-out neurons before the down projection (matrix products pay
 /// little for sparsity); single-token decode computes only the selected neurons.
-public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
-    public let mode: SparsityMode
+final class SparseExecution: FeedForwardSparsity {
+    let mode: SparsityMode
     private let config: ModelConfig
     /// Per layer: the threshold a neuron's |act(gate)| (threshold:S, exact: 0) or
     /// |act(gate)·up| (down:S) must reach.
@@ -84,19 +89,19 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     private var predictorMasks: Matrix?
 
     /// Neurons computed and neuron slots seen, over all layers and tokens so far.
-    public private(set) var activeNeurons = 0
-    public private(set) var neuronSlots = 0
+    private(set) var activeNeurons = 0
+    private(set) var neuronSlots = 0
     /// The share of FFN neurons skipped so far.
-    public var reachedSparsity: Double { neuronSlots == 0 ? 0 : 1 - Double(activeNeurons) / Double(neuronSlots) }
+    var reachedSparsity: Double { neuronSlots == 0 ? 0 : 1 - Double(activeNeurons) / Double(neuronSlots) }
 
     /// Hybrid runs: what each side did for decoded tokens so far.
-    public var hybrid: HybridCounts { decoder?.hybridCounts ?? HybridCounts() }
+    var hybrid: HybridCounts { decoder?.hybridCounts ?? HybridCounts() }
     /// The device and placement of a hybrid run (nil: CPU only).
-    public let hybridPlacement: HybridPlacement?
-    public var hybridDevice: OpenCLDevice? { hybridPlacement?.device }
+    let hybridPlacement: HybridPlacement?
+    var hybridDevice: OpenCLDevice? { hybridPlacement?.device }
 
     /// Starts counting `activeNeurons`, `neuronSlots` and `hybrid` afresh.
-    public func resetCounts() {
+    func resetCounts() {
         activeNeurons = 0
         neuronSlots = 0
         decoder?.hybridCounts = HybridCounts(failure: decoder?.hybridCounts.failure)
@@ -105,32 +110,35 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
     /// Bytes of weights a decoded token reads at the sparsity reached so far: the dense
     /// figure, with the matrices this mode reads per selected neuron counted at the share
     /// selected (down from its neuron-major copy), plus the predictors.
-    public func weightBytesPerToken(_ weights: ModelWeights) -> Int {
-        var total = Double(weights.bytesPerToken)
+    func weightBytesPerToken(_ model: LanguageModel) -> Int {
+        var total = Double(model.bytesPerToken)
         let selected = 1 - reachedSparsity
-        for (l, layer) in weights.layers.enumerated() {
+        for l in 0..<model.layerCount {
+            let f = model.architecture.feedForward(l)
             var gathered = 0
             switch mode {
             case .dense: continue
-            case .exact: gathered = layer.gate == nil ? 0 : layer.up.byteCount
-            case .threshold: gathered = layer.up.byteCount
+            case .exact: gathered = f.gate == nil ? 0 : f.up.weight.byteCount
+            case .threshold: gathered = f.up.weight.byteCount
             case .down: gathered = 0
-            case .predictor: gathered = (layer.gate?.byteCount ?? 0) + layer.up.byteCount
+            case .predictor: gathered = (f.gate?.weight.byteCount ?? 0) + f.up.weight.byteCount
             }
-            let down = decoder?.downByteCount(layer: l) ?? layer.down.byteCount
-            total += (selected - 1) * Double(gathered) + selected * Double(down) - Double(layer.down.byteCount)
+            let down = decoder?.downByteCount(layer: l) ?? f.down.weight.byteCount
+            total += (selected - 1) * Double(gathered) + selected * Double(down) - Double(f.down.weight.byteCount)
         }
         return Int(total) + (predictor?.byteCount ?? 0)
     }
 
     /// `hybrid`: a device takes its placed neurons' share of each decoded token's FFN
     /// (predictor mode only).
-    public init(mode: SparsityMode, model: LanguageModel, statistics: ActivationStatistics?,
+    init(mode: SparsityMode, model: LanguageModel, statistics: ActivationStatistics?,
                 predictor: ActiveNeuronPredictor?, pool: ThreadPool, hybrid: HybridPlacement? = nil) throws {
         self.mode = mode
         config = model.config
         let layers = config.layerCount
-        let gated = model.weights.layers.allSatisfy { $0.gate != nil }
+        let feedForwards = (0..<layers).map { model.architecture.feedForward($0) }
+        guard !feedForwards.contains(where: \.hasBiases) else { throw SparseExecutionError.biasesUnsupported }
+        let gated = feedForwards.allSatisfy { $0.gate != nil }
         switch mode {
         case .dense:
             thresholds = Array(repeating: 0, count: layers)
@@ -164,27 +172,27 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         decoder = try SparseDecoder.make(mode: mode, model: model, pool: pool, hybrid: hybrid)
     }
 
-    public func feedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
+    func feedForward(_ f: FeedForward, layer: Int, input: Matrix, into output: Matrix, pass: ForwardPass) {
         if pass.tokenCount == 1, let decoder {
-            let count = decoder.run(w, layer: layer, pass: pass, threshold: thresholds[layer], predictor: predictor,
-                                    predictorPool: predictorPool)
+            let count = decoder.run(f, layer: layer, input: input, output: output, pass: pass,
+                                    threshold: thresholds[layer], predictor: predictor, predictorPool: predictorPool)
             activeNeurons += count
             neuronSlots += config.feedForwardLength
             return
         }
-        maskedFeedForward(w, layer: layer, pass: pass)
+        maskedFeedForward(f, layer: layer, input: input, into: output, pass: pass)
     }
 
     /// Dense gate and up, left-out neurons zeroed, dense down: the batch path, and the
     /// reference the decode path must equal.
-    func maskedFeedForward(_ w: LayerWeights, layer: Int, pass: ForwardPass) {
+    func maskedFeedForward(_ w: FeedForward, layer: Int, input: Matrix, into output: Matrix, pass: ForwardPass) {
         let n = config.feedForwardLength
-        let activation = config.activation
+        let activation = w.activation
         let threshold = thresholds[layer]
         if let gate = w.gate {
-            pass.linear(pass.normed, [(gate, pass.gate), (w.up, pass.up)])
+            pass.linear(input, [(gate.weight, pass.gate), (w.up.weight, pass.up)])
         } else {
-            pass.linear(pass.normed, [(w.up, pass.gate)])
+            pass.linear(input, [(w.up.weight, pass.gate)])
         }
         var counts = Array(repeating: 0, count: pass.tokenCount)
         let mode = self.mode
@@ -228,7 +236,7 @@ public final class SparseExecution: FeedForwardSparsity, @unchecked Sendable {
         }
         activeNeurons += counts.reduce(0, +)
         neuronSlots += n * pass.tokenCount
-        pass.linear(pass.gate, [(w.down, pass.projected)])
+        pass.linear(pass.gate, [(w.down.weight, output)])
     }
 }
 
@@ -260,7 +268,8 @@ final class SparseDecoder {
         self.pool = pool
         activation = model.config.activation
         let f = model.config.feedForwardLength, d = model.config.embeddingLength
-        downs = try model.weights.layers.map { try NeuronMajorMatrix(transposing: $0.down, pool: pool) }
+        let feedForwards = (0..<model.layerCount).map { model.architecture.feedForward($0) }
+        downs = try feedForwards.map { try NeuronMajorMatrix(transposing: $0.down.weight, pool: pool) }
         workspace = SparseFeedForward.Workspace(threads: pool.threadCount, hiddenLength: d, neuronCount: f)
         ids = .allocate(capacity: f)
         coefficients = .allocate(capacity: f)
@@ -268,7 +277,7 @@ final class SparseDecoder {
         deviceRows = .allocate(capacity: f)
         cpuNeurons = .allocate(capacity: f)
         device = try hybrid.map {
-            try DeviceFeedForward(device: $0.device, weights: model.weights, activation: activation, downs: downs,
+            try DeviceFeedForward(device: $0.device, feedForwards: feedForwards, activation: activation, downs: downs,
                                   deviceNeurons: $0.deviceNeurons)
         }
     }
@@ -283,28 +292,29 @@ final class SparseDecoder {
         cpuNeurons.deallocate()
     }
 
-    /// Computes the FFN of the batch's single token into `pass.projected`; returns how many
+    /// Computes the FFN of the batch's single token on `input` into `output`; returns how many
     /// neurons it computed.
-    func run(_ w: LayerWeights, layer: Int, pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?,
-             predictorPool: ThreadPool?) -> Int {
+    func run(_ w: FeedForward, layer: Int, input inputs: Matrix, output outputs: Matrix,
+             pass: ForwardPass, threshold: Float, predictor: ActiveNeuronPredictor?, predictorPool: ThreadPool?) -> Int {
         let n = pass.config.feedForwardLength
+        let input = inputs.row(0), output = outputs.row(0)
         let a = pass.gate.row(0)
-        let output = pass.projected.row(0)
+        let gate = w.gate?.weight, up = w.up.weight
         switch mode {
         case .dense:
             preconditionFailure("dense runs without a sparse decoder")
         case .predictor:
             let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids, pool: predictorPool)
             if let device {
-                runHybrid(device, w, layer: layer, pass: pass, count: count)
+                runHybrid(device, w, layer: layer, input: input, output: output, count: count)
                 return count
             }
-            SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
-                                  input: pass.normed.row(0), active: ids, count: count, output: output, workspace: workspace)
+            SparseFeedForward.run(pool: pool, gate: gate, up: up, down: downs[layer], activation: activation,
+                                  input: input, active: ids, count: count, output: output, workspace: workspace)
             return count
         case .exact, .threshold:
             // Dense selection pass: the gate (ungated ReLU FFNs: the up projection).
-            pass.linear(pass.normed, [(w.gate ?? w.up, pass.gate)])
+            pass.linear(inputs, [(gate ?? up, pass.gate)])
             VectorKernels.gatedActivation(activation, gate: a, up: nil, a, n)
             var count = 0
             if mode == .exact {
@@ -312,8 +322,8 @@ final class SparseDecoder {
             } else {
                 for i in 0..<n where abs(a[i]) >= threshold { ids[count] = Int32(i); count += 1 }
             }
-            if w.gate != nil {
-                SparseFeedForward.gather(pool: pool, matrix: w.up, input: pass.normed.row(0), rows: ids, count: count,
+            if gate != nil {
+                SparseFeedForward.gather(pool: pool, matrix: up, input: input, rows: ids, count: count,
                                          into: upValues, workspace: workspace)
                 for k in 0..<count { coefficients[k] = a[Int(ids[k])] * upValues[k] }
             } else {
@@ -323,7 +333,7 @@ final class SparseDecoder {
                                       output: output, workspace: workspace)
             return count
         case .down:
-            pass.linear(pass.normed, [(w.gate!, pass.gate), (w.up, pass.up)])
+            pass.linear(inputs, [(gate!, pass.gate), (up, pass.up)])
             VectorKernels.gatedActivation(activation, gate: a, up: pass.up.row(0), a, n)
             var count = 0
             for i in 0..<n where abs(a[i]) >= threshold {
@@ -340,7 +350,8 @@ final class SparseDecoder {
     /// The active neurons `ids[0..<count]` split by where they live: the device computes its
     /// own while the CPU computes the rest, then the device's partial output is added. If the
     /// device fails, the CPU computes the whole layer from then on and the failure is kept.
-    private func runHybrid(_ device: DeviceFeedForward, _ w: LayerWeights, layer: Int, pass: ForwardPass, count: Int) {
+    private func runHybrid(_ device: DeviceFeedForward, _ w: FeedForward, layer: Int, input: UnsafeMutablePointer<Float>,
+                           output: UnsafeMutablePointer<Float>, count: Int) {
         var onDevice = 0, onCPU = 0
         for k in 0..<count {
             let row = device.deviceRow(layer: layer, neuron: ids[k])
@@ -352,11 +363,10 @@ final class SparseDecoder {
                 onCPU += 1
             }
         }
-        let input = pass.normed.row(0), output = pass.projected.row(0)
         let start = DispatchTime.now()
         do {
             try device.start(layer: layer, input: input, rows: deviceRows, count: onDevice)
-            SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
+            SparseFeedForward.run(pool: pool, gate: w.gate?.weight, up: w.up.weight, down: downs[layer], activation: activation,
                                   input: input, active: cpuNeurons, count: onCPU, output: output, workspace: workspace)
             let cpuDone = DispatchTime.now()
             try device.finish(addingInto: output)
@@ -367,7 +377,7 @@ final class SparseDecoder {
         } catch {
             hybridCounts.failure = "\(error)"
             self.device = nil
-            SparseFeedForward.run(pool: pool, gate: w.gate, up: w.up, down: downs[layer], activation: activation,
+            SparseFeedForward.run(pool: pool, gate: w.gate?.weight, up: w.up.weight, down: downs[layer], activation: activation,
                                   input: input, active: ids, count: count, output: output, workspace: workspace)
         }
     }

@@ -202,13 +202,21 @@ public enum SyntheticModel {
 
     /// Writes the model to `path` (atomically), generating each tensor on `pool`'s threads as it
     /// is written. `tokenizer` supplies every `tokenizer.*` key (SmolLM2's vocabulary).
-    public static func write(_ options: Options, tokenizer: GGUFFile, to path: String, pool: ThreadPool,
-                             progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
+    static func write(_ options: Options, tokenizer: GGUFFile, to path: String, pool: ThreadPool,
+                      progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
         try makeWriter(options, tokenizer: tokenizer, pool: pool).write(to: path, progress: progress)
     }
 
+    /// Writes the model to `path` (atomically) on `threads` threads, with the vocabulary of the
+    /// GGUF model at `tokenizerPath` (SmolLM2's). `progress(bytesDone, bytes)` follows the writing.
+    public static func write(_ options: Options, tokenizerFrom tokenizerPath: String, to path: String, threads: Int,
+                             progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
+        try write(options, tokenizer: try GGUFFile(path: tokenizerPath), to: path, pool: ThreadPool(threads: threads),
+                  progress: progress)
+    }
+
     /// The writer, with metadata set and tensors pending (generated only when written).
-    public static func makeWriter(_ options: Options, tokenizer: GGUFFile, pool: ThreadPool) throws -> GGUFWriter {
+    static func makeWriter(_ options: Options, tokenizer: GGUFFile, pool: ThreadPool) throws -> GGUFWriter {
         try validate(options)
         guard let vocabulary = try tokenizer.stringArray("tokenizer.ggml.tokens")?.count, vocabulary > 0 else {
             throw GGUFError.writeFailed(path: tokenizer.path, reason: "it has no tokenizer.ggml.tokens to copy")

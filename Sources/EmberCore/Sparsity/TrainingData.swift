@@ -3,22 +3,22 @@ import Foundation
 
 /// Predictor training samples: per layer and token, the residual stream x entering the FFN
 /// (before its norm) and which neurons were active, in token order.
-public final class PredictorTrainingData: @unchecked Sendable {
-    public struct Layer: Sendable {
+final class PredictorTrainingData: Sendable {
+    struct Layer: Sendable {
         /// tokenCount × inputLength floats.
-        public var inputs: [Float]
+        var inputs: [Float]
         /// tokenCount × wordsPerToken bit sets: bit i of a token's words = neuron i active.
-        public var labels: [UInt64]
+        var labels: [UInt64]
     }
 
-    public let inputLength: Int
-    public let neuronCount: Int
-    public var wordsPerToken: Int { (neuronCount + 63) / 64 }
-    public let tokenCount: Int
+    let inputLength: Int
+    let neuronCount: Int
+    var wordsPerToken: Int { (neuronCount + 63) / 64 }
+    let tokenCount: Int
     /// Indexed by model layer; nil for layers not collected.
-    public let layers: [Layer?]
+    let layers: [Layer?]
 
-    public init(inputLength: Int, neuronCount: Int, tokenCount: Int, layers: [Layer?]) {
+    init(inputLength: Int, neuronCount: Int, tokenCount: Int, layers: [Layer?]) {
         self.inputLength = inputLength
         self.neuronCount = neuronCount
         self.tokenCount = tokenCount
@@ -26,7 +26,7 @@ public final class PredictorTrainingData: @unchecked Sendable {
     }
 
     /// Share of (token, neuron) pairs active in `tokens` of layer `l`.
-    public func activeShare(layer l: Int, tokens: Range<Int>) -> Double {
+    func activeShare(layer l: Int, tokens: Range<Int>) -> Double {
         guard let layer = layers[l], !tokens.isEmpty else { return 0 }
         let w = wordsPerToken
         var ones = 0

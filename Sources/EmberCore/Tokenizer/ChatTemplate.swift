@@ -19,8 +19,8 @@ public struct ChatMessage: Sendable, Equatable, Codable {
 /// `tokenizer.chat_template` text and renders them natively. The rendered text never contains
 /// the BOS token; encode it with `addSpecial: true` and `parseSpecial: true`, and the tokenizer
 /// adds BOS where the model wants it.
-public struct ChatTemplate: Sendable, Equatable {
-    public enum Format: Sendable, Equatable {
+struct ChatTemplate: Sendable, Equatable {
+    enum Format: Sendable, Equatable {
         /// `<|im_start|>role\ncontent<|im_end|>\n` (SmolLM, Qwen). `defaultSystem` is put first
         /// when the conversation has no system message, as some templates do.
         case chatML(defaultSystem: String?)
@@ -31,13 +31,13 @@ public struct ChatTemplate: Sendable, Equatable {
         case llama3
     }
 
-    public let format: Format
+    let format: Format
 
-    public init(format: Format) { self.format = format }
+    init(format: Format) { self.format = format }
 
     /// Picks the format from a Jinja template's text; without a recognisable template, from the
     /// architecture (Gemma models get Gemma turns), else ChatML.
-    public init(template: String?, architecture: String? = nil) {
+    init(template: String?, architecture: String? = nil) {
         if let template, template.contains("<|im_start|>") {
             format = .chatML(defaultSystem: Self.defaultSystemMessage(in: template))
         } else if let template, template.contains("<start_of_turn>") {
@@ -52,13 +52,13 @@ public struct ChatTemplate: Sendable, Equatable {
     }
 
     /// The format for a tokenizer's model.
-    public init(for tokenizer: Tokenizer) {
+    init(for tokenizer: Tokenizer) {
         self.init(template: tokenizer.chatTemplateSource, architecture: tokenizer.architecture)
     }
 
     /// The prompt for `messages`; with `addGenerationPrompt`, ending with the opening of the
     /// assistant's turn.
-    public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> String {
+    func render(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> String {
         var out = ""
         switch format {
         case .chatML(let defaultSystem):

@@ -4,20 +4,20 @@
 /// bytes that could still become a valid character are held back until the next token completes
 /// them; `feed` only ever returns whole, valid UTF-8. Bytes that can never become valid come out
 /// as U+FFFD at once, and `flush` settles whatever is still held at the end.
-public struct StreamingDecoder: Sendable {
-    public let tokenizer: Tokenizer
+struct StreamingDecoder: Sendable {
+    let tokenizer: Tokenizer
     /// Render control tokens (such as `<|im_end|>`) as their text rather than dropping them.
-    public var renderSpecial: Bool
+    var renderSpecial: Bool
     private var pending: [UInt8] = []
     private var atStart = true
 
-    public init(tokenizer: Tokenizer, renderSpecial: Bool = false) {
+    init(tokenizer: Tokenizer, renderSpecial: Bool = false) {
         self.tokenizer = tokenizer
         self.renderSpecial = renderSpecial
     }
 
     /// The text completed by `id` (often empty while a character is incomplete).
-    public mutating func feed(_ id: Int32) -> String {
+    mutating func feed(_ id: Int32) -> String {
         tokenizer.appendPiece(of: id, renderSpecial: renderSpecial, atStart: &atStart, to: &pending)
         let end = Self.completePrefixLength(pending)
         guard end > 0 else { return "" }
@@ -27,18 +27,18 @@ public struct StreamingDecoder: Sendable {
     }
 
     /// Whatever is still held back; incomplete sequences become U+FFFD. Resets the decoder.
-    public mutating func flush() -> String {
+    mutating func flush() -> String {
         defer { reset() }
         return pending.isEmpty ? "" : String(decoding: pending, as: UTF8.self)
     }
 
-    public mutating func reset() {
+    mutating func reset() {
         pending.removeAll()
         atStart = true
     }
 
     /// Bytes held back waiting for the rest of a character.
-    public var pendingByteCount: Int { pending.count }
+    var pendingByteCount: Int { pending.count }
 
     /// Length of `bytes` without a trailing sequence that is a valid but unfinished character.
     static func completePrefixLength(_ bytes: [UInt8]) -> Int {

@@ -4,27 +4,27 @@
 /// and SentencePiece-style BPE (`llama`: Llama 2, Gemma). Both give the same ids as llama.cpp.
 /// The object is immutable apart from an internal, locked word cache, so one tokenizer can serve
 /// many threads.
-public final class Tokenizer: Sendable {
-    public enum Kind: String, Sendable {
+final class Tokenizer: Sendable {
+    enum Kind: String, Sendable {
         /// Byte-level BPE over pre-tokenized words (`tokenizer.ggml.model` = "gpt2").
         case bytePairEncoding = "gpt2"
         /// SentencePiece-style score-merging BPE with byte fallback (`tokenizer.ggml.model` = "llama").
         case sentencePiece = "llama"
     }
 
-    public let kind: Kind
+    let kind: Kind
     /// `tokenizer.ggml.pre` as used (byte-level BPE only; "default" when absent).
-    public let preTokenizerName: String?
+    let preTokenizerName: String?
     /// Whether `encode(_:addSpecial:parseSpecial:)` with `addSpecial` adds BOS / EOS.
-    public let addsBOS: Bool
-    public let addsEOS: Bool
+    let addsBOS: Bool
+    let addsEOS: Bool
     /// SentencePiece: whether a space is put before text that starts the input or follows a
     /// special token.
-    public let addsSpacePrefix: Bool
+    let addsSpacePrefix: Bool
     /// The model's Jinja chat template (`tokenizer.chat_template`), if it has one.
-    public let chatTemplateSource: String?
+    let chatTemplateSource: String?
     /// `general.architecture`, used to pick a chat format when there is no template.
-    public let architecture: String?
+    let architecture: String?
 
     let vocabulary: Vocabulary
     private let splitter: SpecialTokenSplitter
@@ -33,11 +33,11 @@ public final class Tokenizer: Sendable {
     /// The raw bytes of every token, precomputed: decoding is a lookup.
     private let pieces: [[UInt8]]
 
-    public convenience init(path: String) throws {
+    convenience init(path: String) throws {
         try self.init(file: try GGUFFile(path: path))
     }
 
-    public init(file: GGUFFile) throws {
+    init(file: GGUFFile) throws {
         let reader = MetadataReader(file: file)
         guard let model = try reader.string("tokenizer.ggml.model") else {
             throw TokenizerError.missingMetadata(key: "tokenizer.ggml.model")
@@ -83,27 +83,27 @@ public final class Tokenizer: Sendable {
 
     // MARK: vocabulary
 
-    public var vocabularySize: Int { vocabulary.count }
-    public var bos: Int32? { vocabulary.bos }
-    public var eos: Int32? { vocabulary.eos }
-    public var unknown: Int32? { vocabulary.unknown }
-    public var padding: Int32? { vocabulary.padding }
+    var vocabularySize: Int { vocabulary.count }
+    var bos: Int32? { vocabulary.bos }
+    var eos: Int32? { vocabulary.eos }
+    var unknown: Int32? { vocabulary.unknown }
+    var padding: Int32? { vocabulary.padding }
     /// Every id that ends generation: EOS, EOT, and turn/document enders such as `<|im_end|>`,
     /// `<end_of_turn>` and `<|endoftext|>`.
-    public var endOfGenerationIDs: Set<Int32> { vocabulary.endOfGeneration }
+    var endOfGenerationIDs: Set<Int32> { vocabulary.endOfGeneration }
 
-    public func isEndOfGeneration(_ id: Int32) -> Bool { vocabulary.endOfGeneration.contains(id) }
+    func isEndOfGeneration(_ id: Int32) -> Bool { vocabulary.endOfGeneration.contains(id) }
 
     /// The vocabulary entry's text as stored (byte-level or "▁" spelling), nil for a bad id.
-    public func tokenText(_ id: Int32) -> String? { vocabulary.isValid(id) ? vocabulary.texts[Int(id)] : nil }
+    func tokenText(_ id: Int32) -> String? { vocabulary.isValid(id) ? vocabulary.texts[Int(id)] : nil }
 
-    public func attributes(of id: Int32) -> TokenAttributes { vocabulary.isValid(id) ? vocabulary.attributes[Int(id)] : [] }
+    func attributes(of id: Int32) -> TokenAttributes { vocabulary.isValid(id) ? vocabulary.attributes[Int(id)] : [] }
 
     /// The id of an exact vocabulary entry.
-    public func id(of tokenText: String) -> Int32? { vocabulary.id(of: tokenText) }
+    func id(of tokenText: String) -> Int32? { vocabulary.id(of: tokenText) }
 
     /// Control or unknown tokens: the ones `decode` leaves out unless asked to render them.
-    public func isControl(_ id: Int32) -> Bool { !attributes(of: id).isDisjoint(with: [.control, .unknown]) }
+    func isControl(_ id: Int32) -> Bool { !attributes(of: id).isDisjoint(with: [.control, .unknown]) }
 
     // MARK: encoding
 
@@ -112,7 +112,7 @@ public final class Tokenizer: Sendable {
     ///   - addSpecial: add BOS (and EOS) where the model's metadata asks for them.
     ///   - parseSpecial: text spelling a control token (such as `<|im_start|>`) becomes that token;
     ///     otherwise it is tokenized as ordinary text. User-defined tokens are always recognised.
-    public func encode(_ text: String, addSpecial: Bool = true, parseSpecial: Bool = false) -> [Int32] {
+    func encode(_ text: String, addSpecial: Bool = true, parseSpecial: Bool = false) -> [Int32] {
         let bytes = Array(text.utf8)
         var output: [Int32] = []
         output.reserveCapacity(bytes.count / 3 + 2)
@@ -153,10 +153,10 @@ public final class Tokenizer: Sendable {
 
     /// The raw bytes a token stands for: byte-level spelling undone, "▁" turned back into a space,
     /// `<0xNN>` into its byte; control and user-defined tokens give their text. Empty for a bad id.
-    public func tokenBytes(_ id: Int32) -> [UInt8] { vocabulary.isValid(id) ? pieces[Int(id)] : [] }
+    func tokenBytes(_ id: Int32) -> [UInt8] { vocabulary.isValid(id) ? pieces[Int(id)] : [] }
 
     /// The bytes of `ids` joined. Control and unknown tokens are left out unless `renderSpecial`.
-    public func decodeBytes(_ ids: [Int32], renderSpecial: Bool = false) -> [UInt8] {
+    func decodeBytes(_ ids: [Int32], renderSpecial: Bool = false) -> [UInt8] {
         var out: [UInt8] = []
         var atStart = true
         for id in ids { appendPiece(of: id, renderSpecial: renderSpecial, atStart: &atStart, to: &out) }
@@ -174,7 +174,7 @@ public final class Tokenizer: Sendable {
     }
 
     /// Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD.
-    public func decode(_ ids: [Int32], renderSpecial: Bool = false) -> String {
+    func decode(_ ids: [Int32], renderSpecial: Bool = false) -> String {
         String(decoding: decodeBytes(ids, renderSpecial: renderSpecial), as: UTF8.self)
     }
 

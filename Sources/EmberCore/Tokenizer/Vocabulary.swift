@@ -1,15 +1,15 @@
 /// How a vocabulary entry behaves, from `tokenizer.ggml.token_type` (plus the adjustments
 /// llama.cpp makes by token text, so Ember tokenizes the same way).
-public struct TokenAttributes: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
+struct TokenAttributes: OptionSet, Sendable, Hashable {
+    let rawValue: UInt8
+    init(rawValue: UInt8) { self.rawValue = rawValue }
 
-    public static let normal = TokenAttributes(rawValue: 1 << 0)
-    public static let unknown = TokenAttributes(rawValue: 1 << 1)
-    public static let control = TokenAttributes(rawValue: 1 << 2)
-    public static let userDefined = TokenAttributes(rawValue: 1 << 3)
-    public static let unused = TokenAttributes(rawValue: 1 << 4)
-    public static let byte = TokenAttributes(rawValue: 1 << 5)
+    static let normal = TokenAttributes(rawValue: 1 << 0)
+    static let unknown = TokenAttributes(rawValue: 1 << 1)
+    static let control = TokenAttributes(rawValue: 1 << 2)
+    static let userDefined = TokenAttributes(rawValue: 1 << 3)
+    static let unused = TokenAttributes(rawValue: 1 << 4)
+    static let byte = TokenAttributes(rawValue: 1 << 5)
 
     /// The GGUF token type codes: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
     init(ggufType: Int) {

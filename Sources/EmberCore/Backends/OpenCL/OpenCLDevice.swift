@@ -8,11 +8,11 @@ import Foundation
 ///
 /// Commands run in the order they are enqueued; `finish()` waits for all of them. One thread
 /// at a time enqueues on a device.
-public final class OpenCLDevice: @unchecked Sendable {
-    public let info: OpenCLDeviceInfo
-    public let library: OpenCLLibrary
+final class OpenCLDevice: @unchecked Sendable {
+    let info: OpenCLDeviceInfo
+    let library: OpenCLLibrary
     /// Bytes Ember lets its buffers take on this device.
-    public let memoryBudget: Int
+    let memoryBudget: Int
     let context: OpaquePointer
     let queue: OpaquePointer
 
@@ -21,7 +21,7 @@ public final class OpenCLDevice: @unchecked Sendable {
 
     /// Opens `info`'s device with a budget of `memoryBudget` bytes (nil: all the memory it
     /// reports). Throws `deviceTooSmall` when the device reports less memory than asked.
-    public init(_ info: OpenCLDeviceInfo, library: OpenCLLibrary, memoryBudget: Int? = nil) throws {
+    init(_ info: OpenCLDeviceInfo, library: OpenCLLibrary, memoryBudget: Int? = nil) throws {
         let budget = memoryBudget ?? info.globalMemoryBytes
         guard budget >= 0 else { throw OpenCLError.invalidArgument("OpenCL memory budget must not be negative (\(budget))") }
         guard budget <= info.globalMemoryBytes else {
@@ -45,7 +45,7 @@ public final class OpenCLDevice: @unchecked Sendable {
     }
 
     /// Opens the device `choice` selects in `system`.
-    public convenience init(_ system: OpenCLSystem, choice: OpenCLDeviceChoice, memoryBudget: Int? = nil) throws {
+    convenience init(_ system: OpenCLSystem, choice: DeviceChoice, memoryBudget: Int? = nil) throws {
         switch try system.select(choice) {
         case let .success(info): try self.init(info, library: system.library, memoryBudget: memoryBudget)
         case let .failure(unavailable): throw unavailable
@@ -59,19 +59,19 @@ public final class OpenCLDevice: @unchecked Sendable {
     }
 
     /// Bytes Ember's live buffers take on this device.
-    public var bytesInUse: Int {
+    var bytesInUse: Int {
         accounting.lock()
         defer { accounting.unlock() }
         return allocated
     }
 
     /// Bytes still free under the budget.
-    public var bytesAvailable: Int { memoryBudget - bytesInUse }
+    var bytesAvailable: Int { memoryBudget - bytesInUse }
 
     // MARK: Buffers
 
     /// A new buffer of `byteCount` bytes (contents undefined), counted against the budget.
-    public func makeBuffer(byteCount: Int, label: String) throws -> OpenCLBuffer {
+    func makeBuffer(byteCount: Int, label: String) throws -> OpenCLBuffer {
         guard byteCount > 0 else { throw OpenCLError.invalidArgument("OpenCL buffer \(label) must not be empty") }
         guard byteCount <= info.maxAllocationBytes else {
             throw OpenCLError.allocationTooLarge(label: label, requested: byteCount, limit: info.maxAllocationBytes)
@@ -87,19 +87,19 @@ public final class OpenCLDevice: @unchecked Sendable {
     }
 
     /// A new buffer holding a copy of `bytes`.
-    public func makeBuffer(copying bytes: UnsafeRawBufferPointer, label: String) throws -> OpenCLBuffer {
+    func makeBuffer(copying bytes: UnsafeRawBufferPointer, label: String) throws -> OpenCLBuffer {
         let buffer = try makeBuffer(byteCount: bytes.count, label: label)
         try write(bytes, to: buffer)
         return buffer
     }
 
     /// A new buffer holding a copy of `values`.
-    public func makeBuffer<T>(copying values: [T], label: String) throws -> OpenCLBuffer {
+    func makeBuffer<T>(copying values: [T], label: String) throws -> OpenCLBuffer {
         try values.withUnsafeBytes { try makeBuffer(copying: $0, label: label) }
     }
 
     /// Copies `bytes` into `buffer` at `offset`; returns once the host memory may be reused.
-    public func write(_ bytes: UnsafeRawBufferPointer, to buffer: OpenCLBuffer, offset: Int = 0) throws {
+    func write(_ bytes: UnsafeRawBufferPointer, to buffer: OpenCLBuffer, offset: Int = 0) throws {
         try buffer.check(offset: offset, count: bytes.count)
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         try OpenCLError.check(library.api.clEnqueueWriteBuffer(queue, buffer.memory, UInt32(EMBER_CL_TRUE), offset,
@@ -107,13 +107,13 @@ public final class OpenCLDevice: @unchecked Sendable {
     }
 
     /// Copies `values` into `buffer` from its start.
-    public func write<T>(_ values: [T], to buffer: OpenCLBuffer) throws {
+    func write<T>(_ values: [T], to buffer: OpenCLBuffer) throws {
         try values.withUnsafeBytes { try write($0, to: buffer) }
     }
 
     /// Copies `bytes.count` bytes of `buffer` from `offset` into `bytes`, after every command
     /// enqueued before has finished.
-    public func read(_ buffer: OpenCLBuffer, into bytes: UnsafeMutableRawBufferPointer, offset: Int = 0) throws {
+    func read(_ buffer: OpenCLBuffer, into bytes: UnsafeMutableRawBufferPointer, offset: Int = 0) throws {
         try buffer.check(offset: offset, count: bytes.count)
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         try OpenCLError.check(library.api.clEnqueueReadBuffer(queue, buffer.memory, UInt32(EMBER_CL_TRUE), offset,
@@ -121,7 +121,7 @@ public final class OpenCLDevice: @unchecked Sendable {
     }
 
     /// The first `count` values of type `T` in `buffer`.
-    public func read<T: BitwiseCopyable>(_ buffer: OpenCLBuffer, count: Int, as type: T.Type) throws -> [T] {
+    func read<T: BitwiseCopyable>(_ buffer: OpenCLBuffer, count: Int, as type: T.Type) throws -> [T] {
         var values = [T](unsafeUninitializedCapacity: count) { _, initialized in initialized = count }
         try values.withUnsafeMutableBytes { try read(buffer, into: $0) }
         return values
@@ -145,23 +145,23 @@ public final class OpenCLDevice: @unchecked Sendable {
     // MARK: Work
 
     /// Waits until every enqueued command has finished.
-    public func finish() throws {
+    func finish() throws {
         try OpenCLError.check(library.api.clFinish(queue), "clFinish")
     }
 
     /// Sends the enqueued commands to the device without waiting.
-    public func flush() throws {
+    func flush() throws {
         try OpenCLError.check(library.api.clFlush(queue), "clFlush")
     }
 
     /// Enqueues `kernel` over `globalSize` work-items in groups of `localSize`; the global size
     /// is rounded up to a multiple of the local size (kernels ignore the extra items).
-    public func enqueue(_ kernel: OpenCLKernel, globalSize: Int, localSize: Int) throws {
+    func enqueue(_ kernel: OpenCLKernel, globalSize: Int, localSize: Int) throws {
         try enqueue(kernel, globalSizes: [globalSize], localSizes: [localSize])
     }
 
     /// The same over a grid of one to three dimensions.
-    public func enqueue(_ kernel: OpenCLKernel, globalSizes: [Int], localSizes: [Int]) throws {
+    func enqueue(_ kernel: OpenCLKernel, globalSizes: [Int], localSizes: [Int]) throws {
         guard (1...3).contains(globalSizes.count), localSizes.count == globalSizes.count,
               zip(globalSizes, localSizes).allSatisfy({ $0 > 0 && $1 > 0 }) else {
             throw OpenCLError.invalidArgument("\(kernel.name): empty or malformed launch (\(globalSizes) items in groups of \(localSizes))")
@@ -176,9 +176,9 @@ public final class OpenCLDevice: @unchecked Sendable {
 
 /// Memory on an OpenCL device. Released, and returned to the device's budget, when the last
 /// reference goes (the driver keeps it alive for commands still using it).
-public final class OpenCLBuffer: @unchecked Sendable {
-    public let byteCount: Int
-    public let label: String
+final class OpenCLBuffer: @unchecked Sendable {
+    let byteCount: Int
+    let label: String
     let memory: OpaquePointer
     private let device: OpenCLDevice
 

@@ -38,7 +38,7 @@ public final class OpenCLLibrary: @unchecked Sendable {
         if ember_opencl_load(path, &api, &reason, reason.count) == 0 {
             result = .success(OpenCLLibrary(path: path, api: api))
         } else {
-            result = .failure(OpenCLUnavailable(reason: String(cString: reason)))
+            result = .failure(OpenCLUnavailable(reason: String(nulTerminated: reason)))
         }
         loaded[path] = result
         return result
@@ -50,4 +50,11 @@ public struct OpenCLUnavailable: Error, CustomStringConvertible, Equatable, Send
     public let reason: String
     public init(reason: String) { self.reason = reason }
     public var description: String { "OpenCL unavailable: \(reason)" }
+}
+
+extension String {
+    /// The text of a C buffer up to its first NUL (all of it when there is none).
+    init(nulTerminated bytes: [CChar]) {
+        self.init(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
 }

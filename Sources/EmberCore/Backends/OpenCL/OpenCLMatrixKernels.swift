@@ -1,13 +1,13 @@
 import CEmberKernels
 
 /// A weight matrix on an OpenCL device: its GGUF blocks uploaded as they are in the file.
-public final class OpenCLWeightMatrix: @unchecked Sendable {
-    public let name: String
-    public let type: TensorType
-    public let rows: Int
-    public let columns: Int
-    public let rowBytes: Int
-    public let buffer: OpenCLBuffer
+final class OpenCLWeightMatrix: @unchecked Sendable {
+    let name: String
+    let type: TensorType
+    let rows: Int
+    let columns: Int
+    let rowBytes: Int
+    let buffer: OpenCLBuffer
 
     init(name: String, type: TensorType, rows: Int, columns: Int, rowBytes: Int, buffer: OpenCLBuffer) {
         self.name = name
@@ -19,7 +19,7 @@ public final class OpenCLWeightMatrix: @unchecked Sendable {
     }
 
     /// The format activations must be in before they meet this matrix (as on the CPU).
-    public var activationType: TensorType { OpenCLMatrixKernels.activationType(for: type) }
+    var activationType: TensorType { OpenCLMatrixKernels.activationType(for: type) }
 }
 
 /// The matrix-vector kernels on one device, mirroring the CPU's (WeightMatrix.multiply,
@@ -30,20 +30,20 @@ public final class OpenCLWeightMatrix: @unchecked Sendable {
 /// trip, and `device.read` (or `finish`) waits for it. One thread at a time uses an instance
 /// (kernel arguments belong to the kernel objects). Buffer sizes and shapes are checked
 /// before anything is enqueued, so bad input is a thrown error, never a read outside a buffer.
-public final class OpenCLMatrixKernels: @unchecked Sendable {
-    public let device: OpenCLDevice
+final class OpenCLMatrixKernels: @unchecked Sendable {
+    let device: OpenCLDevice
     private let kernels: OpenCLKernelSet
 
     /// Weight types with dense and row-gather kernels.
-    public static let supportedTypes: Set<TensorType> = [.f32, .f16, .q4_0, .q4_1, .q5_0, .q8_0, .q4_K, .q6_K]
+    static let supportedTypes: Set<TensorType> = [.f32, .f16, .q4_0, .q4_1, .q5_0, .q8_0, .q4_K, .q6_K]
     /// Neuron-major row types with column-gather kernels (what NeuronMajorMatrix stores).
-    public static let accumulateTypes: Set<TensorType> = [.q8_0, .f16]
+    static let accumulateTypes: Set<TensorType> = [.q8_0, .f16]
 
     /// The largest work-group these kernels launch: a device must allow at least that many.
-    public static let largestLocalSize = max(OpenCLMatrixKernelSource.rowGroupSize, OpenCLMatrixKernelSource.elementGroupSize)
+    static let largestLocalSize = max(OpenCLMatrixKernelSource.rowGroupSize, OpenCLMatrixKernelSource.elementGroupSize)
 
     /// Builds the kernels for `device`.
-    public init(device: OpenCLDevice) throws {
+    init(device: OpenCLDevice) throws {
         self.device = device
         kernels = try OpenCLKernelSet(source: OpenCLMatrixKernelSource.source, name: "matrix kernels",
                                       groupSize: Self.largestLocalSize, device: device)
@@ -52,12 +52,12 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     private func kernel(_ name: String) throws -> OpenCLKernel { try kernels.kernel(name) }
 
     /// The activation format of a weight type, as the CPU's ember_activation_type says.
-    public static func activationType(for type: TensorType) -> TensorType {
+    static func activationType(for type: TensorType) -> TensorType {
         TensorType(rawValue: UInt32(ember_activation_type(Int32(type.rawValue)))) ?? .f32
     }
 
     /// Bytes of `length` floats in activation format `type`.
-    public static func activationBytes(_ type: TensorType, length: Int) -> Int {
+    static func activationBytes(_ type: TensorType, length: Int) -> Int {
         ember_activation_bytes(Int32(type.rawValue), Int64(length))
     }
 
@@ -78,7 +78,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     // MARK: Upload
 
     /// Copies `matrix`'s blocks to the device, counted against its budget.
-    public func upload(_ matrix: WeightMatrix) throws -> OpenCLWeightMatrix {
+    func upload(_ matrix: WeightMatrix) throws -> OpenCLWeightMatrix {
         guard Self.supportedTypes.contains(matrix.type) || Self.accumulateTypes.contains(matrix.type) else {
             throw OpenCLError.unsupportedType(matrix: matrix.name, type: matrix.type, operation: "matrix")
         }
@@ -92,12 +92,12 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     }
 
     /// Copies a neuron-major down matrix to the device, for `accumulate`.
-    public func upload(_ matrix: NeuronMajorMatrix) throws -> OpenCLWeightMatrix {
+    func upload(_ matrix: NeuronMajorMatrix) throws -> OpenCLWeightMatrix {
         try upload(matrix.weights)
     }
 
     /// A device buffer for one vector of `length` floats in activation format `type`.
-    public func makeActivations(_ type: TensorType, length: Int, label: String = "activations") throws -> OpenCLBuffer {
+    func makeActivations(_ type: TensorType, length: Int, label: String = "activations") throws -> OpenCLBuffer {
         try device.makeBuffer(byteCount: Self.activationBytes(type, length: length), label: label)
     }
 
@@ -105,7 +105,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
 
     /// Converts `length` floats of `input` to activation format `type` in `output`, as the CPU's
     /// ember_quantize_activations does (an F32 format needs no conversion: pass the floats on).
-    public func quantize(_ input: OpenCLBuffer, length: Int, to type: TensorType, into output: OpenCLBuffer) throws {
+    func quantize(_ input: OpenCLBuffer, length: Int, to type: TensorType, into output: OpenCLBuffer) throws {
         let name: String, block: Int
         switch type {
         case .q8_0: (name, block) = ("quantize_q8_0", 32)
@@ -126,7 +126,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     /// `count` vectors of `length` floats (back to back in `floats`) ready for `matrix`: the
     /// floats themselves when it takes F32 activations, else converted into `scratch` (made
     /// when nil or too small). Pass the result to `multiply`.
-    public func activations(for matrix: OpenCLWeightMatrix, from floats: OpenCLBuffer, length: Int, count: Int = 1,
+    func activations(for matrix: OpenCLWeightMatrix, from floats: OpenCLBuffer, length: Int, count: Int = 1,
                             scratch: OpenCLBuffer? = nil) throws -> OpenCLBuffer {
         let type = matrix.activationType
         guard type != .f32 else {
@@ -141,7 +141,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     }
 
     /// y[r] = row r · activations for every row (activations in `matrix.activationType`).
-    public func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, into y: OpenCLBuffer) throws {
+    func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, into y: OpenCLBuffer) throws {
         let suffix = try rowKernelSuffix(matrix)
         try activations.require(Self.activationBytes(matrix.activationType, length: matrix.columns))
         try y.require(matrix.rows * 4)
@@ -155,7 +155,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     /// Prefill: y[c * rows + r] = row r · activation vector c, for `count` vectors stored back
     /// to back in `matrix.activationType` (as `quantize` leaves `count` × columns floats: each
     /// vector is a whole number of blocks). Mirrors WeightMatrix.multiply(_:stride:count:...).
-    public func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, count: Int,
+    func multiply(_ matrix: OpenCLWeightMatrix, activations: OpenCLBuffer, count: Int,
                          into y: OpenCLBuffer) throws {
         let suffix = try rowKernelSuffix(matrix)
         guard count > 0 else { throw OpenCLError.invalidArgument("\(matrix.name): matmul over \(count) vectors") }
@@ -171,7 +171,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
 
     /// y[k] = row ids[k] · activations for k < count (ids: Int32 on the device). An id outside
     /// the matrix gives y[k] = NaN; `ids(_:for:)` checks host ids before upload.
-    public func multiply(_ matrix: OpenCLWeightMatrix, gathering ids: OpenCLBuffer, count: Int,
+    func multiply(_ matrix: OpenCLWeightMatrix, gathering ids: OpenCLBuffer, count: Int,
                          activations: OpenCLBuffer, into y: OpenCLBuffer) throws {
         let suffix = try rowKernelSuffix(matrix)
         guard count >= 0 else { throw OpenCLError.invalidArgument("\(matrix.name): negative gather count \(count)") }
@@ -188,7 +188,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
 
     /// y[0..<columns] += Σ_k coefficients[k] · row ids[k], for a neuron-major matrix (Q8_0 or
     /// F16 rows). An id outside the matrix makes y NaN.
-    public func accumulate(_ matrix: OpenCLWeightMatrix, rows ids: OpenCLBuffer, coefficients: OpenCLBuffer,
+    func accumulate(_ matrix: OpenCLWeightMatrix, rows ids: OpenCLBuffer, coefficients: OpenCLBuffer,
                            count: Int, into y: OpenCLBuffer) throws {
         let name: String
         switch matrix.type {
@@ -209,7 +209,7 @@ public final class OpenCLMatrixKernels: @unchecked Sendable {
     }
 
     /// `rows` uploaded as an Int32 id buffer after checking each lies inside `matrix`.
-    public func ids(_ rows: [Int32], for matrix: OpenCLWeightMatrix, label: String = "row ids") throws -> OpenCLBuffer {
+    func ids(_ rows: [Int32], for matrix: OpenCLWeightMatrix, label: String = "row ids") throws -> OpenCLBuffer {
         if let bad = rows.first(where: { $0 < 0 || Int($0) >= matrix.rows }) {
             throw OpenCLError.invalidArgument("\(matrix.name): row id \(bad) outside 0..<\(matrix.rows)")
         }

@@ -2,13 +2,13 @@ import CEmberKernels
 import Foundation
 
 /// A program built for one device from OpenCL C source, and its kernels by name.
-public final class OpenCLProgram: @unchecked Sendable {
-    public let name: String
+final class OpenCLProgram: @unchecked Sendable {
+    let name: String
     let handle: OpaquePointer
     private let device: OpenCLDevice
 
     /// Compiles `source` for `device`. A compile error throws `buildFailed` with the build log.
-    public init(source: String, name: String, device: OpenCLDevice) throws {
+    init(source: String, name: String, device: OpenCLDevice) throws {
         self.name = name
         self.device = device
         let api = device.library.api
@@ -39,11 +39,11 @@ public final class OpenCLProgram: @unchecked Sendable {
         var bytes = [CChar](repeating: 0, count: size + 1)
         try OpenCLError.check(api.clGetProgramBuildInfo(handle, device.info.deviceID, param, size, &bytes, nil),
                               "clGetProgramBuildInfo")
-        return String(cString: bytes)
+        return String(nulTerminated: bytes)
     }
 
     /// The kernel `name` of this program.
-    public func kernel(_ name: String) throws -> OpenCLKernel {
+    func kernel(_ name: String) throws -> OpenCLKernel {
         try OpenCLKernel(program: self, name: name)
     }
 
@@ -52,15 +52,15 @@ public final class OpenCLProgram: @unchecked Sendable {
 
 /// One kernel of a program, with its arguments set by position before each launch.
 /// Not for concurrent use: arguments belong to the kernel object.
-public final class OpenCLKernel: @unchecked Sendable {
-    public enum Argument {
+final class OpenCLKernel: @unchecked Sendable {
+    enum Argument {
         case buffer(OpenCLBuffer)
         case int32(Int32)
         case uint64(UInt64)
         case float(Float)
     }
 
-    public let name: String
+    let name: String
     let handle: OpaquePointer
     private let program: OpenCLProgram
 
@@ -77,7 +77,7 @@ public final class OpenCLKernel: @unchecked Sendable {
     deinit { _ = program.library.api.clReleaseKernel(handle) }
 
     /// Sets arguments 0, 1, ... in order.
-    public func setArguments(_ arguments: [Argument]) throws {
+    func setArguments(_ arguments: [Argument]) throws {
         let api = program.library.api
         for (index, argument) in arguments.enumerated() {
             let status: Int32

@@ -2,14 +2,14 @@
 /// holds, gather their gate and up rows, apply the activation, and add their down columns into
 /// an output, all enqueued back to back with no host round trip. The same computation as the
 /// CPU's SparseFeedForward.run, so the device's partial output and the CPU's sum to the whole.
-public final class OpenCLSparseFeedForward: @unchecked Sendable {
-    public let gate: OpenCLWeightMatrix?
-    public let up: OpenCLWeightMatrix
+final class OpenCLSparseFeedForward {
+    let gate: OpenCLWeightMatrix?
+    let up: OpenCLWeightMatrix
     /// Neuron-major: row i is neuron i's output column (Q8_0 or F16).
-    public let down: OpenCLWeightMatrix
-    public let activation: VectorKernels.Activation
+    let down: OpenCLWeightMatrix
+    let activation: VectorKernels.Activation
     /// The most active neurons one call takes (the scratch is sized for it).
-    public let capacity: Int
+    let capacity: Int
 
     private let matrices: OpenCLMatrixKernels
     private let vectors: OpenCLVectorKernels
@@ -19,7 +19,7 @@ public final class OpenCLSparseFeedForward: @unchecked Sendable {
     private let upValues: OpenCLBuffer
 
     /// Uploads the three matrices (gate nil: an ungated FFN) and scratch for `capacity` neurons.
-    public init(matrices: OpenCLMatrixKernels, vectors: OpenCLVectorKernels, gate: WeightMatrix?, up: WeightMatrix,
+    init(matrices: OpenCLMatrixKernels, vectors: OpenCLVectorKernels, gate: WeightMatrix?, up: WeightMatrix,
                 down: NeuronMajorMatrix, activation: VectorKernels.Activation, capacity: Int) throws {
         let d = down.columns
         guard up.columns == d, down.rows == up.rows, gate.map({ $0.columns == d && $0.rows == up.rows }) ?? true else {
@@ -50,7 +50,7 @@ public final class OpenCLSparseFeedForward: @unchecked Sendable {
 
     /// output[0..<hidden) += the FFN of `input` (hidden floats, already normed) over the `count`
     /// neurons in `active` (Int32 ids on the device, no repeats).
-    public func run(input: OpenCLBuffer, active: OpenCLBuffer, count: Int, output: OpenCLBuffer) throws {
+    func run(input: OpenCLBuffer, active: OpenCLBuffer, count: Int, output: OpenCLBuffer) throws {
         guard count <= capacity else {
             throw OpenCLError.invalidArgument("\(up.name): \(count) active neurons exceed the capacity of \(capacity)")
         }

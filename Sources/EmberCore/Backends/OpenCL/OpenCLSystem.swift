@@ -123,9 +123,9 @@ public struct OpenCLSystem: @unchecked Sendable {
 
     /// The device `choice` selects, or why Ember runs on the CPU instead. Throws only for an
     /// index outside the device list.
-    public func select(_ choice: OpenCLDeviceChoice) throws -> Result<OpenCLDeviceInfo, OpenCLUnavailable> {
+    public func select(_ choice: DeviceChoice) throws -> Result<OpenCLDeviceInfo, OpenCLUnavailable> {
         switch choice {
-        case .off: return .failure(OpenCLUnavailable(reason: "turned off (--gpu off)"))
+        case .off: return .failure(OpenCLUnavailable(reason: "turned off"))
         case .automatic: return .success(devices[0])
         case let .index(i):
             guard devices.indices.contains(i) else { throw OpenCLError.noSuchDevice(index: i, count: devices.count) }
@@ -150,7 +150,7 @@ private func infoString(_ call: String, _ get: (Int, UnsafeMutableRawPointer?, U
     try OpenCLError.check(get(0, nil, &size), call)
     var bytes = [CChar](repeating: 0, count: size + 1)
     try OpenCLError.check(bytes.withUnsafeMutableBytes { get(size, $0.baseAddress, nil) }, call)
-    return String(cString: bytes).trimmingCharacters(in: .whitespaces)
+    return String(nulTerminated: bytes).trimmingCharacters(in: .whitespaces)
 }
 
 private func deviceValue<T: FixedWidthInteger>(_ api: ember_opencl_api, _ device: OpaquePointer, _ param: Int) throws -> T {

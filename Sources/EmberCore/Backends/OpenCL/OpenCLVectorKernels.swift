@@ -1,11 +1,11 @@
 /// The float steps of a layer on one device (RMS norm, gated activation, RoPE, attention),
 /// mirroring VectorKernels, Rope and the CPU attention. Like OpenCLMatrixKernels, calls only
 /// enqueue work, and sizes are checked before anything is enqueued.
-public final class OpenCLVectorKernels: @unchecked Sendable {
-    public let device: OpenCLDevice
+final class OpenCLVectorKernels: @unchecked Sendable {
+    let device: OpenCLDevice
     private let kernels: OpenCLKernelSet
 
-    public init(device: OpenCLDevice) throws {
+    init(device: OpenCLDevice) throws {
         self.device = device
         kernels = try OpenCLKernelSet(source: OpenCLVectorKernelSource.source, name: "vector kernels",
                                       groupSize: OpenCLVectorKernelSource.groupSize, device: device)
@@ -21,7 +21,7 @@ public final class OpenCLVectorKernels: @unchecked Sendable {
 
     /// out = x / rms(x) · weight for each of `rows` vectors of `length` floats (weight nil: no
     /// scaling). `out` may be `x`.
-    public func rmsNorm(_ x: OpenCLBuffer, weight: OpenCLBuffer?, epsilon: Float, rows: Int = 1, length: Int,
+    func rmsNorm(_ x: OpenCLBuffer, weight: OpenCLBuffer?, epsilon: Float, rows: Int = 1, length: Int,
                         into out: OpenCLBuffer) throws {
         try Self.positive([("rows", rows), ("length", length)])
         try x.require(rows * length * 4)
@@ -34,7 +34,7 @@ public final class OpenCLVectorKernels: @unchecked Sendable {
     }
 
     /// out[i] = act(gate[i]) · up[i] for i < count (up nil: act(gate[i])). `out` may be `gate`.
-    public func gatedActivation(_ activation: VectorKernels.Activation, gate: OpenCLBuffer, up: OpenCLBuffer?,
+    func gatedActivation(_ activation: VectorKernels.Activation, gate: OpenCLBuffer, up: OpenCLBuffer?,
                                 count: Int, into out: OpenCLBuffer) throws {
         try Self.positive([("count", count)])
         try gate.require(count * 4)
@@ -54,7 +54,7 @@ public final class OpenCLVectorKernels: @unchecked Sendable {
 
     /// Rotates `heads` head vectors (`headDimension` floats apart) in place as `rope.rotate`
     /// does, with the cos/sin of `rope.angles(at:)` uploaded in `cosines` and `sines`.
-    public func rope(_ x: OpenCLBuffer, heads: Int, headDimension: Int, rope: Rope,
+    func rope(_ x: OpenCLBuffer, heads: Int, headDimension: Int, rope: Rope,
                      cosines: OpenCLBuffer, sines: OpenCLBuffer) throws {
         try Self.positive([("heads", heads), ("headDimension", headDimension), ("rope dimensions", rope.dimensions)])
         guard rope.dimensions <= headDimension, rope.dimensions % 2 == 0 else {
@@ -71,12 +71,12 @@ public final class OpenCLVectorKernels: @unchecked Sendable {
 
     /// Where a KV cache lives on the device: position p's keys start `keyStride` floats after
     /// position p − 1's (kv heads of `headDimension` floats side by side), values alike.
-    public struct CacheLayout {
-        public var keys: OpenCLBuffer
-        public var keyStride: Int
-        public var values: OpenCLBuffer
-        public var valueStride: Int
-        public init(keys: OpenCLBuffer, keyStride: Int, values: OpenCLBuffer, valueStride: Int) {
+    struct CacheLayout {
+        var keys: OpenCLBuffer
+        var keyStride: Int
+        var values: OpenCLBuffer
+        var valueStride: Int
+        init(keys: OpenCLBuffer, keyStride: Int, values: OpenCLBuffer, valueStride: Int) {
             self.keys = keys
             self.keyStride = keyStride
             self.values = values
@@ -88,7 +88,7 @@ public final class OpenCLVectorKernels: @unchecked Sendable {
     /// `firstPosition` on (past 0 for a sliding window),
     /// as the CPU's ember_attention_head per head: query head h uses kv head h / (heads /
     /// kvHeads). `scores` is scratch for heads × count floats; out gets heads × valueDimension.
-    public func attention(query: OpenCLBuffer, cache: CacheLayout, firstPosition: Int = 0, count: Int, heads: Int, kvHeads: Int,
+    func attention(query: OpenCLBuffer, cache: CacheLayout, firstPosition: Int = 0, count: Int, heads: Int, kvHeads: Int,
                           headDimension: Int, valueDimension: Int, scale: Float,
                           scores: OpenCLBuffer, into out: OpenCLBuffer) throws {
         try Self.positive([("count", count), ("heads", heads), ("kvHeads", kvHeads), ("headDimension", headDimension),

@@ -1,0 +1,162 @@
+import Foundation
+
+/// Builds the context a session runs on from its options: the KV cache and threads, the sparse
+/// FFN with its statistics and predictors, and for hybrid runs the device, its placement and
+/// the dense operations it takes over. What the user should know about the result (where the
+/// placement came from, what stays on the CPU and why) is returned as notes.
+struct SessionAssembly {
+    let model: Model
+    let options: SessionOptions
+    private(set) var notes: [String] = []
+
+    init(model: Model, options: SessionOptions) {
+        self.model = model
+        self.options = options
+    }
+
+    /// The context length `options` asks for (default 2048, at most the model's).
+    func contextLength() throws -> Int {
+        let trained = model.language.config.contextLength
+        let context = options.contextLength ?? min(trained, 2048)
+        guard context <= trained else { throw SessionError.contextTooLarge(context: context, model: trained) }
+        // A crafted or mistaken size must fail here, not in an allocation.
+        guard let bytes = KVCache.byteCount(model.language.config, capacity: context),
+              bytes <= Int(ProcessInfo.processInfo.physicalMemory) else {
+            throw SessionError.cacheTooLarge(bytes: KVCache.byteCount(model.language.config, capacity: context)
+                .map { ByteSize.format($0) } ?? "more than 2^63 bytes")
+        }
+        return context
+    }
+
+    mutating func makeContext() throws -> Context {
+        try options.validate()
+        let contextLength = try contextLength()
+        let context = Context(model: model.language, threads: options.threads, contextLength: contextLength,
+                              batchSize: options.batchSize)
+        guard let sparse = try sparseExecution(pool: context.pool, contextLength: contextLength) else { return context }
+        context.sparse = sparse
+        if let hybrid = sparse.hybridPlacement, !hybrid.attentionLayers.isEmpty || hybrid.outputHead {
+            context.denseBlocks = try DeviceDenseBlocks(device: hybrid.device, model: model.language, layers: hybrid.attentionLayers,
+                                                        outputHead: hybrid.outputHead, capacity: contextLength)
+        }
+        return context
+    }
+
+    var statisticsPath: String { options.statisticsPath ?? CompanionFile.statistics.path(besideModel: model.path) }
+    var predictorPath: String { options.predictorPath ?? CompanionFile.predictor.path(besideModel: model.path) }
+
+    /// The sparsity the options ask for: theirs, else predictor when statistics and predictors
+    /// are beside the model, else dense.
+    var mode: SparsityMode {
+        if let mode = options.sparsity { return mode }
+        let files = FileManager.default
+        return files.fileExists(atPath: statisticsPath) && files.fileExists(atPath: predictorPath) ? .predictor : .dense
+    }
+
+    /// The sparse FFN the options ask for, or nil for dense.
+    private mutating func sparseExecution(pool: ThreadPool, contextLength: Int) throws -> SparseExecution? {
+        let mode = self.mode
+        if options.deviceMemoryBudget != nil, mode != .predictor { throw SparseExecutionError.hybridNeedsPredictor }
+        if mode == .dense { return nil }
+        for (path, what) in [(options.statisticsPath, "activation statistics file"), (options.predictorPath, "predictor file")] {
+            if let path, !FileManager.default.fileExists(atPath: path) { throw SessionError.missingFile(path: path, what: what) }
+        }
+        let statistics = FileManager.default.fileExists(atPath: statisticsPath) ? try ActivationStatistics(path: statisticsPath) : nil
+        if let statistics { try check(statistics) }
+        var predictor: PredictorSet?
+        if mode == .predictor, FileManager.default.fileExists(atPath: predictorPath) {
+            predictor = try loadPredictor(predictorPath)
+        }
+        let hybrid = try options.deviceMemoryBudget.flatMap {
+            try hybridPlacement(budget: $0, statistics: statistics, predictor: predictor, contextLength: contextLength)
+        }
+        let language = model.language
+        do {
+            return try SparseExecution(mode: mode, model: language, statistics: statistics, predictor: predictor, pool: pool, hybrid: hybrid)
+        } catch let error as OpenCLError where hybrid != nil && error.isUnsupportedType {
+            // A matrix type the device has no kernels for: the CPU does all, as without a device.
+            notes.append("\(error); the CPU computes every neuron")
+            return try SparseExecution(mode: mode, model: language, statistics: statistics, predictor: predictor, pool: pool)
+        }
+    }
+
+    private func check(_ statistics: ActivationStatistics) throws {
+        let c = model.language.config
+        guard statistics.layers.count == c.layerCount, statistics.feedForwardLength == c.feedForwardLength else {
+            throw SessionError.mismatch("\(statisticsPath) describes \(statistics.layers.count) layers of \(statistics.feedForwardLength) "
+                                        + "FFN neurons; \(model.path) has \(c.layerCount) layers of \(c.feedForwardLength)")
+        }
+    }
+
+    /// A predictor file (Ember's, or PowerInfer's fc1/fc2 tensors), checked against the model.
+    private func loadPredictor(_ path: String) throws -> PredictorSet {
+        let predictor = try PredictorSet(path: path)
+        let c = model.language.config
+        guard predictor.layers.count == c.layerCount, predictor.inputLength == c.embeddingLength,
+              predictor.neuronCount == c.feedForwardLength else {
+            throw SessionError.mismatch(
+                "\(path) predicts \(predictor.layers.count) layers of \(predictor.neuronCount) neurons from \(predictor.inputLength) "
+                    + "inputs; \(model.path) has \(c.layerCount) layers of \(c.feedForwardLength) neurons and \(c.embeddingLength) inputs")
+        }
+        return predictor
+    }
+
+    /// The device, its dense operations and its FFN neurons under `budget`, or nil (with a
+    /// note) when no OpenCL device is there or the options turn it off. Attention (with a KV
+    /// cache for the whole context) and the output head come first, then FFN neurons.
+    private mutating func hybridPlacement(budget: Int, statistics: ActivationStatistics?, predictor: PredictorSet?,
+                                          contextLength: Int) throws -> HybridPlacement? {
+        guard predictor != nil else { throw SparseExecutionError.needsPredictor }
+        guard let statistics else {
+            throw SessionError.missingFile(path: statisticsPath,
+                                           what: "activation statistics file (hybrid runs place the hottest neurons by their counts)")
+        }
+        if options.device == .off {
+            notes.append("the device is turned off: the CPU computes every neuron")
+            return nil
+        }
+        let system: OpenCLSystem
+        switch OpenCLSystem.discover(libraryPath: options.openCLLibraryPath ?? OpenCLLibrary.defaultPath) {
+        case let .success(found): system = found
+        case let .failure(unavailable):
+            notes.append("\(unavailable); the CPU computes every neuron")
+            return nil
+        }
+        let device = try OpenCLDevice(system, choice: options.device, memoryBudget: budget)
+        // Counts of the sparsity the predictors were trained for, else the statistics' highest.
+        let trained = predictor?.metadata.targetSparsity ?? 0
+        let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
+        // The device's working buffers come first, as `Model.place` reserves them.
+        let working = model.deviceWorkingBytes(denseCapacity: contextLength)
+        let placementOptions = PlacementOptions(sparsityTarget: target, kvCacheTokens: contextLength, placesDenseBlocks: true,
+                                                reservedBytes: min(budget, working))
+        if let path = options.placementPath, !FileManager.default.fileExists(atPath: path) {
+            throw SessionError.missingFile(path: path, what: "placement file")
+        }
+        let (placement, source) = try Placement.load(model: model.language, modelPath: model.path, budget: budget,
+                                                     options: placementOptions, statisticsPath: statisticsPath,
+                                                     placementPath: options.placementPath)
+        let placed = placement.deviceNeurons.reduce(0) { $0 + $1.count }
+        let origin: String
+        switch source {
+        case let .file(path): origin = "from " + path
+        case .solved:
+            origin = "solved from " + statisticsPath
+                + (options.placementPath.map { ", as \($0) was made for another budget, model, statistics or settings" } ?? "")
+        }
+        let attentionLayers = placement.denseBlocks.compactMap { block -> Int? in
+            if case let .attention(layer) = block { return layer } else { return nil }
+        }
+        let outputHead = placement.denseBlocks.contains(.outputHead)
+        let c = model.language.config
+        notes.append(String(format: "hybrid: %@ holds the attention of %d of %d layers%@ (%@ with the KV caches) and "
+                                + "%d of %d FFN neurons (%@) in a %@ budget; expected device share of activated neurons %.1f %% "
+                                + "(placement %@)",
+                            device.info.name, attentionLayers.count, c.layerCount, outputHead ? " and the output head" : "",
+                            ByteSize.format(placement.denseBytes), placed, c.layerCount * c.feedForwardLength,
+                            ByteSize.format(placement.neuronBytes), ByteSize.format(budget),
+                            placement.expectedDeviceShare * 100, origin))
+        return HybridPlacement(device: device, deviceNeurons: placement.deviceNeurons, attentionLayers: attentionLayers,
+                               outputHead: outputHead)
+    }
+}
