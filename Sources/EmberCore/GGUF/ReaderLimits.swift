@@ -47,7 +47,10 @@ public enum ReaderLimits {
     /// Longest string value or metadata key (chat templates run to tens of kilobytes).
     public static let stringLength = ReaderLimit("string length", 0...(1 << 24))
     /// Most elements in one metadata array (vocabularies and merge lists have a few hundred thousand).
-    public static let arrayLength = ReaderLimit("array length", 0...(1 << 24))
+    public static let arrayLength = ReaderLimit("array length", 0...(1 << 22))
+    /// Most metadata values in one file, array elements included: each takes memory (24 bytes
+    /// and more) whatever its size in the file, so this bounds what a header can make Ember hold.
+    public static let metadataValues = ReaderLimit("metadata values", 0...(1 << 23))
     /// Most metadata keys in one file.
     public static let metadataCount = ReaderLimit("metadata count", 0...(1 << 16))
     /// Most tensors in one file (a 405B-parameter dense model has about 1,100).
