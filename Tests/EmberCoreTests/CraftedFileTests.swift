@@ -1,5 +1,9 @@
+import Foundation
 import XCTest
 @testable import EmberCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Builds GGUF bytes by hand, including the ones no writer would produce: the crafted-file
 /// suite generates every malformed case here rather than keeping blobs.
@@ -181,5 +185,59 @@ final class CraftedFileTests: XCTestCase {
             XCTAssertTrue(message.contains("\\e[2J\\e]0;owned\\u{7}\\r\\0AAA"), message)
             XCTAssertLessThan(message.count, 200, message)
         }
+    }
+
+    // MARK: only regular files
+
+    /// Runs `body` on another thread and fails if it has not returned within 10 s. A reader
+    /// stuck opening `fifo` is then released by opening the FIFO's other end, so a regression
+    /// fails the test instead of hanging the suite.
+    func finishes(unblocking fifo: String, _ what: String, _ body: @escaping @Sendable () -> Void,
+                  file: StaticString = #filePath, line: UInt = #line) {
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { body(); done.signal() }
+        if done.wait(timeout: .now() + 10) == .timedOut {
+            XCTFail("\(what) blocked on a FIFO", file: file, line: line)
+            let writer = open(fifo, O_WRONLY | O_NONBLOCK)
+            if writer >= 0 { close(writer) }
+            _ = done.wait(timeout: .now() + 10)
+        }
+    }
+
+    func testFIFOsAndDevicesAreRefusedWithoutBlocking() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-fifo-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let fifo = directory.appendingPathComponent("model.gguf").path
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+
+        let readers: [(String, @Sendable (String) throws -> Void)] = [
+            ("GGUFFile", { _ = try GGUFFile(path: $0) }),
+            ("LanguageModel", { _ = try LanguageModel(path: $0) }),
+            ("Tokenizer", { _ = try Tokenizer(path: $0) }),
+            ("ActivationStatistics", { _ = try ActivationStatistics(path: $0) }),
+            ("PredictorSet", { _ = try PredictorSet(path: $0) }),
+            ("Placement", { _ = try Placement(path: $0) }),
+            ("Placement.fileSHA256", { _ = try Placement.fileSHA256($0) }),
+        ]
+        for (name, read) in readers {
+            for (path, kind) in [(fifo, "a FIFO"), ("/dev/zero", "a character device"), (directory.path, "a directory")] {
+                finishes(unblocking: fifo, "\(name) of \(kind)") {
+                    do {
+                        try read(path)
+                        XCTFail("\(name) read \(kind)")
+                    } catch {
+                        XCTAssertEqual(error as? GGUFError, .cannotOpen(path: path, reason: "not a regular file (it is \(kind))"), name)
+                    }
+                }
+            }
+        }
+
+        // A symbolic link to a regular file reads as the file.
+        let real = directory.appendingPathComponent("real.gguf").path
+        try GGUFWriter().write(to: real)
+        let link = directory.appendingPathComponent("link.gguf").path
+        XCTAssertEqual(symlink(real, link), 0)
+        XCTAssertNoThrow(try GGUFFile(path: link))
     }
 }

@@ -481,7 +481,7 @@ final class GGUFTests: XCTestCase {
     func testNotAFileAndMissingFile() throws {
         XCTAssertThrowsError(try GGUFFile(path: directory.path)) {
             guard case .cannotOpen(_, let reason)? = $0 as? GGUFError else { return XCTFail("\($0)") }
-            XCTAssertEqual(reason, "not a regular file")
+            XCTAssertEqual(reason, "not a regular file (it is a directory)")
         }
         XCTAssertThrowsError(try GGUFFile(path: path("missing.gguf"))) {
             XCTAssertEqual(($0 as? GGUFError).map(tag), "cannotOpen")
