@@ -144,13 +144,11 @@ extension LimitError: LocalizedError {
 extension GGUFFile {
     /// The integer at `key`, checked against `limit`; nil when the key is absent.
     public func int(_ key: String, within limit: ReaderLimit) throws -> Int? {
-        guard let value = try int(key) else {
-            // A u64 above Int.max has no intValue: report it against the limit, not as a wrong type.
-            if case .uint64(let big)? = metadata[key] {
-                return try limit.check(big, what: "metadata key", subject: key, file: path)
-            }
-            return nil
+        // A u64 above Int.max has no intValue: report it against the limit, not as a wrong type.
+        if case .uint64(let big)? = metadata[key] {
+            return try limit.check(big, what: "metadata key", subject: key, file: path)
         }
+        guard let value = try int(key) else { return nil }
         return try limit.check(value, what: "metadata key", subject: key, file: path)
     }
 
