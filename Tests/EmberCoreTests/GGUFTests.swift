@@ -481,7 +481,7 @@ final class GGUFTests: XCTestCase {
     func testNotAFileAndMissingFile() throws {
         XCTAssertThrowsError(try GGUFFile(path: directory.path)) {
             guard case .cannotOpen(_, let reason)? = $0 as? GGUFError else { return XCTFail("\($0)") }
-            XCTAssertEqual(reason, "not a regular file")
+            XCTAssertEqual(reason, "not a regular file (it is a directory)")
         }
         XCTAssertThrowsError(try GGUFFile(path: path("missing.gguf"))) {
             XCTAssertEqual(($0 as? GGUFError).map(tag), "cannotOpen")
@@ -779,7 +779,7 @@ final class GGUFTests: XCTestCase {
             }
             do {
                 _ = try GGUFFile(file: try MappedFile(bytes: bytes, path: "corrupt.gguf"))
-            } catch is GGUFError {
+            } catch is GGUFError, is LimitError {
                 rejected += 1
             }
         }
@@ -875,7 +875,7 @@ final class GGUFTests: XCTestCase {
 
         // An unwritable destination is a typed error.
         XCTAssertThrowsError(try good.write(to: directory.appendingPathComponent("no/such/dir/x.gguf").path)) {
-            XCTAssertEqual(($0 as? GGUFError).map(tag), "writeFailed")
+            guard case .noDirectory? = $0 as? OutputFileError else { return XCTFail("\($0)") }
         }
     }
 

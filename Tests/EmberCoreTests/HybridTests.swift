@@ -28,7 +28,7 @@ final class HybridTests: XCTestCase {
         let model = try TestData.model(.smolLM2)
         let config = model.config
         let predictor = Self.predictor(config)
-        let f = config.feedForwardLength, d = config.embeddingLength
+        let f = config.feedForwardLength
         let prompt = try ReferenceTests.greedyCases()[1].promptIDs
         let everyThird: [Int32] = stride(from: f - 1, through: 0, by: -3).map { Int32($0) }
         let cases: [(String, [Int32])] = [("all", (0..<f).map { Int32($0) }), ("every third", everyThird)]

@@ -33,14 +33,18 @@ final class GGUFFile: @unchecked Sendable {
     private let tensorIndex: [String: Int]
 
     /// Arrays may nest this deep; deeper nesting is rejected so a hostile file cannot exhaust the stack.
-    static let maxArrayDepth = 8
+    static let maxArrayDepth = ReaderLimits.arrayDepth.range.upperBound
     /// ggml tensors have at most four dimensions.
-    static let maxDims = 4
+    static let maxDims = ReaderLimits.dimensions.range.upperBound
 
     convenience init(path: String) throws {
         try self.init(file: try MappedFile(path: path))
     }
 
+    /// Parses the header of a mapped file. Every count and size read from it is checked against
+    /// `ReaderLimits` and against the bytes left before anything is allocated for it; tensor
+    /// names must be unique and of bounded length; tensor data must lie inside the file, aligned,
+    /// without two tensors sharing bytes.
     init(file: MappedFile) throws {
         self.file = file
         self.path = file.path
@@ -57,20 +61,23 @@ final class GGUFFile: @unchecked Sendable {
 
         let tensorCount = try reader.u64(reading: "tensor count")
         let keyCount = try reader.u64(reading: "metadata count")
-        // A key-value pair takes at least 12 bytes (empty key, type, one-byte value); a tensor
-        // description at least 28 (empty name, one dimension, type, offset).
-        guard keyCount <= UInt64(reader.remaining / 12) else {
+        // A key-value pair takes at least 13 bytes (empty key, type, one-byte value); a tensor
+        // description at least 33 (one-byte name, one dimension, type, offset).
+        guard keyCount <= UInt64(reader.remaining / 13) else {
             throw GGUFError.absurdCount(path: path, what: "metadata count", count: keyCount)
         }
-        guard tensorCount <= UInt64(reader.remaining / 28) else {
+        guard tensorCount <= UInt64(reader.remaining / 33) else {
             throw GGUFError.absurdCount(path: path, what: "tensor count", count: tensorCount)
         }
+        try ReaderLimits.metadataCount.check(keyCount, what: "metadata count", file: path)
+        try ReaderLimits.tensorCount.check(tensorCount, what: "tensor count", file: path)
 
         var keys: [String] = []
         var values: [String: GGUFValue] = [:]
+        keys.reserveCapacity(Int(keyCount))
         for _ in 0..<keyCount {
             let key = try reader.string(reading: "metadata key")
-            let code = try reader.u32(reading: "value type of \"\(key)\"")
+            let code = try reader.u32(reading: "value type of \(SafeText.quoted(key))")
             guard let type = GGUFValueType(rawValue: code) else {
                 throw GGUFError.unknownValueType(path: path, key: key, code: code)
             }
@@ -95,29 +102,38 @@ final class GGUFFile: @unchecked Sendable {
         struct RawTensor { let name: String; let dims: [Int]; let type: TensorType; let offset: UInt64; let bytes: Int }
         var raw: [RawTensor] = []
         var index: [String: Int] = [:]
+        raw.reserveCapacity(Int(tensorCount))
         for _ in 0..<tensorCount {
+            let nameAt = reader.offset
             let name = try reader.string(reading: "tensor name")
-            let dimCount = try reader.u32(reading: "dimension count of \"\(name)\"")
-            guard dimCount >= 1, dimCount <= UInt32(Self.maxDims) else {
+            guard ReaderLimits.tensorNameLength.range.contains(name.utf8.count) else {
+                throw LimitError.outOfRange(path: path, what: "tensor name at byte \(nameAt)", subject: name,
+                                            value: "\(name.utf8.count) bytes long", limit: ReaderLimits.tensorNameLength)
+            }
+            let dimCount = try reader.u32(reading: "dimension count of \(SafeText.quoted(name))")
+            guard ReaderLimits.dimensions.range.contains(Int(dimCount)) else {
                 throw GGUFError.badDimensions(path: path, tensor: name, dims: [UInt64(dimCount)])
             }
             var rawDims: [UInt64] = []
-            for _ in 0..<dimCount { rawDims.append(try reader.u64(reading: "dimensions of \"\(name)\"")) }
-            let code = try reader.u32(reading: "type of \"\(name)\"")
+            for _ in 0..<dimCount { rawDims.append(try reader.u64(reading: "dimensions of \(SafeText.quoted(name))")) }
+            let code = try reader.u32(reading: "type of \(SafeText.quoted(name))")
             guard let type = TensorType(rawValue: code) else {
                 throw GGUFError.unknownTensorType(path: path, tensor: name, code: code)
             }
-            let offset = try reader.u64(reading: "offset of \"\(name)\"")
+            let offset = try reader.u64(reading: "offset of \(SafeText.quoted(name))")
 
-            // Every dimension positive and the element count representable; the row length a
-            // whole number of blocks.
+            // Every dimension within its limit and the element count too (so no product
+            // overflows); the row length a whole number of blocks.
             var elements = 1
             for d in rawDims {
-                guard d >= 1, d <= UInt64(Int32.max) else {
+                guard d <= UInt64(ReaderLimits.dimensionLength.range.upperBound),
+                      ReaderLimits.dimensionLength.range.contains(Int(d)) else {
                     throw GGUFError.badDimensions(path: path, tensor: name, dims: rawDims)
                 }
                 let (product, overflow) = elements.multipliedReportingOverflow(by: Int(d))
-                guard !overflow else { throw GGUFError.badDimensions(path: path, tensor: name, dims: rawDims) }
+                guard !overflow, ReaderLimits.tensorElements.range.contains(product) else {
+                    throw GGUFError.badDimensions(path: path, tensor: name, dims: rawDims)
+                }
                 elements = product
             }
             guard Int(rawDims[0]) % type.blockSize == 0, let bytes = type.byteCount(elements: elements) else {
@@ -132,17 +148,28 @@ final class GGUFFile: @unchecked Sendable {
         }
 
         let headerEnd = reader.offset
-        let dataStart = (headerEnd + alignment - 1) / alignment * alignment
-        dataOffset = dataStart
         let fileSize = file.bytes.count
+        // The data section starts at the header's end rounded up to the alignment; past the end
+        // of the file, no tensor can lie in it (and a huge alignment must not overflow).
+        let (roundedUp, wraps) = headerEnd.addingReportingOverflow(alignment - 1)
+        let dataStart = wraps ? Int.max : roundedUp / alignment * alignment
+        dataOffset = dataStart
         var infos: [GGUFTensorInfo] = []
         infos.reserveCapacity(raw.count)
         for t in raw {
-            let (end, overflow) = t.offset.addingReportingOverflow(UInt64(dataStart) + UInt64(t.bytes))
-            guard !overflow, end <= UInt64(fileSize) else {
-                throw GGUFError.tensorOutOfBounds(path: path, tensor: t.name, end: overflow ? UInt64.max : end, fileSize: fileSize)
+            let (start, overflowStart) = t.offset.addingReportingOverflow(UInt64(dataStart))
+            let (end, overflowEnd) = start.addingReportingOverflow(UInt64(t.bytes))
+            guard !overflowStart, !overflowEnd, end <= UInt64(fileSize) else {
+                throw GGUFError.tensorOutOfBounds(path: path, tensor: t.name, end: overflowStart || overflowEnd ? UInt64.max : end,
+                                                  fileSize: fileSize)
             }
-            infos.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: dataStart + Int(t.offset), byteCount: t.bytes))
+            infos.append(GGUFTensorInfo(name: t.name, dims: t.dims, type: t.type, offset: Int(start), byteCount: t.bytes))
+        }
+        // No two tensors may share bytes: a crafted file could otherwise alias one weight's
+        // bytes as another's, which no writer does.
+        let byOffset = infos.indices.sorted { infos[$0].offset < infos[$1].offset }
+        for (a, b) in zip(byOffset, byOffset.dropFirst()) where infos[a].offset + infos[a].byteCount > infos[b].offset {
+            throw GGUFError.overlappingTensors(path: path, tensor: infos[b].name, other: infos[a].name)
         }
         tensors = infos
         tensorIndex = index
@@ -229,11 +256,14 @@ final class GGUFFile: @unchecked Sendable {
     }
 }
 
-/// Bounds-checked little-endian reading over the mapped bytes.
+/// Bounds-checked little-endian reading over the mapped bytes. What is being read is named
+/// only when an error needs it (the names are built lazily: a vocabulary has 10^5 strings).
 struct ByteReader {
     let bytes: UnsafeRawBufferPointer
     let path: String
     var offset = 0
+    /// Metadata values read so far, over all arrays (each costs memory, whatever its size on disk).
+    var valueCount = 0
 
     init(bytes: UnsafeRawBufferPointer, path: String) {
         self.bytes = bytes
@@ -242,35 +272,40 @@ struct ByteReader {
 
     var remaining: Int { bytes.count - offset }
 
-    private mutating func take(_ count: Int, reading: String) throws -> Int {
+    private mutating func take(_ count: Int, reading: @autoclosure () -> String) throws -> Int {
         guard count >= 0, count <= remaining else {
-            throw GGUFError.truncated(path: path, reading: reading, offset: offset)
+            throw GGUFError.truncated(path: path, reading: reading(), offset: offset)
         }
         let start = offset
         offset += count
         return start
     }
 
-    mutating func bytes(_ count: Int, reading: String) throws -> [UInt8] {
-        let start = try take(count, reading: reading)
+    mutating func bytes(_ count: Int, reading: @autoclosure () -> String) throws -> [UInt8] {
+        let start = try take(count, reading: reading())
         return Array(bytes[start..<start + count])
     }
 
-    mutating func load<T: FixedWidthInteger>(_: T.Type, reading: String) throws -> T {
-        let start = try take(MemoryLayout<T>.size, reading: reading)
+    mutating func load<T: FixedWidthInteger>(_: T.Type, reading: @autoclosure () -> String) throws -> T {
+        let start = try take(MemoryLayout<T>.size, reading: reading())
         return T(littleEndian: bytes.loadUnaligned(fromByteOffset: start, as: T.self))
     }
 
-    mutating func u32(reading: String) throws -> UInt32 { try load(UInt32.self, reading: reading) }
-    mutating func u64(reading: String) throws -> UInt64 { try load(UInt64.self, reading: reading) }
+    mutating func u32(reading: @autoclosure () -> String) throws -> UInt32 { try load(UInt32.self, reading: reading()) }
+    mutating func u64(reading: @autoclosure () -> String) throws -> UInt64 { try load(UInt64.self, reading: reading()) }
 
-    mutating func string(reading: String) throws -> String {
+    /// A length-prefixed UTF-8 string, its length bounded by the bytes left and by the limit.
+    mutating func string(reading: @autoclosure () -> String) throws -> String {
         let at = offset
-        let length = try u64(reading: reading)
+        let length = try u64(reading: reading())
         guard length <= UInt64(remaining) else {
-            throw GGUFError.truncated(path: path, reading: reading, offset: at)
+            throw GGUFError.truncated(path: path, reading: reading(), offset: at)
         }
-        let start = try take(Int(length), reading: reading)
+        guard length <= UInt64(ReaderLimits.stringLength.range.upperBound) else {
+            throw LimitError.outOfRange(path: path, what: "\(reading()) at byte \(at)", subject: nil,
+                                        value: "\(length) bytes long", limit: ReaderLimits.stringLength)
+        }
+        let start = try take(Int(length), reading: reading())
         let slice = UnsafeRawBufferPointer(rebasing: bytes[start..<start + Int(length)])
         guard let s = String(validating: slice.bindMemory(to: UInt8.self), as: UTF8.self) else {
             throw GGUFError.invalidUTF8(path: path, offset: at)
@@ -279,32 +314,38 @@ struct ByteReader {
     }
 
     mutating func value(of type: GGUFValueType, key: String, depth: Int) throws -> GGUFValue {
-        let reading = "value of \"\(key)\""
+        valueCount += 1
+        guard valueCount <= ReaderLimits.metadataValues.range.upperBound else {
+            throw LimitError.outOfRange(path: path, what: "metadata values up to key", subject: key,
+                                        value: String(valueCount), limit: ReaderLimits.metadataValues)
+        }
+        func reading() -> String { "value of \(SafeText.quoted(key))" }
         switch type {
-        case .uint8: return .uint8(try load(UInt8.self, reading: reading))
-        case .int8: return .int8(try load(Int8.self, reading: reading))
-        case .uint16: return .uint16(try load(UInt16.self, reading: reading))
-        case .int16: return .int16(try load(Int16.self, reading: reading))
-        case .uint32: return .uint32(try load(UInt32.self, reading: reading))
-        case .int32: return .int32(try load(Int32.self, reading: reading))
-        case .uint64: return .uint64(try load(UInt64.self, reading: reading))
-        case .int64: return .int64(try load(Int64.self, reading: reading))
-        case .float32: return .float32(Float(bitPattern: try load(UInt32.self, reading: reading)))
-        case .float64: return .float64(Double(bitPattern: try load(UInt64.self, reading: reading)))
-        case .bool: return .bool(try load(UInt8.self, reading: reading) != 0)
-        case .string: return .string(try string(reading: reading))
+        case .uint8: return .uint8(try load(UInt8.self, reading: reading()))
+        case .int8: return .int8(try load(Int8.self, reading: reading()))
+        case .uint16: return .uint16(try load(UInt16.self, reading: reading()))
+        case .int16: return .int16(try load(Int16.self, reading: reading()))
+        case .uint32: return .uint32(try load(UInt32.self, reading: reading()))
+        case .int32: return .int32(try load(Int32.self, reading: reading()))
+        case .uint64: return .uint64(try load(UInt64.self, reading: reading()))
+        case .int64: return .int64(try load(Int64.self, reading: reading()))
+        case .float32: return .float32(Float(bitPattern: try load(UInt32.self, reading: reading())))
+        case .float64: return .float64(Double(bitPattern: try load(UInt64.self, reading: reading())))
+        case .bool: return .bool(try load(UInt8.self, reading: reading()) != 0)
+        case .string: return .string(try string(reading: reading()))
         case .array:
             guard depth < GGUFFile.maxArrayDepth else { throw GGUFError.arrayTooDeep(path: path, key: key) }
-            let code = try u32(reading: "array type of \"\(key)\"")
+            let code = try u32(reading: "array type of \(SafeText.quoted(key))")
             guard let element = GGUFValueType(rawValue: code) else {
                 throw GGUFError.unknownValueType(path: path, key: key, code: code)
             }
-            let count = try u64(reading: "array length of \"\(key)\"")
+            let count = try u64(reading: "array length of \(SafeText.quoted(key))")
             // Each element takes at least one byte (strings eight, arrays twelve).
             let minimum = element.fixedSize ?? (element == .string ? 8 : 12)
             guard count <= UInt64(remaining / minimum) else {
-                throw GGUFError.absurdCount(path: path, what: "array \"\(key)\" length", count: count)
+                throw GGUFError.absurdCount(path: path, what: "array \(SafeText.quoted(key)) length", count: count)
             }
+            try ReaderLimits.arrayLength.check(count, what: "length of the array", subject: key, file: path)
             var items: [GGUFValue] = []
             items.reserveCapacity(Int(count))
             for _ in 0..<count { items.append(try value(of: element, key: key, depth: depth + 1)) }

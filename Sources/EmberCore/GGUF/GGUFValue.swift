@@ -1,5 +1,7 @@
 /// A metadata value of a GGUF file. Arrays may nest (an array of arrays of strings, say).
-indirect enum GGUFValue: Equatable, Sendable {
+/// Not `indirect`: the array's storage already breaks the recursion, and boxing every scalar
+/// would cost a heap allocation per vocabulary entry.
+enum GGUFValue: Equatable, Sendable {
     case uint8(UInt8)
     case int8(Int8)
     case uint16(UInt16)

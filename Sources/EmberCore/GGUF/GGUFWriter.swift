@@ -1,13 +1,7 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Builds a GGUF file (v3 unless told otherwise): metadata in insertion order, then tensors whose
 /// bytes are produced one at a time (so a multi-gigabyte model never sits in memory whole).
-/// `write(to:)` validates everything first, then writes to a temporary name beside the target and
-/// renames it, so a failed write leaves no partial file and never replaces a good one.
+/// `write(to:)` validates everything first, then writes through `AtomicFileWriter`, so a failed
+/// write leaves no partial file and never replaces a good one (nor anything but a regular file).
 struct GGUFWriter {
     struct PendingTensor {
         let name: String
@@ -96,6 +90,7 @@ struct GGUFWriter {
                 throw GGUFError.writeFailed(path: path, reason: "tensor \"\(t.name)\": \(supplied) bytes given, \(bytes) expected for \(t.type) \(t.dims)")
             }
             guard names.insert(t.name).inserted else { throw GGUFError.duplicateTensor(path: path, tensor: t.name) }
+            try ReaderLimits.tensorNameLength.check(t.name.utf8.count, what: "length in bytes of tensor name", subject: t.name, file: path)
         }
     }
 
@@ -152,55 +147,26 @@ struct GGUFWriter {
         return out
     }
 
-    /// Writes the file atomically: validated first, written to a unique temporary name in the
-    /// same directory, flushed to disk, then renamed over `path`.
+    /// Writes the file atomically through `AtomicFileWriter`: validated first, written to a
+    /// temporary file beside `path`, flushed to disk, then renamed over `path`. A target that
+    /// exists and is not a regular file is refused; on any failure the target is left as it was.
     func write(to path: String, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
         try validate(path: path)
-        let temporary = path + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        guard let file = fopen(temporary, "wbx") else {
-            throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
-        }
-        var closed = false
-        defer {
-            if !closed { fclose(file) }
-            unlink(temporary)  // fails harmlessly once renamed
-        }
-        func put(_ bytes: UnsafeRawBufferPointer) throws {
-            guard bytes.count == 0 || fwrite(bytes.baseAddress, 1, bytes.count, file) == bytes.count else {
-                throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+        try AtomicFileWriter.write(to: path) { file in
+            try header().withUnsafeBytes { try file.write($0) }
+            let alignment = self.alignment
+            let total = tensors.reduce(0) { $0 + $1.byteCount }
+            var done = 0
+            for t in tensors {
+                let padded = Self.padded(t.byteCount, to: alignment)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(padded, 1), alignment: 64)
+                defer { buffer.deallocate() }
+                buffer.initializeMemory(as: UInt8.self, repeating: 0)
+                try t.fill(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<t.byteCount]))
+                try file.write(UnsafeRawBufferPointer(rebasing: buffer[0..<padded]))
+                done += t.byteCount
+                progress?(done, total)
             }
-        }
-        try header().withUnsafeBytes(put)
-        let alignment = self.alignment
-        let total = tensors.reduce(0) { $0 + $1.byteCount }
-        var done = 0
-        for t in tensors {
-            let padded = Self.padded(t.byteCount, to: alignment)
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(padded, 1), alignment: 64)
-            defer { buffer.deallocate() }
-            buffer.initializeMemory(as: UInt8.self, repeating: 0)
-            try t.fill(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<t.byteCount]))
-            try put(UnsafeRawBufferPointer(rebasing: buffer[0..<padded]))
-            done += t.byteCount
-            progress?(done, total)
-        }
-        guard fflush(file) == 0, fsync(fileno(file)) == 0 else {
-            throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
-        }
-        closed = true
-        guard fclose(file) == 0 else {
-            throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
-        }
-        guard rename(temporary, path) == 0 else {
-            throw GGUFError.writeFailed(path: path, reason: String(cString: strerror(errno)))
-        }
-        // Make the rename itself durable; a failure here leaves a complete file, so it is ignored.
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
-        let dirfd = open(directory, O_RDONLY)
-        if dirfd >= 0 {
-            _ = fsync(dirfd)
-            close(dirfd)
         }
     }
 }

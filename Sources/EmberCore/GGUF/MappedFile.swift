@@ -9,14 +9,20 @@ final class MappedFile: @unchecked Sendable {
     let path: String
     let bytes: UnsafeRawBufferPointer
 
+    /// Maps the regular file at `path`. Anything else (a FIFO, a device, a directory) is refused
+    /// before it can block: the path is checked first, then opened without blocking (so a FIFO
+    /// swapped in between cannot hang the open either) and checked again on the descriptor.
     init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw GGUFError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
+        func failure(_ reason: String) -> GGUFError { .cannotOpen(path: path, reason: reason) }
         var info = stat()
-        guard fstat(fd, &info) == 0 else { throw GGUFError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw GGUFError.cannotOpen(path: path, reason: "not a regular file") }
+        guard stat(path, &info) == 0 else { throw failure(String(cString: strerror(errno))) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw failure(Self.notRegular(info.st_mode)) }
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
+        defer { close(fd) }
+        guard fstat(fd, &info) == 0 else { throw failure(String(cString: strerror(errno))) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw failure(Self.notRegular(info.st_mode)) }
         let size = Int(info.st_size)
         if size == 0 {
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -44,6 +50,20 @@ final class MappedFile: @unchecked Sendable {
         source.withUnsafeBytes { address.copyMemory(from: $0.baseAddress!, byteCount: source.count) }
         mprotect(address, source.count, PROT_READ)
         bytes = UnsafeRawBufferPointer(start: address, count: source.count)
+    }
+
+    /// Why a file of mode `mode` is refused, naming what it is.
+    static func notRegular(_ mode: mode_t) -> String {
+        let kind: String
+        switch mode & S_IFMT {
+        case S_IFIFO: kind = "a FIFO"
+        case S_IFDIR: kind = "a directory"
+        case S_IFCHR: kind = "a character device"
+        case S_IFBLK: kind = "a block device"
+        case S_IFSOCK: kind = "a socket"
+        default: kind = "not a plain file"
+        }
+        return "not a regular file (it is \(kind))"
     }
 
     /// Asks the kernel to read the given range ahead (weights are read soon and in full).

@@ -28,7 +28,7 @@ struct Gemma3: Architecture {
         let epsilon = Float(try m.float("attention.layer_norm_rms_epsilon", in: 0...1, default: 1e-6))
         let globalRope = try m.rope(layout: .halves, headDimension: c.headDimension)
         let localRope = Rope(layout: .halves, dimensions: globalRope.dimensions, base: 10_000)
-        let window = try m.optionalInt("attention.sliding_window", in: ModelConfig.Limits.context)
+        let window = try m.optionalInt("attention.sliding_window", in: ReaderLimits.contextLength.range)
         let pattern = try m.int("attention.sliding_window_pattern", in: 1...1024, default: 6)
         let t = TensorReader(file: file)
         let d = c.embeddingLength, hd = c.headDimension

@@ -25,7 +25,7 @@ struct Llama: Architecture {
         let c = try ModelConfig(m, activation: activation)
         let epsilon = Float(try m.float("attention.layer_norm_rms_epsilon", in: 0...1, default: 1e-5))
         let rope = try m.rope(layout: .adjacent, headDimension: c.headDimension)
-        let window = try m.optionalInt("attention.sliding_window", in: ModelConfig.Limits.context)
+        let window = try m.optionalInt("attention.sliding_window", in: ReaderLimits.contextLength.range)
         let t = TensorReader(file: file)
         let d = c.embeddingLength
         embedding = Embedding(tokens: try t.tokenEmbedding(c), scale: 1, positions: nil, positionOffset: 0)

@@ -27,37 +27,30 @@ struct ModelConfig: Sendable {
     init(_ m: HyperparameterReader, activation: VectorKernels.Activation) throws {
         architecture = m.architecture
         self.activation = activation
-        layerCount = try m.int("block_count", in: Limits.layers)
-        embeddingLength = try m.int("embedding_length", in: Limits.width)
-        feedForwardLength = try m.int("feed_forward_length", in: Limits.width)
-        headCount = try m.int("attention.head_count", in: Limits.heads)
+        layerCount = try m.int("block_count", within: ReaderLimits.layers)
+        embeddingLength = try m.int("embedding_length", within: ReaderLimits.embeddingLength)
+        feedForwardLength = try m.int("feed_forward_length", within: ReaderLimits.feedForwardLength)
+        headCount = try m.int("attention.head_count", within: ReaderLimits.heads)
         kvHeadCount = try m.int("attention.head_count_kv", in: 1...headCount, default: headCount)
         guard headCount % kvHeadCount == 0 else {
             throw ModelError.badHyperparameter(path: m.path, key: m.key("attention.head_count_kv"),
                                                value: "\(kvHeadCount)", expected: "a divisor of the \(headCount) heads")
         }
         let defaultHead = embeddingLength / headCount
-        headDimension = try m.int("attention.key_length", in: Limits.headDimension, default: defaultHead)
+        headDimension = try m.int("attention.key_length", within: ReaderLimits.headDimension, default: defaultHead)
         guard headDimension % 2 == 0 else {
             throw ModelError.badHyperparameter(path: m.path, key: m.key("attention.key_length"),
                                                value: "\(headDimension)", expected: "an even head dimension")
         }
-        valueDimension = try m.int("attention.value_length", in: Limits.headDimension, default: headDimension)
-        contextLength = try m.int("context_length", in: Limits.context, default: 2048)
+        valueDimension = try m.int("attention.value_length", within: ReaderLimits.headDimension, default: headDimension)
+        contextLength = try m.int("context_length", within: ReaderLimits.contextLength, default: 2048)
         let listed = try m.file.stringArray("tokenizer.ggml.tokens")?.count
-        vocabularySize = try m.int("vocab_size", in: Limits.vocabulary, default: listed ?? 0)
-    }
-
-    /// Bounds on hyperparameters, far above any published model, so every size derived from
-    /// them (products of a few of them) stays far from overflow and a crafted file fails here
-    /// rather than in an allocation.
-    enum Limits {
-        static let layers = 1...1024
-        static let width = 1...(1 << 18)
-        static let heads = 1...4096
-        static let headDimension = 1...4096
-        static let context = 1...(1 << 24)
-        static let vocabulary = 1...(1 << 22)
+        vocabularySize = try m.int("vocab_size", within: ReaderLimits.vocabulary, default: listed ?? 0)
+        // Every size the engine derives is a product of a few of these, each far below 2^32
+        // (ReaderLimits), so none overflows; the KV cache is checked where it is allocated.
+        if let experts = try m.file.int(m.key("expert_count")) {
+            try ReaderLimits.experts.check(experts, what: "metadata key", subject: m.key("expert_count"), file: m.path)
+        }
     }
 }
 
@@ -68,6 +61,14 @@ struct HyperparameterReader {
     var path: String { file.path }
 
     func key(_ name: String) -> String { "\(architecture).\(name)" }
+
+    /// The integer `{arch}.name`, or `fallback` when absent (required when there is none),
+    /// within one of Ember's reader limits.
+    func int(_ name: String, within limit: ReaderLimit, default fallback: Int? = nil) throws -> Int {
+        let full = key(name)
+        guard let value = try file.int(full, within: limit) ?? fallback else { throw GGUFError.missingKey(path: path, key: full) }
+        return try limit.check(value, what: "metadata key", subject: full, file: path)
+    }
 
     /// The integer `{arch}.name`, or `fallback` when absent (required when there is none).
     func int(_ name: String, in range: ClosedRange<Int>, default fallback: Int? = nil) throws -> Int {

@@ -60,33 +60,50 @@ public struct ActivationStatistics: Sendable, Equatable {
         return best
     }
 
+    /// Reads a statistics file. Counts and sizes are checked against `ReaderLimits`, and every
+    /// threshold and count must be a finite number (counts also non-negative): a NaN threshold
+    /// would silently skip every neuron.
     init(file: GGUFFile) throws {
         let path = file.path
         guard try file.string("general.architecture") == Self.architecture else {
             throw SparsityError.notAStatisticsFile(path: path)
         }
+        func malformed(_ detail: String) -> SparsityError { .malformed(path: path, detail: detail) }
         sourceModel = try file.string("ember.stats.source_model") ?? ""
         corpusSHA256 = try file.string("ember.stats.corpus_sha256") ?? ""
         tokens = try file.requiredInt("ember.stats.tokens")
+        guard tokens >= 0 else { throw malformed("ember.stats.tokens is negative (\(tokens))") }
         activation = try file.requiredString("ember.stats.activation")
-        gated = try file.bool("ember.stats.gated") ?? true
-        feedForwardLength = try file.requiredInt("ember.stats.feed_forward_length")
-        let layerCount = try file.requiredInt("ember.stats.layer_count")
-        sparsityTargets = try file.floatArray("ember.stats.sparsity_targets") ?? []
-        let t = sparsityTargets.count
-        guard t > 0, feedForwardLength > 0, layerCount > 0, layerCount < 10_000 else {
-            throw SparsityError.malformed(path: path, detail: "no sparsity targets, layers or neurons")
+        guard VectorKernels.Activation(rawValue: activation) != nil else {
+            throw malformed("ember.stats.activation is \(SafeText.quoted(activation)), expected relu, silu or gelu")
         }
-        func floats(_ name: String, _ count: Int) throws -> [Float] {
+        gated = try file.bool("ember.stats.gated") ?? true
+        feedForwardLength = try file.requiredInt("ember.stats.feed_forward_length", within: ReaderLimits.feedForwardLength)
+        let layerCount = try file.requiredInt("ember.stats.layer_count", within: ReaderLimits.layers)
+        sparsityTargets = try file.floatArray("ember.stats.sparsity_targets") ?? []
+        let t = try ReaderLimits.sparsityTargets.check(sparsityTargets.count, what: "number of entries of metadata key",
+                                                       subject: "ember.stats.sparsity_targets", file: path)
+        guard sparsityTargets.allSatisfy({ (0...1).contains($0) }) else {
+            throw malformed("ember.stats.sparsity_targets must lie between 0 and 1, found \(sparsityTargets.prefix(8))")
+        }
+        /// The F32 tensor `name` of `count` elements, each finite (and non-negative for counts).
+        func floats(_ name: String, _ count: Int, nonNegative: Bool = false) throws -> [Float] {
             guard let info = file.tensorInfo(name), info.type == .f32, info.elementCount == count else {
-                throw SparsityError.malformed(path: path, detail: "tensor \(name) missing or not F32 with \(count) elements")
+                throw malformed("tensor \(name) missing or not F32 with \(count) elements")
             }
-            let pointer = file.data(of: info).assumingMemoryBound(to: Float.self)
-            return Array(UnsafeBufferPointer(start: pointer, count: count))
+            let values = Array(UnsafeBufferPointer(start: file.data(of: info).assumingMemoryBound(to: Float.self), count: count))
+            if let bad = FiniteValues.firstNonFinite(values) {
+                throw GGUFError.nonFiniteValue(path: path, tensor: name, index: bad)
+            }
+            if nonNegative, let negative = values.firstIndex(where: { $0 < 0 }) {
+                throw malformed("tensor \(name) holds a negative count (\(values[negative]) at element \(negative))")
+            }
+            return values
         }
         let f = feedForwardLength
+        let countsPerLayer = try ReaderLimits.checkedProduct([f, t], what: "activation counts per layer", file: path)
         layers = try (0..<layerCount).map { l in
-            let counts = try floats("blk.\(l).activation_counts", f * t)
+            let counts = try floats("blk.\(l).activation_counts", countsPerLayer, nonNegative: true)
             return Layer(gateThresholds: try floats("blk.\(l).gate_thresholds", t),
                          downThresholds: try floats("blk.\(l).down_thresholds", t),
                          counts: (0..<t).map { Array(counts[$0 * f..<($0 + 1) * f]) })
@@ -118,7 +135,7 @@ public struct ActivationStatistics: Sendable, Equatable {
     }
 }
 
-public enum SparsityError: Error, CustomStringConvertible, Equatable {
+public enum SparsityError: Error, CustomStringConvertible, Equatable, LocalizedError {
     case notAStatisticsFile(path: String)
     case malformed(path: String, detail: String)
     case mismatch(String)
@@ -130,4 +147,6 @@ public enum SparsityError: Error, CustomStringConvertible, Equatable {
         case .mismatch(let detail): return detail
         }
     }
+
+    public var errorDescription: String? { description }
 }

@@ -145,7 +145,7 @@ public struct PlacementReport: Sendable {
     public var layerOffloading: LayerOffloading
 }
 
-public enum PlacementError: Error, CustomStringConvertible, Equatable {
+public enum PlacementError: Error, CustomStringConvertible, Equatable, LocalizedError {
     case notAPlacementFile(path: String)
     case malformed(path: String, detail: String)
     case invalidOptions(String)
@@ -165,6 +165,8 @@ public enum PlacementError: Error, CustomStringConvertible, Equatable {
             return "no placement matches the budget and there are no activation statistics at \(path) to solve one (run `ember profile`)"
         }
     }
+
+    public var errorDescription: String? { description }
 }
 
 // MARK: solving
@@ -381,28 +383,38 @@ extension Placement {
         modelName = try file.string("ember.placement.model_name") ?? ""
         statisticsSHA256 = try file.string("ember.placement.stats_sha256") ?? ""
         sparsityTarget = Float(try file.float("ember.placement.sparsity_target") ?? 0)
+        guard (0...1).contains(sparsityTarget) else { throw malformed("ember.placement.sparsity_target is \(sparsityTarget), expected 0 to 1") }
         denseBytes = try nonNegative("ember.placement.dense_bytes", try file.int("ember.placement.dense_bytes")) ?? 0
         neuronBytes = try nonNegative("ember.placement.neuron_bytes", try file.int("ember.placement.neuron_bytes")) ?? 0
         reservedBytes = try nonNegative("ember.placement.reserved_bytes", try file.int("ember.placement.reserved_bytes")) ?? 0
         kvCacheTokens = try nonNegative("ember.placement.kv_cache_tokens", try file.int("ember.placement.kv_cache_tokens")) ?? 0
         expectedDeviceShare = try file.float("ember.placement.expected_device_share") ?? 0
+        // A share of summed frequencies: finite and non-negative (rounding may take it a hair past 1).
+        guard expectedDeviceShare.isFinite, expectedDeviceShare >= 0 else {
+            throw malformed("ember.placement.expected_device_share is \(expectedDeviceShare), expected a share from 0 to 1")
+        }
         guard granularity >= 1 else { throw malformed("ember.placement.granularity is 0") }
         denseBlocks = try (file.stringArray("ember.placement.dense_blocks") ?? []).map { name in
-            guard let block = PlacementCosts.DenseBlock(name: name) else { throw malformed("unknown dense block \"\(name)\"") }
+            guard let block = PlacementCosts.DenseBlock(name: name) else { throw malformed("unknown dense block \(SafeText.quoted(name))") }
             return block
         }
 
         // Layers: as the key says, else as many as there are consecutive blk.N.gpu_idx tensors.
         var layerCount = 0
+        let layerLimit = ReaderLimits.layers
         if let stated = try file.int("ember.placement.layer_count") {
-            guard (1...100_000).contains(stated) else { throw malformed("ember.placement.layer_count is \(stated)") }
+            guard layerLimit.range.contains(stated) else {
+                throw malformed("ember.placement.layer_count is \(stated), outside the limit on \(layerLimit.name) "
+                                + "(\(layerLimit.range.lowerBound)...\(layerLimit.range.upperBound))")
+            }
             layerCount = stated
         } else {
             while file.hasTensor("blk.\(layerCount).gpu_idx") { layerCount += 1 }
+            try layerLimit.check(max(layerCount, 1), what: "number of blk.N.gpu_idx tensors", file: path)
         }
         guard layerCount > 0 else { throw malformed("no blk.0.gpu_idx tensor") }
         guard let first = file.tensorInfo("blk.0.gpu_idx") else { throw GGUFError.missingTensor(path: path, tensor: "blk.0.gpu_idx") }
-        let f = first.elementCount
+        let f = try ReaderLimits.feedForwardLength.check(first.elementCount, what: "element count of tensor", subject: first.name, file: path)
         if let stated = try file.int("ember.placement.feed_forward_length"), stated != f {
             throw malformed("ember.placement.feed_forward_length is \(stated), but blk.0.gpu_idx has \(f) entries")
         }

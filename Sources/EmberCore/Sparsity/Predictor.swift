@@ -50,23 +50,38 @@ final class PredictorSet {
         try self.init(file: try GGUFFile(path: path))
     }
 
+    /// Reads predictors from a file. Layer numbers (declared or parsed from tensor names),
+    /// ranks and sizes are checked against `ReaderLimits`; thresholds and weights must be
+    /// finite (a NaN weight makes every score NaN, so no neuron would ever be predicted).
     convenience init(file: GGUFFile) throws {
         let path = file.path
+        func malformed(_ detail: String) -> SparsityError { .malformed(path: path, detail: detail) }
         let isEmber = try file.string("general.architecture") == Self.architecture
         // Layers by the declared count (a model's block_count, or ours), else up to the last fc1.
         let architecture = try file.string("general.architecture") ?? ""
-        var count = 1 + (file.tensors.compactMap { t -> Int? in
-            let parts = t.name.split(separator: ".")
-            return parts.count == 4 && parts[0] == "blk" && parts[2] == "fc1" ? Int(parts[1]) : nil
-        }.max() ?? -1)
-        if let declared = try file.int(isEmber ? "ember.predictor.layer_count" : "\(architecture).block_count") {
+        var count = 0
+        for t in file.tensors {
+            let parts = t.name.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count == 4, parts[0] == "blk", parts[2] == "fc1" || parts[2] == "fc2", let l = Int(parts[1]) else { continue }
+            guard l >= 0, l < ReaderLimits.layers.range.upperBound else {
+                throw LimitError.outOfRange(path: path, what: "layer number of tensor", subject: t.name, value: String(parts[1]),
+                                            limit: ReaderLimits.layers)
+            }
+            count = max(count, l + 1)
+        }
+        if let declared = try file.int(isEmber ? "ember.predictor.layer_count" : "\(architecture).block_count", within: ReaderLimits.layers) {
             count = max(count, declared)
         }
-        guard count > 0 else { throw SparsityError.malformed(path: path, detail: "no predictor tensors (blk.N.fc1.weight)") }
-        var thresholds = [Float](repeating: Float(try file.float("powerinfer.sparse_threshold") ?? 0), count: count)
+        guard count > 0 else { throw malformed("no predictor tensors (blk.N.fc1.weight)") }
+        let sparseThreshold = try file.float("powerinfer.sparse_threshold") ?? 0
+        guard sparseThreshold.isFinite else { throw malformed("powerinfer.sparse_threshold is \(sparseThreshold), expected a finite number") }
+        var thresholds = [Float](repeating: Float(sparseThreshold), count: count)
         if isEmber {
             guard let perLayer = try file.floatArray("ember.predictor.thresholds"), perLayer.count == count else {
-                throw SparsityError.malformed(path: path, detail: "ember.predictor.thresholds missing or not one per layer")
+                throw malformed("ember.predictor.thresholds missing or not one per layer")
+            }
+            if let bad = FiniteValues.firstNonFinite(perLayer) {
+                throw malformed("ember.predictor.thresholds holds \(perLayer[bad]) for layer \(bad), expected a finite number")
             }
             thresholds = perLayer
         }
@@ -80,11 +95,19 @@ final class PredictorSet {
             guard i1.dims.count == 2, i2.dims.count == 2, i1.dims[1] == i2.dims[0],
                   i1.type.byteCount(elements: i1.dims[0]) != nil, i2.type.byteCount(elements: i2.dims[0]) != nil,
                   ember_block_size(Int32(i1.type.rawValue)) > 0, ember_block_size(Int32(i2.type.rawValue)) > 0 else {
-                throw SparsityError.malformed(path: path, detail: "layer \(l): fc1 \(i1.dims) \(i1.type) and fc2 \(i2.dims) \(i2.type) are not [d, r] and [r, F] of a supported type")
+                throw malformed("layer \(l): fc1 \(i1.dims) \(i1.type) and fc2 \(i2.dims) \(i2.type) are not [d, r] and [r, F] of a supported type")
             }
+            try ReaderLimits.embeddingLength.check(i1.dims[0], what: "input length of tensor", subject: i1.name, file: path)
+            try ReaderLimits.predictorRank.check(i1.dims[1], what: "rank of tensor", subject: i1.name, file: path)
+            try ReaderLimits.feedForwardLength.check(i2.dims[1], what: "neuron count of tensor", subject: i2.name, file: path)
             if d == 0 { (d, f) = (i1.dims[0], i2.dims[1]) }
             guard i1.dims[0] == d, i2.dims[1] == f else {
-                throw SparsityError.malformed(path: path, detail: "layer \(l): predictor shape differs from layer 0's [\(d) → \(f)]")
+                throw malformed("layer \(l): predictor shape differs from layer 0's [\(d) → \(f)]")
+            }
+            for info in [i1, i2] {
+                if let bad = file.firstNonFiniteElement(of: info) {
+                    throw GGUFError.nonFiniteValue(path: path, tensor: info.name, index: bad)
+                }
             }
             layers.append(Layer(
                 fc1: WeightMatrix(name: i1.name, type: i1.type, rows: i1.dims[1], columns: d, data: file.data(of: i1)),

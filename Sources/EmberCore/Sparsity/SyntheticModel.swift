@@ -422,3 +422,7 @@ struct RowRandom {
         return (Float(sum) + 2) * (1 / 65536) * 1.7320508 - 2 * 1.7320508
     }
 }
+
+extension SyntheticModel.SyntheticModelError: LocalizedError {
+    public var errorDescription: String? { description }
+}

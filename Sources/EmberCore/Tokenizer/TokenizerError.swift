@@ -1,3 +1,5 @@
+import Foundation
+
 /// Everything that can be wrong with a model's tokenizer metadata. Building a tokenizer from a
 /// hostile or broken file reports one of these instead of trapping.
 public enum TokenizerError: Error, Equatable, CustomStringConvertible {
@@ -30,4 +32,8 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
             return "tokenizer metadata \"\(key)\" = \(id) is outside the vocabulary of \(size) tokens"
         }
     }
+}
+
+extension TokenizerError: LocalizedError {
+    public var errorDescription: String? { description }
 }

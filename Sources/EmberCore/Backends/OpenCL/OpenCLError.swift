@@ -1,3 +1,5 @@
+import Foundation
+
 import CEmberKernels
 
 /// Everything that can go wrong on the OpenCL backend, as values: each failed OpenCL call names
@@ -84,4 +86,8 @@ public enum OpenCLError: Error, CustomStringConvertible, Equatable {
     static func check(_ status: Int32, _ name: String) throws {
         if status != Int32(EMBER_CL_SUCCESS) { throw OpenCLError.call(name, status: status) }
     }
+}
+
+extension OpenCLError: LocalizedError {
+    public var errorDescription: String? { description }
 }

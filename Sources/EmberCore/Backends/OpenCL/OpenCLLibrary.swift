@@ -58,3 +58,7 @@ extension String {
         self.init(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+extension OpenCLUnavailable: LocalizedError {
+    public var errorDescription: String? { description }
+}
