@@ -93,6 +93,13 @@ func decodeBody<Body: Decodable>(_ type: Body.Type, from bytes: [UInt8]) throws(
     do {
         return try JSONDecoder().decode(Body.self, from: Data(bytes))
     } catch let error as DecodingError {
+        // Foundation reports a number that does not fit its field (1e30 or 1.5 where an integer
+        // goes) like broken JSON, without a path; well-formed JSON tells the two apart.
+        if case .dataCorrupted(let context) = error, context.codingPath.isEmpty,
+           (try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])) != nil {
+            throw .invalidRequest("a number does not fit its field (an integer field needs a whole number within range)",
+                                  code: "invalid_value")
+        }
         throw describe(error)
     } catch {
         throw .invalidRequest("invalid JSON: \(error)", code: "invalid_json")

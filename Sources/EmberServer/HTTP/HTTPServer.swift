@@ -149,7 +149,10 @@ public final class HTTPServer: Sendable {
     }
 
     private func acceptLoop() {
-        defer { acceptEnded.signal() }
+        defer {
+            listener.close()
+            acceptEnded.signal()
+        }
         while true {
             switch waitForEvents(listener.descriptor, Int16(POLLIN), wakers: [signals.draining], deadline: nil) {
             case .woken:

@@ -117,19 +117,20 @@ final class TCPListener: Sendable {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         guard bind(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
             let error = SocketError("bind \(host):\(port)")
-            close(fd)
+            Glibc.close(fd)
             throw error
         }
         guard listen(fd, backlog) == 0 else {
             let error = SocketError("listen")
-            close(fd)
+            Glibc.close(fd)
             throw error
         }
         descriptor = fd
         self.port = Self.boundPort(fd) ?? port
     }
 
-    deinit { close(descriptor) }
+    /// Stops listening; called once, by the accept thread as it ends.
+    func close() { Glibc.close(descriptor) }
 
     /// A new connection (non-blocking, Nagle off so each streamed event leaves at once), nil when
     /// none is pending.
