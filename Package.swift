@@ -37,7 +37,12 @@ let package = Package(
         .target(name: "EmberServer"),
         .testTarget(
             name: "EmberServerTests",
-            dependencies: ["EmberServer"]
+        .testTarget(
+            name: "EmberServerTests",
+            dependencies: ["EmberServer"],
+            // The Python client the tests run (scripts/openai-client).
+            exclude: ["Clients"]
+        ),
         ),
         .testTarget(
             name: "EmberCoreTests",
