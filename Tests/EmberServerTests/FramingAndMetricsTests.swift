@@ -57,7 +57,7 @@ final class FramingAndMetricsTests: XCTestCase {
         let gauge = registry.gauge("t:running", help: "Running.")
         registry.gauge("t:usage", help: "Usage.") { 0.25 }
         let histogram = registry.histogram("t:latency_seconds", help: "Latency.", bounds: [0.1, 1, 2.5])
-        let plain = registry.counter("t:tokens_total", help: "Tokens.")
+        _ = registry.counter("t:tokens_total", help: "Tokens.")
         counter.increment(labels: ["200"])
         counter.increment(by: 2, labels: ["404"])
         counter.increment(labels: ["200"])

@@ -192,7 +192,7 @@ final class OpenAIHandler: HTTPHandler {
         guard !prompt.isEmpty else { throw .invalidRequest("the prompt is empty", code: "invalid_value", param: "prompt") }
         guard prompt.count < context else {
             throw .invalidRequest("the prompt has \(prompt.count) tokens; the context holds \(context) (prompt and completion)",
-                                  code: "context_length_exceeded", param: "messages")
+                                  code: "context_length_exceeded", param: kind == .chat ? "messages" : "prompt")
         }
         let maxTokens = options.maxTokens ?? (context - prompt.count)
         guard prompt.count + maxTokens <= context else {

@@ -83,7 +83,9 @@ public final class HTTPExchange {
 /// posts each element to a mailbox; `next` waits on the mailbox, the client's socket and the
 /// server's cancel signal at once. When the client leaves (or the server cancels), the task is
 /// cancelled, which ends the stream's iteration and runs its `onTermination`: a producer that
-/// stops there stops within one element of the client leaving.
+/// stops there stops within one element of the client leaving. "Left" means the connection was
+/// closed or reset, or the client shut down its sending side (HTTP clients do not half-close
+/// while they wait for a response), or a write stalled for the write timeout.
 public final class StreamFollower<Element: Sendable> {
     private let mailbox: Mailbox<Element>
     private let task: Task<Void, Never>
