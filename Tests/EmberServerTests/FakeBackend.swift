@@ -16,6 +16,8 @@ final class FakeBackend: CompletionBackend {
     let replyLength: Int
     /// Time per generated token.
     let tokenDelay: Duration
+    /// When set, the text of every token instead of the script's.
+    let tokenText: String?
 
     private struct State {
         var readiness = BackendReadiness.ready
@@ -28,10 +30,11 @@ final class FakeBackend: CompletionBackend {
 
     private let state = Mutex(State())
 
-    init(contextLength: Int = 256, replyLength: Int = 12, tokenDelay: Duration = .zero) {
+    init(contextLength: Int = 256, replyLength: Int = 12, tokenDelay: Duration = .zero, tokenText: String? = nil) {
         self.contextLength = contextLength
         self.replyLength = replyLength
         self.tokenDelay = tokenDelay
+        self.tokenText = tokenText
     }
 
     var readiness: BackendReadiness {
@@ -81,6 +84,7 @@ final class FakeBackend: CompletionBackend {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: GenerationEvent.self, throwing: (any Error).self)
         let count = min(request.maxTokens, replyLength)
         let delay = tokenDelay
+        let tokenText = tokenText
         let producer = Task {
             for index in 0..<count {
                 if delay > .zero { try? await Task.sleep(for: delay) }
@@ -89,7 +93,7 @@ final class FakeBackend: CompletionBackend {
                     continuation.finish(throwing: FakeFailure())
                     return
                 }
-                continuation.yield(.token(Self.script[index % Self.script.count]))
+                continuation.yield(.token(tokenText ?? Self.script[index % Self.script.count]))
             }
             continuation.yield(.finished(count == request.maxTokens ? .length : .stop, completionTokens: count))
             continuation.finish()

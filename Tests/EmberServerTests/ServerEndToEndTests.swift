@@ -178,6 +178,19 @@ final class ServerEndToEndTests: XCTestCase {
         XCTAssertTrue(waitUntil(.seconds(2)) { backend.cancelled == 1 }, "generation not cancelled")
     }
 
+    /// A client that asks for a stream and never reads it: once the socket buffers are full the
+    /// writes stall, and after the write timeout the generation is cancelled.
+    func testAClientThatStopsReadingIsDropped() throws {
+        // 8 KiB a token, a token a millisecond: the socket buffers (a few MiB) fill in about a second.
+        let backend = FakeBackend(contextLength: 1_000_000, replyLength: 100_000, tokenDelay: .milliseconds(1), tokenText: String(repeating: "x", count: 8192))
+        let server = try TestServer(backend: backend, writeTimeout: .milliseconds(300))
+        defer { server.stop() }
+        let client = try RawClient(port: server.port, receiveBuffer: 4096)
+        try client.send(RawClient.requestText("POST", "/v1/completions", body: #"{"prompt": "a", "stream": true}"#))
+        XCTAssertTrue(waitUntil(.seconds(20)) { backend.cancelled == 1 }, "generation not cancelled (\(backend.finished) finished)")
+        XCTAssertTrue(waitUntil { server.server.openConnections == 0 })
+    }
+
     func testSlowClientsAreCutOff() throws {
         let server = try TestServer(headerTimeout: .milliseconds(300), idleTimeout: .milliseconds(300))
         defer { server.stop() }
@@ -406,6 +419,38 @@ final class ServerEndToEndTests: XCTestCase {
         ] {
             XCTAssertTrue(text.contains(line + "\n"), "missing \(line) in\n\(text)")
         }
+    }
+
+    /// Many clients streaming at once, each reusing its connection: every reply whole and in
+    /// order, nothing left running.
+    func testConcurrentStreams() throws {
+        let backend = FakeBackend(replyLength: 20, tokenDelay: .milliseconds(2))
+        let server = try TestServer(backend: backend, maxConnections: 16)
+        defer { server.stop() }
+        let port = server.port
+        let waits = (0..<12).map { index in
+            Thread.detachAndWait { () -> String in
+                do {
+                    let client = try RawClient(port: port)
+                    var texts: [String] = []
+                    for round in 0..<3 {
+                        let body = #"{"messages": [{"role": "user", "content": "client \#(index) round \#(round)"}], "stream": true}"#
+                        let response = try client.request("POST", "/v1/chat/completions", body: body)
+                        let payloads = eventPayloads(response.body)
+                        guard payloads.last == "[DONE]" else { return "no [DONE]" }
+                        texts.append(try payloads.dropLast().map(jsonObject).compactMap {
+                            (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: String])?["content"]
+                        }.joined())
+                    }
+                    return texts.allSatisfy { $0 == FakeBackend.reply(tokens: 20) } ? "ok" : "wrong text: \(texts)"
+                } catch {
+                    return "\(error)"
+                }
+            }
+        }
+        XCTAssertEqual(waits.map { $0() }, Array(repeating: "ok", count: 12))
+        XCTAssertEqual(backend.started, 36)
+        XCTAssertTrue(waitUntil { backend.finished == 36 && backend.running == 0 })
     }
 
     func testStopFinishesRequestsUnderWayWithinGrace() throws {

@@ -10,11 +10,11 @@ struct TestServer {
 
     init(backend: FakeBackend = FakeBackend(), apiKey: String? = nil, limits: HTTPLimits = HTTPLimits(),
          maxConnections: Int = 16, headerTimeout: Duration = .seconds(5), idleTimeout: Duration = .seconds(5),
-         metricsPrefix: String = "ember") throws {
+         writeTimeout: Duration = .seconds(5), metricsPrefix: String = "ember") throws {
         self.backend = backend
         let http = HTTPServerConfiguration(host: "127.0.0.1", port: 0, limits: limits, maxConnections: maxConnections,
                                            headerTimeout: headerTimeout, bodyTimeout: headerTimeout, idleTimeout: idleTimeout,
-                                           writeTimeout: .seconds(5))
+                                           writeTimeout: writeTimeout)
         server = try OpenAIServer(backend: backend, configuration: OpenAIServerConfiguration(http: http, apiKey: apiKey,
                                                                                             metricsPrefix: metricsPrefix))
     }
