@@ -37,12 +37,9 @@ let package = Package(
         .target(name: "EmberServer"),
         .testTarget(
             name: "EmberServerTests",
-        .testTarget(
-            name: "EmberServerTests",
             dependencies: ["EmberServer"],
             // The Python client the tests run (scripts/openai-client).
             exclude: ["Clients"]
-        ),
         ),
         .testTarget(
             name: "EmberCoreTests",
