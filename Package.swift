@@ -9,6 +9,7 @@ let package = Package(
     name: "Ember",
     products: [
         .library(name: "EmberCore", targets: ["EmberCore"]),
+        .library(name: "EmberServer", targets: ["EmberServer"]),
         .executable(name: "ember", targets: ["ember"]),
     ],
     targets: [
@@ -30,6 +31,15 @@ let package = Package(
             name: "ember-example",
             dependencies: ["EmberCore"],
             path: "Examples/Complete"
+        ),
+        // The OpenAI-compatible HTTP server. It knows the engine only through its
+        // CompletionBackend protocol, so it builds and is tested without EmberCore.
+        .target(name: "EmberServer"),
+        .testTarget(
+            name: "EmberServerTests",
+            dependencies: ["EmberServer"],
+            // The Python client the tests run (scripts/openai-client).
+            exclude: ["Clients"]
         ),
         .testTarget(
             name: "EmberCoreTests",
