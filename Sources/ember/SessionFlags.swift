@@ -1,4 +1,5 @@
 import EmberCore
+import EmberDownload
 import Foundation
 
 /// The flags that choose the model and build its session, turned into `SessionOptions`.

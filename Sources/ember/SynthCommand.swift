@@ -1,4 +1,5 @@
 import EmberCore
+import EmberDownload
 import Foundation
 
 /// `ember synth`: writes a synthetic llama-shaped ReLU model with planted activation sparsity,

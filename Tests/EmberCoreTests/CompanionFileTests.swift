@@ -2,6 +2,7 @@ import CEmberKernels
 import Foundation
 import XCTest
 @testable import EmberCore
+import EmberDownload
 
 /// The statistics, predictor and placement readers on crafted files: sizes within the shared
 /// limits and overflow-checked, layer numbers from tensor names bounded, and no NaN or infinity

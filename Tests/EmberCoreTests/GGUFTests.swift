@@ -1,5 +1,6 @@
 import XCTest
 @testable import EmberCore
+import EmberDownload
 #if canImport(Glibc)
 import Glibc
 #endif

