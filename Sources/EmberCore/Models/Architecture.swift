@@ -6,6 +6,8 @@
 /// An architecture says what is computed, never where: whether attention runs on the CPU or a
 /// device, and whether the FFN runs densely or sparsely, is the executors' business.
 protocol Architecture: Sendable {
+    /// The weights of one layer, as this architecture has them.
+    associatedtype Layer: LayerParts
     /// The `general.architecture` values this type reads.
     static var names: [String] { get }
     /// Reads the hyperparameters and tensors of a file whose architecture is `name`.
@@ -13,11 +15,22 @@ protocol Architecture: Sendable {
     var config: ModelConfig { get }
     var embedding: Embedding { get }
     var head: OutputHead { get }
-    /// Layer `l`'s attention and FFN, as the executors, the sparsity layer and placement see them.
-    func attention(_ l: Int) -> Attention
-    func feedForward(_ l: Int) -> FeedForward
+    var layers: [Layer] { get }
     /// Layer `l` on the batch in `pass`: reads and updates the residual stream `pass.x`.
     func block(_ l: Int, _ pass: ForwardPass)
+}
+
+/// What every layer has, whatever else its architecture adds: the parts the executors, the
+/// sparsity layer and placement work with.
+protocol LayerParts: Sendable {
+    var attention: Attention { get }
+    var feedForward: FeedForward { get }
+}
+
+extension Architecture {
+    /// Layer `l`'s attention and FFN.
+    func attention(_ l: Int) -> Attention { layers[l].attention }
+    func feedForward(_ l: Int) -> FeedForward { layers[l].feedForward }
 }
 
 /// Every architecture Ember runs.

@@ -11,9 +11,9 @@ struct Gemma3: Architecture {
     let config: ModelConfig
     let embedding: Embedding
     let head: OutputHead
-    private let layers: [Layer]
+    let layers: [Layer]
 
-    private struct Layer {
+    struct Layer: LayerParts {
         let attentionNorm: Norm
         let attention: Attention
         let postAttentionNorm: Norm
@@ -51,9 +51,6 @@ struct Gemma3: Architecture {
         }
         config = c
     }
-
-    func attention(_ l: Int) -> Attention { layers[l].attention }
-    func feedForward(_ l: Int) -> FeedForward { layers[l].feedForward }
 
     func block(_ l: Int, _ p: ForwardPass) {
         let w = layers[l]

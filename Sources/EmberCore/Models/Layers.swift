@@ -72,3 +72,12 @@ struct OutputHead: Sendable {
     let norm: Norm
     let output: Linear
 }
+
+/// The layer of most decoder-only transformers: a norm before attention and one before the
+/// FFN, each output added to the residual stream (Llama, Qwen, Mistral, Bamboo, OPT).
+struct PreNormLayer: LayerParts {
+    let attentionNorm: Norm
+    let attention: Attention
+    let feedForwardNorm: Norm
+    let feedForward: FeedForward
+}

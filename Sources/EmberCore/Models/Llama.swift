@@ -10,14 +10,7 @@ struct Llama: Architecture {
     let config: ModelConfig
     let embedding: Embedding
     let head: OutputHead
-    private let layers: [Layer]
-
-    private struct Layer {
-        let attentionNorm: Norm
-        let attention: Attention
-        let feedForwardNorm: Norm
-        let feedForward: FeedForward
-    }
+    let layers: [PreNormLayer]
 
     init(file: GGUFFile, name: String) throws {
         let m = HyperparameterReader(file: file, architecture: name)
@@ -32,7 +25,7 @@ struct Llama: Architecture {
         head = try t.outputHead(c, norm: .rms, epsilon: epsilon)
         layers = try (0..<c.layerCount).map { l in
             let w = try t.attentionProjections(layer: l, c)
-            return Layer(
+            return PreNormLayer(
                 attentionNorm: try t.norm("blk.\(l).attn_norm", .rms, count: d, epsilon: epsilon),
                 attention: Attention(query: w.query, key: w.key, value: w.value, queryNorm: nil, keyNorm: nil, rope: rope,
                                      window: window, scale: 1 / Float(c.headDimension).squareRoot(), output: w.output),
@@ -41,9 +34,6 @@ struct Llama: Architecture {
         }
         config = c
     }
-
-    func attention(_ l: Int) -> Attention { layers[l].attention }
-    func feedForward(_ l: Int) -> FeedForward { layers[l].feedForward }
 
     func block(_ l: Int, _ p: ForwardPass) {
         let w = layers[l]
