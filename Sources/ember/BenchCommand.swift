@@ -42,6 +42,7 @@ enum BenchCommand {
                 "bandwidth_share": result.bandwidthShare,
                 "sparsity_mode": result.sparsityMode.description,
                 "ffn_sparsity": result.feedForwardSparsity,
+                "peak_resident_bytes": result.peakResidentBytes,
             ]
             if let hybrid = result.hybrid {
                 object["device"] = hybrid.deviceName
@@ -71,8 +72,8 @@ enum BenchCommand {
             try Terminal.print(String(format: "decode %-9d  %17.1f   %@", generated, decode, spread(result.decode)))
         }
         try Terminal.print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; "
-                                    + "median decode uses %.0f %% of it", Double(result.weightBytesPerToken) / 1e6,
-                                  result.readBandwidth / 1e9, result.bandwidthShare * 100))
+                                    + "median decode uses %.0f %% of it; peak resident memory %@", Double(result.weightBytesPerToken) / 1e6,
+                                  result.readBandwidth / 1e9, result.bandwidthShare * 100, ByteSize.format(result.peakResidentBytes)))
         if let hybrid = result.hybrid, generated > 0 {
             let c = hybrid.counts
             try Terminal.print(String(format: "hybrid: %@ ran the attention of %d layers%@ and computed %.1f %% of the activated neurons "

@@ -181,6 +181,11 @@ final class CommandLineTests: XCTestCase {
         XCTAssertGreaterThan(try XCTUnwrap(json["decode_tps_median"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(json["read_bandwidth_bytes_per_s"] as? Double), 1e8)
         XCTAssertEqual(json["weight_bytes_per_token"] as? Int, (try TestData.model(.smolLM2)).bytesPerToken)
+        // Every weight byte was read, so mapped in; beside them a short context's cache and
+        // scratch: well under 1 GB.
+        let peak = try XCTUnwrap(json["peak_resident_bytes"] as? Int)
+        XCTAssertGreaterThan(peak, (try TestData.model(.smolLM2)).bytesPerToken)
+        XCTAssertLessThan(peak, 1 << 30)
     }
 
     /// `ember place` end to end on SmolLM2 with statistics of seeded random counts: usage

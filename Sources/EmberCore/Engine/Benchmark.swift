@@ -16,6 +16,8 @@ public struct BenchmarkResult: Sendable {
     public var feedForwardSparsity: Double
     /// Hybrid runs: what the device did over the last repetition's decoded tokens.
     public var hybrid: HybridReport?
+    /// The most resident memory the process held by the end of the timed runs, in bytes.
+    public var peakResidentBytes: Int
 
     /// Decode at the median speed as a share of what the bandwidth allows.
     public var bandwidthShare: Double {
@@ -75,11 +77,14 @@ extension Context {
             progress(repetition + 1)
         }
         reset()
+        // Before the bandwidth measurement, whose buffer would count otherwise.
+        let peak = ResidentMemory.peakBytes()
         let bandwidth = MemoryBandwidth.measureRead(threads: pool.threadCount) { body in pool.run(body) }
         return BenchmarkResult(prefill: prefill, decode: decode,
                                weightBytesPerToken: sparse?.weightBytesPerToken(model) ?? model.bytesPerToken,
                                readBandwidth: bandwidth, sparsityMode: sparse?.mode ?? .dense,
-                               feedForwardSparsity: sparse?.reachedSparsity ?? 0, hybrid: hybridReport)
+                               feedForwardSparsity: sparse?.reachedSparsity ?? 0, hybrid: hybridReport,
+                               peakResidentBytes: peak)
     }
 
     /// The device's part of a hybrid run so far, or nil when there is no device.
