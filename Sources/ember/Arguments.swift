@@ -77,8 +77,15 @@ struct Arguments {
     }
 
     /// `--threads`: worker threads, all cores by default.
+    /// More threads than cores only wait on each other (the pool's workers spin), so the
+    /// count is bounded by four times the cores.
     func threads() throws -> Int {
-        try int("--threads", default: ProcessInfo.processInfo.activeProcessorCount, range: 1...256)
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        guard let text = string("--threads") else { return cores }
+        guard let value = Int(text), (1...4 * cores).contains(value) else {
+            throw UsageError("--threads must be an integer in 1...\(4 * cores) (this machine has \(cores) cores), not \"\(text)\"")
+        }
+        return value
     }
 
     /// `--seed`, when given: a non-negative integer.
@@ -107,7 +114,9 @@ enum CommonFlags {
                                         help: "context length in tokens (default 2048, at most the model's)")
     static let batch = Arguments.Flag(names: ["--batch", "-b"], takesValue: true,
                                       help: "prompt tokens evaluated together (default 64)")
-    static let all = [model, threads, context, batch]
+    static let checkTensors = Arguments.Flag(names: ["--check-tensors"], takesValue: false,
+                                             help: "scan every weight for NaN and infinities before running")
+    static let all = [model, threads, context, batch, checkTensors]
 }
 
 /// Flags choosing the OpenCL device (so far used by `ember devices`).

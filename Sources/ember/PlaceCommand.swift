@@ -40,6 +40,7 @@ enum PlaceCommand {
         }
         options.placesOutputHead = !arguments.has("--no-head")
         let output = arguments.string("--output")
+        if let output { try AtomicFileWriter.prepare(output) }
         let report: PlacementReport
         do {
             report = try model.place(statisticsPath: statsPath, budget: budget, options: options)

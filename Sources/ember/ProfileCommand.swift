@@ -21,6 +21,9 @@ enum ProfileCommand {
     static func main(_ arguments: Arguments) async throws {
         guard let path = arguments.string("--file") else { throw UsageError("give the calibration text with -f FILE") }
         guard let output = arguments.string("--output") else { throw UsageError("give the statistics file with -o FILE") }
+        // Output paths are checked before the work, not after it.
+        try AtomicFileWriter.prepare(output)
+        if let plot = arguments.string("--plot") { try AtomicFileWriter.prepare(plot) }
         let chunk = try arguments.int("--ctx", default: 256, range: 1...1 << 20)
         let tokenLimit = try arguments.int("--tokens", default: Int.max, range: 1...Int.max)
         let targets = try parseTargets(arguments.string("--targets") ?? "0.3,0.4,0.5,0.6,0.7,0.8,0.9")

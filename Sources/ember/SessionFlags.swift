@@ -16,13 +16,22 @@ enum SessionFlags {
               help: "placement from `ember place` for --vram-budget (default: MODEL.placement.gguf; solved anew when made for other settings)"),
     ] + DeviceFlags.all
 
-    /// The model `--model` names, else the default model (downloaded once).
+    /// The model `--model` names, else the default model (downloaded once); with
+    /// `--check-tensors`, every weight scanned for NaN and infinities first.
     static func model(_ arguments: Arguments) throws -> Model {
+        let model: Model
         if let path = arguments.string("--model") {
             guard FileManager.default.fileExists(atPath: path) else { throw UsageError("no model file at \(path)") }
-            return try Model(path: path)
+            model = try Model(path: path)
+        } else {
+            model = try Model(path: try ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") })
         }
-        return try Model(path: try ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") })
+        if arguments.has("--check-tensors") {
+            let progress = Progress("checking tensors")
+            try model.checkTensorValues { progress.update($0 >> 20, of: $1 >> 20, detail: "MiB") }
+            progress.finish()
+        }
+        return model
     }
 
     /// The options the flags ask for; `context` is the context length when `--ctx` is not given.

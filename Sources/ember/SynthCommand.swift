@@ -25,6 +25,7 @@ enum SynthCommand {
     static func main(_ arguments: Arguments) async throws {
         let options = try parse(arguments)
         guard let path = arguments.string("--output") else { throw UsageError("give the output file with -o FILE.gguf") }
+        try AtomicFileWriter.prepare(path)
         let threads = try arguments.threads()
 
         let tokenizerPath = try ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") }

@@ -26,6 +26,7 @@ enum TrainPredictorCommand {
         guard let statsPath = arguments.string("--stats") else { throw UsageError("give the statistics file with --stats FILE") }
         guard let textPath = arguments.string("--file") else { throw UsageError("give the training text with -f FILE") }
         guard let output = arguments.string("--output") else { throw UsageError("give the output file with -o FILE") }
+        try AtomicFileWriter.prepare(output)
         var options = PredictorTrainingOptions()
         options.targetRecall = try arguments.float("--recall", default: 0.95, range: 0.5...1)
         options.minRank = try arguments.int("--min-rank", default: 32, range: 1...65536)

@@ -49,7 +49,7 @@ nonisolated func runMain() async -> Int32 {
             return 0
         }
         guard let command = commands.first(where: { $0.name == argv[1] }) else {
-            Terminal.error("ember: error: unknown command \"\(argv[1])\"\n\n" + usage())
+            Terminal.error("ember: error: unknown command \(SafeText.quoted(argv[1]))\n\n" + usage())
             return 2
         }
         if argv.dropFirst(2).contains(where: { $0 == "--help" || $0 == "-h" }) {
@@ -61,30 +61,37 @@ nonisolated func runMain() async -> Int32 {
             try await command.main(arguments)
             return 0
         } catch let error as UsageError {
-            Terminal.error("ember \(command.name): error: \(error)\n(ember \(command.name) --help lists the flags)")
+            Terminal.error("ember \(command.name): error: \(printable(error))\n(ember \(command.name) --help lists the flags)")
             return 2
         } catch let error as Terminal.WriteError {
             throw error
         } catch let error as ModelError {
             if case .contextOverflow = error {
-                Terminal.error("ember \(command.name): error: \(error); use a larger --ctx or a shorter prompt")
+                Terminal.error("ember \(command.name): error: \(printable(error)); use a larger --ctx or a shorter prompt")
             } else {
-                Terminal.error("ember \(command.name): error: \(error)")
+                Terminal.error("ember \(command.name): error: \(printable(error))")
             }
             return 1
         } catch {
-            Terminal.error("ember \(command.name): error: \(error)")
+            Terminal.error("ember \(command.name): error: \(printable(error))")
             return 1
         }
     } catch let error as Terminal.WriteError {
         // Nobody reads any more: end quietly, with the status a SIGPIPE death would give.
         if error.brokenPipe { return 141 }
-        Terminal.error("ember: error: \(error)")
+        Terminal.error("ember: error: \(printable(error))")
         return 1
     } catch {
-        Terminal.error("ember: error: \(error)")
+        Terminal.error("ember: error: \(printable(error))")
         return 1
     }
+}
+
+/// An error's text with any control character that escaped its maker shown as an escape: a
+/// message never moves the cursor or rewrites the terminal, whatever a file held.
+nonisolated func printable(_ error: Error) -> String {
+    String(describing: error).split(separator: "\n", omittingEmptySubsequences: false)
+        .map { SafeText.escaped(String($0), limit: 4000) }.joined(separator: "\n")
 }
 
 exit(await runMain())

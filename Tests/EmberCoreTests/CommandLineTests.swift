@@ -19,8 +19,13 @@ final class CommandLineTests: XCTestCase {
             XCTFail("\(binary.path) is missing: run `swift build -c release` first")
             throw XCTSkip("no binary")
         }
+        return try run(binary.path, arguments, stdin: stdin, environment: environment)
+    }
+
+    /// Runs `executable` with `arguments`, feeding it `stdin`, and waits for it.
+    func run(_ executable: String, _ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Outcome {
         let process = Process()
-        process.executableURL = binary
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
@@ -68,6 +73,9 @@ final class CommandLineTests: XCTestCase {
             (["run", "-m", "/nonexistent/model.gguf", "-p", "hi"], "no model file"),
             (["run"], "-p"),
             (["perplexity", "-m", "/dev/null"], "-f FILE"),
+            (["run", "-p", "hi", "-t", "256"], "--threads must be an integer in 1..."),
+            (["devices", "--gpu", "maybe"], "--gpu must be on or off"),
+            (["devices", "--device", "-1"], "--device must be a device number"),
         ]
         for (arguments, message) in cases {
             let outcome = try ember(arguments)
@@ -144,6 +152,78 @@ final class CommandLineTests: XCTestCase {
         XCTAssertLessThan(count, 1000, "the cancelled generation stopped early")
         let usage = try ember([], executable: "ember-example")
         XCTAssertEqual(usage.status, 2)
+    }
+
+    /// Runs `script` in bash with `$EMBER` set to the release binary and `$MODEL` to SmolLM2.
+    func shell(_ script: String) throws -> Outcome {
+        let binary = TestData.packageRoot.appendingPathComponent(".build/release/ember").path
+        return try run("/bin/bash", ["-c", script], environment: ["EMBER": binary, "MODEL": try smol()])
+    }
+
+    /// Output that cannot be written ends the command with a clear message; a reader that went
+    /// away ends it quietly, with SIGPIPE's status, even when SIGPIPE is ignored.
+    func testOutputFailuresEndCleanly() throws {
+        let full = try shell("\"$EMBER\" run -m \"$MODEL\" -p hi -n 4 --temp 0 > /dev/full")
+        XCTAssertEqual(full.status, 1, full.stderr)
+        XCTAssertTrue(full.stderr.contains("cannot write to standard output: No space left on device"), full.stderr)
+        let closed = try shell("\"$EMBER\" run -m \"$MODEL\" -p hi -n 4 --temp 0 >&-")
+        XCTAssertEqual(closed.status, 1, closed.stderr)
+        XCTAssertTrue(closed.stderr.contains("cannot write to standard output"), closed.stderr)
+        let pipe = try shell("trap '' PIPE; \"$EMBER\" run -m \"$MODEL\" -p 'Once upon a time' -n 200 --temp 0 | head -c 1 > /dev/null; "
+                             + "echo \"status ${PIPESTATUS[0]}\"")
+        XCTAssertEqual(pipe.stdout, "status 141\n", pipe.stderr)
+        XCTAssertFalse(pipe.stderr.contains("error"), pipe.stderr)
+    }
+
+    /// `-o` never replaces what is not a regular file, and a bad output path fails before the work.
+    func testOutputPathsAreCheckedFirstAndNeverClobbered() throws {
+        let directory = try scratchDirectory("outputs")
+        let fifo = directory.appendingPathComponent("fifo").path
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        let link = directory.appendingPathComponent("link.gguf").path
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: directory.appendingPathComponent("target").path)
+        let text = TestData.fixtures.appendingPathComponent("eval-gpl3.txt").path
+        let cases: [([String], String)] = [
+            (["synth", "-o", "/dev/null"], "is a character device, not a regular file"),
+            (["synth", "-o", fifo], "not a regular file"),
+            (["synth", "-o", link], "not a regular file"),
+            (["synth", "-o", directory.path], "not a regular file"),
+            (["profile", "-m", try smol(), "-f", text, "-o", "/nonexistent/stats.gguf"], "/nonexistent is not an existing directory"),
+            (["profile", "-m", try smol(), "-f", text, "-o", directory.appendingPathComponent("s.gguf").path, "--plot", fifo],
+             "not a regular file"),
+        ]
+        for (arguments, message) in cases {
+            let start = Date()
+            let outcome = try ember(arguments)
+            XCTAssertEqual(outcome.status, 1, "\(arguments): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stderr.contains(message), "\(arguments): stderr was \(outcome.stderr)")
+            XCTAssertLessThan(Date().timeIntervalSince(start), 5, "\(arguments): refused before the work")
+        }
+        var kind = stat()
+        XCTAssertEqual(lstat(fifo, &kind), 0)
+        XCTAssertEqual(kind.st_mode & S_IFMT, S_IFIFO, "the FIFO is still a FIFO")
+        XCTAssertEqual(lstat(link, &kind), 0)
+        XCTAssertEqual(kind.st_mode & S_IFMT, S_IFLNK, "the link is still a link")
+    }
+
+    /// A model file given where predictors go says so, and metadata echoed in a message cannot
+    /// drive the terminal.
+    func testMessagesNameTheProblemAndEscapeFileText() throws {
+        let misplaced = try ember(["run", "-p", "hi", "-n", "1", "--sparsity", "predictor", "--predictor", try smol()])
+        XCTAssertEqual(misplaced.status, 1, misplaced.stderr)
+        XCTAssertTrue(misplaced.stderr.contains("not a predictor file"), misplaced.stderr)
+
+        let directory = try scratchDirectory("escape")
+        let path = directory.appendingPathComponent("hostile.gguf").path
+        var writer = GGUFWriter()
+        writer.set("general.architecture", .string("llama\u{1B}[2J\r\u{0}" + String(repeating: "x", count: 10_000)))
+        try writer.write(to: path)
+        let hostile = try ember(["run", "-m", path, "-p", "hi"])
+        XCTAssertEqual(hostile.status, 1, hostile.stderr)
+        XCTAssertTrue(hostile.stderr.contains("is not supported"), hostile.stderr)
+        XCTAssertFalse(hostile.stderr.contains("\u{1B}") || hostile.stderr.contains("\r") || hostile.stderr.contains("\u{0}"),
+                       hostile.stderr.debugDescription)
+        XCTAssertLessThan(hostile.stderr.count, 1000, "long metadata is shortened")
     }
 
     func testPromptLongerThanTheContextIsAnError() throws {

@@ -62,6 +62,13 @@ public final class Model: Sendable {
         }
     }
 
+    /// Scans every tensor of the file for NaN and infinities (reading all its bytes: seconds
+    /// for a multi-gigabyte model) and throws for the first one found, naming tensor and
+    /// element. Loading checks norms and biases only. `progress(bytesDone, bytes)`.
+    public func checkTensorValues(progress: (@Sendable (Int, Int) -> Void)? = nil) throws {
+        try language.file.checkTensorValues { progress?($0, $1) }
+    }
+
     /// Whether `token` ends a reply (end of sequence, end of turn).
     public func isEndOfGeneration(_ token: Int32) -> Bool { tokenizer.isEndOfGeneration(token) }
 

@@ -10,9 +10,9 @@ public enum ModelError: Error, Equatable, LocalizedError, CustomStringConvertibl
     public var description: String {
         switch self {
         case .unsupportedArchitecture(let path, let architecture, let supported):
-            return "\(path): architecture \"\(architecture)\" is not supported (Ember runs \(supported.joined(separator: ", ")))"
+            return "\(path): architecture \(SafeText.quoted(architecture)) is not supported (Ember runs \(supported.joined(separator: ", ")))"
         case .badHyperparameter(let path, let key, let value, let expected):
-            return "\(path): metadata \"\(key)\" is \(value), expected \(expected)"
+            return "\(path): metadata \(SafeText.quoted(key)) is \(SafeText.escaped(value)), expected \(expected)"
         case .contextOverflow(let needed, let context):
             return "the sequence needs \(needed) positions but the context holds \(context)"
         case .invalidToken(let id, let vocabularySize):

@@ -59,7 +59,7 @@ final class PredictorSet {
         let isEmber = try file.string("general.architecture") == Self.architecture
         // Layers by the declared count (a model's block_count, or ours), else up to the last fc1.
         let architecture = try file.string("general.architecture") ?? ""
-        var count = 0
+        var count = 0, found = 0
         for t in file.tensors {
             let parts = t.name.split(separator: ".", omittingEmptySubsequences: false)
             guard parts.count == 4, parts[0] == "blk", parts[2] == "fc1" || parts[2] == "fc2", let l = Int(parts[1]) else { continue }
@@ -68,7 +68,10 @@ final class PredictorSet {
                                             limit: ReaderLimits.layers)
             }
             count = max(count, l + 1)
+            found += 1
         }
+        // A model file without predictors (given where predictors were meant) says so plainly.
+        guard found > 0 else { throw malformed("no predictor tensors (blk.N.fc1.weight, blk.N.fc2.weight): not a predictor file") }
         if let declared = try file.int(isEmber ? "ember.predictor.layer_count" : "\(architecture).block_count", within: ReaderLimits.layers) {
             count = max(count, declared)
         }
