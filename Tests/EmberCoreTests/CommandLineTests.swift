@@ -248,6 +248,21 @@ final class CommandLineTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(replies.count, 2, outcome.stdout)
     }
 
+    /// A line that is not UTF-8, or a conversation that outgrows the context, is reported and
+    /// the chat goes on.
+    func testChatContinuesAfterABadLineAndAFullContext() throws {
+        let bad = try shell("printf 'Hi\\n\\xff\\xfe\\nWhat is 2+2?\\n' | \"$EMBER\" chat -m \"$MODEL\" --temp 0 -n 8")
+        XCTAssertEqual(bad.status, 0, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("not valid UTF-8"), bad.stderr)
+        XCTAssertGreaterThanOrEqual(bad.stdout.split(separator: "\n").count, 2, "both good lines answered: \(bad.stdout)")
+
+        let long = String(repeating: "Tell me more about the sea and the sky. ", count: 6)
+        let full = try ember(["chat", "-m", try smol(), "--temp", "0", "-n", "16", "--ctx", "96"],
+                             stdin: long + "\n" + long + "\n" + "Hi\n")
+        XCTAssertEqual(full.status, 0, full.stderr)
+        XCTAssertTrue(full.stderr.contains("new conversation"), full.stderr)
+    }
+
     func testPerplexityAndBenchReport() throws {
         let path = try smol()
         let perplexity = try ember(["perplexity", "-m", path, "-f", TestData.fixtures.appendingPathComponent("eval-gpl3.txt").path,
