@@ -67,23 +67,23 @@ public enum PlacementSolver {
 
     public static func solve(_ layers: [NeuronGroups], budget: Int, minimumGroups: Int = 0,
                              maximumSteps: Int = defaultMaximumSteps, maximumCells: Int = defaultMaximumCells) -> GroupAssignment {
+        curve(layers, budget: budget, minimumGroups: minimumGroups, maximumSteps: maximumSteps, maximumCells: maximumCells)
+            .assignment(within: budget)
+    }
+
+    /// The best assignment for every capacity up to `budget` at once: the programme's last row
+    /// holds the best mass within each capacity, and its choices rebuild the assignment for any
+    /// of them. Placement uses it to weigh each split of the budget between dense blocks and
+    /// neurons without solving again.
+    static func curve(_ layers: [NeuronGroups], budget: Int, minimumGroups: Int = 0,
+                      maximumSteps: Int = defaultMaximumSteps, maximumCells: Int = defaultMaximumCells) -> Curve {
         let budget = max(budget, 0)
         let totalBytes = layers.reduce(0) { $0 + $1.bytes.reduce(0, +) }
-        func assignment(_ groups: [Int], exact: Bool, quantum: Int, units: Int) -> GroupAssignment {
-            var bytes = 0, mass = 0.0
-            for (layer, k) in zip(layers, groups) {
-                bytes += layer.bytes[..<k].reduce(0, +)
-                mass += layer.mass[..<k].reduce(0, +)
-            }
-            return GroupAssignment(groups: groups, bytes: bytes, mass: mass, exact: exact, quantum: quantum, capacityUnits: units)
-        }
-        // Everything fits: nothing to choose.
-        if totalBytes <= budget {
-            return assignment(layers.map(\.count), exact: true, quantum: 0, units: 0)
-        }
-
         var quantum = layers.lazy.flatMap(\.bytes).filter { $0 > 0 }.reduce(0, greatestCommonDivisor)
-        guard quantum > 0 else { return assignment(layers.map(\.count), exact: true, quantum: 0, units: 0) }
+        // Everything fits (or there is nothing): no programme to run.
+        guard quantum > 0, totalBytes > budget else {
+            return Curve(layers: layers, totalBytes: totalBytes, quantum: 0, width: 1, exact: true, best: [0], choice: [])
+        }
         func capacity(_ quantum: Int) -> Int { min(budget, totalBytes) / quantum }
         // An upper bound on the inner steps: per layer and capacity, one step per distinct cost.
         func steps(_ quantum: Int) -> Int {
@@ -162,15 +162,52 @@ public enum PlacementSolver {
             }
             swap(&best, &next)
         }
+        return Curve(layers: layers, totalBytes: totalBytes, quantum: quantum, width: width, exact: exact, best: best, choice: choice)
+    }
 
-        var groups = [Int](repeating: 0, count: layers.count)
-        var c = width - 1
-        for l in layers.indices.reversed() {
-            let k = Int(choice[l * width + c])
-            groups[l] = k
-            c -= (layers[l].bytes[..<k].reduce(0, +) + quantum - 1) / quantum
+    /// The programme's result: the best mass and assignment within any capacity up to its budget.
+    struct Curve {
+        let layers: [NeuronGroups]
+        let totalBytes: Int
+        /// Bytes per capacity unit; 0 when no programme ran (everything fitted the budget).
+        let quantum: Int
+        let width: Int
+        let exact: Bool
+        let best: [Double]
+        let choice: [Int32]
+
+        /// The units of capacity that `bytes` buys (rounded down: the assignment must fit).
+        private func units(_ bytes: Int) -> Int { min(width - 1, max(0, bytes) / quantum) }
+
+        /// The best total mass of groups within `bytes`.
+        func mass(within bytes: Int) -> Double {
+            if bytes >= totalBytes { return layers.reduce(0) { $0 + $1.mass.reduce(0, +) } }
+            return quantum == 0 ? 0 : best[units(bytes)]
         }
-        return assignment(groups, exact: exact, quantum: quantum, units: width - 1)
+
+        /// The assignment of the best mass within `bytes`.
+        func assignment(within bytes: Int) -> GroupAssignment {
+            if bytes >= totalBytes { return make(layers.map(\.count), quantum: 0, units: 0) }
+            guard quantum > 0 else { return make(layers.map { _ in 0 }, quantum: 0, units: 0) }
+            var groups = [Int](repeating: 0, count: layers.count)
+            var c = units(bytes)
+            let capacity = c
+            for l in layers.indices.reversed() {
+                let k = Int(choice[l * width + c])
+                groups[l] = k
+                c -= (layers[l].bytes[..<k].reduce(0, +) + quantum - 1) / quantum
+            }
+            return make(groups, quantum: quantum, units: capacity)
+        }
+
+        private func make(_ groups: [Int], quantum: Int, units: Int) -> GroupAssignment {
+            var bytes = 0, mass = 0.0
+            for (layer, k) in zip(layers, groups) {
+                bytes += layer.bytes[..<k].reduce(0, +)
+                mass += layer.mass[..<k].reduce(0, +)
+            }
+            return GroupAssignment(groups: groups, bytes: bytes, mass: mass, exact: exact, quantum: quantum, capacityUnits: units)
+        }
     }
 
     static func greatestCommonDivisor(_ a: Int, _ b: Int) -> Int {
