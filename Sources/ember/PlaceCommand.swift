@@ -70,8 +70,9 @@ enum PlaceCommand {
         let method = a.quantum == 0 ? "everything fits"
             : "dynamic programme over \(p.layerCount) layers × \(a.capacityUnits) units of \(a.quantum) bytes"
         try Terminal.print(String(format: "solved in %.1f ms (%@, %@)", report.solveSeconds * 1000, a.exact ? "exact" : "capacity rounded, not exact", method))
-        try Terminal.print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%)",
-                     p.expectedDeviceShare * 100, report.deviceReadShare * 100))
+        try Terminal.print(String(format: "expected device share of activated-neuron work: %.1f %% (of weight bytes read per token: %.1f %%); "
+                                    + "the CPU still reads %.1f MB per token",
+                     p.expectedDeviceShare * 100, report.deviceReadShare * 100, report.cpuBytesPerToken / 1e6))
         let range = o.layers.isEmpty ? "none" : "\(o.layers.count) layers (\(o.layers.first!)–\(o.layers.last!))"
         try Terminal.print(String(format: "offloading whole layers instead: %@, output head %@, %@: %.1f %% (of weight bytes read per token, dense: %.1f %%)",
                      range, o.outputHead ? "yes" : "no", ByteSize.format(o.bytes), o.deviceShare * 100, o.deviceReadShare * 100))
@@ -89,6 +90,7 @@ enum PlaceCommand {
             "device_neurons_per_layer": p.deviceNeurons.map(\.count),
             "solve_seconds": report.solveSeconds, "exact": a.exact, "capacity_units": a.capacityUnits, "quantum_bytes": a.quantum,
             "expected_device_share": p.expectedDeviceShare, "device_read_share": report.deviceReadShare,
+            "cpu_bytes_per_token": report.cpuBytesPerToken,
             "layer_offloading": ["layers": o.layers, "output_head": o.outputHead, "bytes": o.bytes, "device_share": o.deviceShare,
                                  "device_read_share": o.deviceReadShare] as [String: Any],
         ]

@@ -200,15 +200,32 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(small.neuronBytes, 20)
         XCTAssertEqual(small.expectedDeviceShare, 1.4 / total, accuracy: 1e-12)
 
-        // The attention blocks fit, the head does not (skipped), 60 bytes remain: three pairs.
+        // 360 bytes: three attention blocks and three pairs would save 300 + 38 bytes read per
+        // token; two blocks and the head save 350, so the objective takes those.
         let middleReport = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 360, options: options)
         let middle = middleReport.placement
-        XCTAssertEqual(middle.denseBlocks, [.attention(layer: 0), .attention(layer: 1), .attention(layer: 2)])
-        XCTAssertEqual(middle.denseBytes, 300)
-        XCTAssertEqual(middle.deviceNeurons, [[1, 3], [0, 2], [0, 3]])  // layer 1: 0.8, then 0.3 (id 0 before id 1)
-        XCTAssertEqual(middle.expectedDeviceShare, (1.4 + 1.1 + 1.3) / total, accuracy: 1e-12)
+        XCTAssertEqual(middle.denseBlocks, [.attention(layer: 0), .attention(layer: 1), .outputHead])
+        XCTAssertEqual(middle.denseBytes, 350)
+        XCTAssertEqual(middle.deviceNeurons, [[], [], []])
         // Bytes read per token: all 450 dense bytes, each neuron's 10 bytes at its frequency.
-        XCTAssertEqual(middleReport.deviceReadShare, (300 + 38) / (450 + total * 10), accuracy: 1e-12)
+        XCTAssertEqual(middleReport.deviceReadShare, 350 / (450 + total * 10), accuracy: 1e-12)
+        XCTAssertEqual(middleReport.cpuBytesPerToken, 100 + total * 10, accuracy: 1e-9)
+
+        // Without the head, the attention blocks fit and 60 bytes remain: three pairs.
+        var noHead = options
+        noHead.placesOutputHead = false
+        let attentionOnly = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 360, options: noHead).placement
+        XCTAssertEqual(attentionOnly.denseBlocks, [.attention(layer: 0), .attention(layer: 1), .attention(layer: 2)])
+        XCTAssertEqual(attentionOnly.deviceNeurons, [[1, 3], [0, 2], [0, 3]])  // layer 1: 0.8, then 0.3 (id 0 before id 1)
+        XCTAssertEqual(attentionOnly.expectedDeviceShare, (1.4 + 1.1 + 1.3) / total, accuracy: 1e-12)
+
+        // A KV cache makes attention hold more than it reads (400 bytes, 250 read): the hottest
+        // pairs save more per byte, and the budget goes to them first.
+        let cached = PlacementCosts(denseBlocks: (0..<3).map { .init(block: .attention(layer: $0), bytes: 400, readBytes: 250) },
+                                    neuronBytes: [100, 100, 100], feedForwardFileBytes: [300, 300, 300], feedForwardLength: 5)
+        let hot = try Placement.solve(costs: cached, frequencies: smallFrequencies, budget: 400, options: options).placement
+        XCTAssertEqual(hot.denseBlocks, [])
+        XCTAssertEqual(hot.neuronBytes, 400)  // two pairs of 200 bytes, value (1.4 + 1.3) × 100 = 270 > 250
 
         // Without dense blocks the whole budget holds neurons; the last group of a layer is partial.
         let ffnOnly = try Placement.solve(costs: costs, frequencies: smallFrequencies, budget: 150,
@@ -216,6 +233,50 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(ffnOnly.denseBlocks, [])
         XCTAssertEqual(ffnOnly.neuronBytes, 150)
         XCTAssertEqual(ffnOnly.deviceNeurons.map(\.count).reduce(0, +), 15)
+    }
+
+    /// The joint choice of dense blocks and neurons against every subset of blocks and every
+    /// count of groups per layer, on small random instances whose attention blocks are alike (as a
+    /// model's are): the same bytes saved per token.
+    func testDenseAndNeuronChoiceMatchesBruteForce() throws {
+        var random = SplitMix64(seed: 21)
+        func uniform() -> Double { Double(random.next() >> 11) * 0x1p-53 }
+        for _ in 0..<200 {
+            let layers = 1 + Int(random.next() % 3), f = 1 + Int(random.next() % 4)
+            // Attention blocks alike, as a model's are (each with its KV cache), the head apart.
+            let read = 5 + Int(random.next() % 30), cache = Int(random.next() % 20)
+            let dense: [PlacementCosts.DenseCost] = (0..<layers).map {
+                .init(block: .attention(layer: $0), bytes: read + cache, readBytes: read + cache / 2)
+            } + [.init(block: .outputHead, bytes: 10 + Int(random.next() % 30))]
+            let neuronBytes = (0..<layers).map { _ in 1 + Int(random.next() % 8) }
+            let costs = PlacementCosts(denseBlocks: dense, neuronBytes: neuronBytes,
+                                       feedForwardFileBytes: neuronBytes.map { $0 * f }, feedForwardLength: f)
+            let frequencies = (0..<layers).map { _ in (0..<f).map { _ in uniform() } }
+            let budget = Int(random.next() % 120)
+            let report = try Placement.solve(costs: costs, frequencies: frequencies, budget: budget,
+                                             options: PlacementOptions(granularity: 1))
+            // Brute force: every subset of dense blocks, every prefix of each layer's hottest neurons.
+            let sorted = frequencies.map { $0.sorted(by: >) }
+            var best = 0.0
+            for subset in 0..<(1 << dense.count) {
+                let chosen = dense.indices.filter { subset & (1 << $0) != 0 }
+                var memory = chosen.reduce(0) { $0 + dense[$1].bytes }
+                guard memory <= budget else { continue }
+                var value = Double(chosen.reduce(0) { $0 + dense[$1].readBytes })
+                func search(_ l: Int, _ memory: Int, _ value: Double) {
+                    guard l < layers else { best = max(best, value); return }
+                    for k in 0...f where memory + k * neuronBytes[l] <= budget {
+                        search(l + 1, memory + k * neuronBytes[l], value + sorted[l].prefix(k).reduce(0, +) * Double(neuronBytes[l]))
+                    }
+                }
+                search(0, memory, value)
+                memory = 0; value = 0
+            }
+            let reads = Double(dense.reduce(0) { $0 + $1.readBytes })
+                + zip(frequencies, neuronBytes).reduce(0.0) { $0 + $1.0.reduce(0, +) * Double($1.1) }
+            XCTAssertEqual(reads - report.cpuBytesPerToken, best, accuracy: 1e-9)
+            XCTAssertLessThanOrEqual(report.placement.usedBytes, budget)
+        }
     }
 
     func testWholeLayerOffloadingTakesTheLastLayers() {

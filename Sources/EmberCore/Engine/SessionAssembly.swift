@@ -103,7 +103,8 @@ struct SessionAssembly {
 
     /// The device, its dense operations and its FFN neurons under `budget`, or nil (with a
     /// note) when no OpenCL device is there or the options turn it off. Attention (with a KV
-    /// cache for the whole context) and the output head come first, then FFN neurons.
+    /// cache for the whole context), the output head and FFN neurons go where they save the CPU
+    /// the most bytes read per token (`Placement.solve`).
     private mutating func hybridPlacement(budget: Int, statistics: ActivationStatistics?, predictor: PredictorSet?,
                                           contextLength: Int) throws -> HybridPlacement? {
         guard predictor != nil else { throw SparseExecutionError.needsPredictor }

@@ -114,22 +114,27 @@ public struct LayerOffloading: Sendable, Equatable {
     public init(costs: PlacementCosts, frequencies: [[Double]], budget: Int) {
         var remaining = max(budget, 0)
         var layers: [Int] = []
+        var read = 0
         for l in (0..<costs.layerCount).reversed() {
             let bytes = costs.bytes(of: .attention(layer: l)) + costs.feedForwardFileBytes[l]
             guard bytes <= remaining else { break }
             remaining -= bytes
+            read += costs.readBytes(of: .attention(layer: l)) + costs.feedForwardFileBytes[l]
             layers.append(l)
         }
         let head = costs.bytes(of: .outputHead)
         outputHead = layers.count == costs.layerCount && head <= remaining
-        if outputHead { remaining -= head }
+        if outputHead {
+            remaining -= head
+            read += costs.readBytes(of: .outputHead)
+        }
         self.layers = layers.reversed()
         bytes = max(budget, 0) - remaining
         let total = frequencies.joined().reduce(0, +)
         let placed = layers.reduce(0.0) { $0 + ($1 < frequencies.count ? frequencies[$1].reduce(0, +) : 0) }
         deviceShare = total > 0 ? placed / total : 0
-        let all = costs.denseBlocks.reduce(0) { $0 + $1.bytes } + costs.feedForwardFileBytes.reduce(0, +)
-        deviceReadShare = all > 0 ? Double(bytes) / Double(all) : 0
+        let all = costs.denseBlocks.reduce(0) { $0 + $1.readBytes } + costs.feedForwardFileBytes.reduce(0, +)
+        deviceReadShare = all > 0 ? Double(read) / Double(all) : 0
     }
 }
 
@@ -140,6 +145,9 @@ public struct PlacementReport: Sendable {
     /// only the active neurons (each neuron's bytes read at its firing frequency) and the dense
     /// blocks whole: the speed the placement buys, where `expectedDeviceShare` counts FFN work only.
     public var deviceReadShare: Double
+    /// Bytes the CPU still reads per token under this placement, in the same model: what the
+    /// placement maximises the device's part of (`Placement.solve`).
+    public var cpuBytesPerToken: Double
     public var assignment: GroupAssignment
     public var solveSeconds: Double
     public var layerOffloading: LayerOffloading
@@ -210,47 +218,75 @@ extension Placement {
 
         guard options.reservedBytes >= 0 else { throw PlacementError.invalidOptions("the reserved bytes cannot be negative") }
         let placeable = max(0, budget - options.reservedBytes)
-        var remaining = placeable
-        var dense: [PlacementCosts.DenseBlock] = []
-        // Blocks that do not fit are skipped, so a large output head leaves room for the rest.
-        for cost in costs.denseBlocks where options.placesDenseBlocks && cost.bytes <= remaining
-            && (options.placesOutputHead || cost.block != .outputHead) {
-            dense.append(cost.block)
-            remaining -= cost.bytes
-        }
 
         // Hottest first; equal frequencies keep the lower id first, so the order is reproducible.
         let orders: [[Int]] = frequencies.map { layer in
             layer.indices.sorted { layer[$0] != layer[$1] ? layer[$0] > layer[$1] : $0 < $1 }
         }
+        // A group's value is what it saves the CPU per token: its neurons' bytes, each read at
+        // its firing frequency.
         let g = options.granularity
         let groups: [NeuronGroups] = orders.enumerated().map { l, order in
             let starts = Array(stride(from: 0, to: order.count, by: g))
             return NeuronGroups(
                 bytes: starts.map { min(g, order.count - $0) * costs.neuronBytes[l] },
-                mass: starts.map { s in order[s..<min(s + g, order.count)].reduce(0.0) { $0 + frequencies[l][$1] } })
+                mass: starts.map { s in order[s..<min(s + g, order.count)].reduce(0.0) { $0 + frequencies[l][$1] } * Double(costs.neuronBytes[l]) })
         }
-        let assignment = PlacementSolver.solve(groups, budget: remaining, minimumGroups: options.minimumGroups)
+        let curve = PlacementSolver.curve(groups, budget: placeable, minimumGroups: options.minimumGroups)
+
+        // The objective is the time per token the device saves: the bytes the CPU no longer
+        // reads. A dense block saves all of its reads; with a KV cache for a long context its
+        // memory grows faster than its reads, and hot neurons may save more per byte. So every
+        // split of the budget is weighed: the attention blocks that save the most per byte held
+        // (equal in most models: layer order then), with and without the output head, and the
+        // best neurons in what is left (from one programme, `curve`).
+        let attention = costs.denseBlocks.filter { $0.block != .outputHead }.enumerated().sorted { a, b in
+            let left = Double(a.element.readBytes) * Double(b.element.bytes), right = Double(b.element.readBytes) * Double(a.element.bytes)
+            return left != right ? left > right : a.offset < b.offset
+        }.map(\.element)
+        let heads = costs.denseBlocks.filter { $0.block == .outputHead && options.placesOutputHead }
+        var chosen = (value: -1.0, attention: 0, head: false)
+        for withHead in options.placesDenseBlocks && !heads.isEmpty ? [true, false] : [false] {
+            var memory = withHead ? heads[0].bytes : 0, read = withHead ? heads[0].readBytes : 0
+            for m in 0...(options.placesDenseBlocks ? attention.count : 0) {
+                if m > 0 {
+                    memory += attention[m - 1].bytes
+                    read += attention[m - 1].readBytes
+                }
+                guard memory <= placeable else { break }
+                let value = Double(read) + curve.mass(within: placeable - memory)
+                // Ties go to more dense blocks: their savings are certain, a neuron's are expected.
+                if value >= chosen.value { chosen = (value, m, withHead) }
+            }
+        }
+        let denseCosts = Array(attention.prefix(chosen.attention)) + (chosen.head ? heads : [])
+        let denseBytes = denseCosts.reduce(0) { $0 + $1.bytes }
+        // Listed in the model's order: attention by layer, then the head.
+        let dense = costs.denseBlocks.map(\.block).filter { block in denseCosts.contains { $0.block == block } }
+        let assignment = curve.assignment(within: placeable - denseBytes)
         let neurons: [[Int32]] = orders.enumerated().map { l, order in
             order.prefix(min(assignment.groups[l] * g, order.count)).map { Int32($0) }.sorted()
         }
         let elapsed = seconds(since: start)
 
         let total = frequencies.joined().reduce(0, +)
-        var neuronReads = 0.0, deviceNeuronReads = 0.0
+        var neuronReads = 0.0, deviceNeuronReads = 0.0, deviceMass = 0.0
         for l in frequencies.indices {
             neuronReads += frequencies[l].reduce(0, +) * Double(costs.neuronBytes[l])
-            deviceNeuronReads += neurons[l].reduce(0.0) { $0 + frequencies[l][Int($1)] } * Double(costs.neuronBytes[l])
+            let placed = neurons[l].reduce(0.0) { $0 + frequencies[l][Int($1)] }
+            deviceMass += placed
+            deviceNeuronReads += placed * Double(costs.neuronBytes[l])
         }
-        let reads = Double(costs.denseBlocks.reduce(0) { $0 + $1.bytes }) + neuronReads
+        let reads = Double(costs.denseBlocks.reduce(0) { $0 + $1.readBytes }) + neuronReads
+        let deviceReads = Double(denseCosts.reduce(0) { $0 + $1.readBytes }) + deviceNeuronReads
         let placement = Placement(
             budget: budget, granularity: g, minimumGroups: options.minimumGroups, modelName: modelName,
             statisticsSHA256: statisticsSHA256, sparsityTarget: sparsityTarget, feedForwardLength: f,
-            denseBlocks: dense, deviceNeurons: neurons, denseBytes: placeable - remaining, neuronBytes: assignment.bytes,
-            expectedDeviceShare: total > 0 ? assignment.mass / total : 0, reservedBytes: budget - placeable,
+            denseBlocks: dense, deviceNeurons: neurons, denseBytes: denseBytes, neuronBytes: assignment.bytes,
+            expectedDeviceShare: total > 0 ? deviceMass / total : 0, reservedBytes: budget - placeable,
             kvCacheTokens: options.kvCacheTokens)
         return PlacementReport(placement: placement,
-                               deviceReadShare: reads > 0 ? (Double(placeable - remaining) + deviceNeuronReads) / reads : 0,
+                               deviceReadShare: reads > 0 ? deviceReads / reads : 0, cpuBytesPerToken: reads - deviceReads,
                                assignment: assignment, solveSeconds: elapsed,
                                layerOffloading: LayerOffloading(costs: costs, frequencies: frequencies, budget: budget))
     }

@@ -33,22 +33,21 @@ public struct PlacementCosts: Sendable, Equatable {
 
     public struct DenseCost: Sendable, Equatable {
         public var block: DenseBlock
+        /// Device memory the block takes (weights, and for attention its KV cache).
         public var bytes: Int
+        /// Bytes read per token to compute it: the weights, and for attention the KV cache rows
+        /// attended to, on average over a sequence that fills the cache (half of it).
+        public var readBytes: Int
 
-        public init(block: DenseBlock, bytes: Int) {
+        public init(block: DenseBlock, bytes: Int, readBytes: Int? = nil) {
             self.block = block
             self.bytes = bytes
+            self.readBytes = readBytes ?? bytes
         }
     }
 
-    /// Dense blocks in the order the device takes them.
-    ///
-    /// Every byte of a dense block is read once per token, so per byte held each buys the same
-    /// memory traffic, more than any FFN neuron (read only when it fires, a share < 1 of tokens).
-    /// Ties are broken by what crosses between devices: an attention block takes and returns a
-    /// hidden-size vector and sits beside its layer's hot neurons, whereas the output head returns
-    /// vocabulary-sized logits (32000 floats for a Llama-2 7B, against 4096). So attention blocks
-    /// come first, layer 0 upwards, and the output head last.
+    /// Dense blocks, attention layer 0 upwards, then the output head. Placement weighs each
+    /// against FFN neurons by the bytes per token it saves the CPU (`Placement.solve`).
     public var denseBlocks: [DenseCost]
     /// Bytes the device holds per FFN neuron, per layer: its gate row, up row and down column,
     /// the down column as the sparse kernels store it (neuron-major, `NeuronMajorMatrix.defaultType`).
@@ -78,8 +77,8 @@ public struct PlacementCosts: Sendable, Equatable {
             // The attention's biases and head norms travel with it (the layer's norms run on the host).
             let vectors = [a.query.bias, a.key.bias, a.value.bias, a.output.bias, a.queryNorm?.weight, a.keyNorm?.weight]
             let cache = max(kvCacheTokens, 0) * (c.kvLength + c.valueLength) * floatBytes
-            let attention = a.byteCount + vectors.reduce(0) { $0 + ($1?.count ?? 0) } * floatBytes + cache
-            blocks.append(DenseCost(block: .attention(layer: l), bytes: attention))
+            let weights = a.byteCount + vectors.reduce(0) { $0 + ($1?.count ?? 0) } * floatBytes
+            blocks.append(DenseCost(block: .attention(layer: l), bytes: weights + cache, readBytes: weights + cache / 2))
 
             let hidden = c.embeddingLength
             let downRow = NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
@@ -94,8 +93,13 @@ public struct PlacementCosts: Sendable, Equatable {
 
     public var layerCount: Int { neuronBytes.count }
 
-    /// Bytes of one block.
+    /// Device bytes of one block.
     public func bytes(of block: DenseBlock) -> Int {
         denseBlocks.first { $0.block == block }?.bytes ?? 0
+    }
+
+    /// Bytes one block reads per token.
+    func readBytes(of block: DenseBlock) -> Int {
+        denseBlocks.first { $0.block == block }?.readBytes ?? 0
     }
 }

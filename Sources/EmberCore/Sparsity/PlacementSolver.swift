@@ -80,8 +80,9 @@ public enum PlacementSolver {
         let budget = max(budget, 0)
         let totalBytes = layers.reduce(0) { $0 + $1.bytes.reduce(0, +) }
         var quantum = layers.lazy.flatMap(\.bytes).filter { $0 > 0 }.reduce(0, greatestCommonDivisor)
-        // Everything fits (or there is nothing): no programme to run.
-        guard quantum > 0, totalBytes > budget else {
+        // Nothing to place: no programme to run. (When everything fits the budget, the
+        // programme still answers for the smaller capacities a caller may ask about.)
+        guard quantum > 0 else {
             return Curve(layers: layers, totalBytes: totalBytes, quantum: 0, width: 1, exact: true, best: [0], choice: [])
         }
         func capacity(_ quantum: Int) -> Int { min(budget, totalBytes) / quantum }
