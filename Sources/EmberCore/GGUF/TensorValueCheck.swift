@@ -20,7 +20,7 @@ extension GGUFFile {
             return FiniteValues.firstNonFinite(floats)
         }
         let blockBytes = Int(ember_block_bytes(code))
-        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: Self.scanChunk)
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: min(Self.scanChunk, tensor.elementCount))
         defer { scratch.deallocate() }
         var done = 0
         while done < tensor.elementCount {
