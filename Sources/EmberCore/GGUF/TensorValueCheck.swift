@@ -47,3 +47,12 @@ extension GGUFFile {
         }
     }
 }
+
+/// The tensor scan for callers outside the library (`--check-tensors`).
+public enum TensorValueCheck {
+    /// Throws `GGUFError.nonFiniteValue` naming the first tensor of the GGUF file at `path`
+    /// that holds a NaN or an infinity (and the reader's errors for a file it rejects).
+    public static func scan(path: String, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
+        try GGUFFile(path: path).checkTensorValues(progress: progress)
+    }
+}
