@@ -268,6 +268,19 @@ final class CompanionFileTests: XCTestCase {
         }
     }
 
+    func testPublicScanOfAFileOnDisk() throws {
+        var w = GGUFWriter()
+        w.addTensor("fine", dims: [2], floats: [1, 2])
+        w.addTensor("output_norm.weight", dims: [4], floats: [1, .nan, 1, 1])
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("ember-scan-\(UUID().uuidString).gguf").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try w.write(to: path)
+        XCTAssertThrowsError(try TensorValueCheck.scan(path: path)) { error in
+            XCTAssertEqual(error as? GGUFError, .nonFiniteValue(path: path, tensor: "output_norm.weight", index: 1))
+            XCTAssertTrue("\(error)".contains("\"output_norm.weight\" holds a NaN or infinite value (element 1)"), "\(error)")
+        }
+    }
+
     func testRealModelsHaveFiniteWeights() throws {
         for model in [KnownModel.smolLM2, .gemma3] {
             var progress: [Int] = []

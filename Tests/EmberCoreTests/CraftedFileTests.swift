@@ -240,4 +240,43 @@ final class CraftedFileTests: XCTestCase {
         XCTAssertEqual(symlink(real, link), 0)
         XCTAssertNoThrow(try GGUFFile(path: link))
     }
+
+    // MARK: hyperparameters, as Models/ reads them
+
+    func testHyperparameterAccessorAppliesTheLimit() throws {
+        var w = GGUFWriter()
+        w.set("llama.block_count", .uint32(32))
+        w.set("llama.too_many", .uint32(5000))
+        w.set("llama.negative", .int32(-1))
+        w.set("llama.huge", .uint64(.max))
+        w.set("llama.text", .string("\u{1B}[2J"))
+        let f = try GGUFFile(file: try MappedFile(bytes: try w.serialized(), path: "m.gguf"))
+        XCTAssertEqual(try f.int("llama.block_count", within: ReaderLimits.layers), 32)
+        XCTAssertEqual(try f.requiredInt("llama.block_count", within: ReaderLimits.layers), 32)
+        XCTAssertNil(try f.int("llama.absent", within: ReaderLimits.layers))
+        XCTAssertThrowsError(try f.requiredInt("llama.absent", within: ReaderLimits.layers)) {
+            XCTAssertEqual($0 as? GGUFError, .missingKey(path: "m.gguf", key: "llama.absent"))
+        }
+        for key in ["llama.too_many", "llama.negative", "llama.huge"] {
+            XCTAssertThrowsError(try f.int(key, within: ReaderLimits.layers), key) { error in
+                XCTAssertEqual(limitName(error), "layers", key)
+                XCTAssertTrue("\(error)".hasPrefix("m.gguf: metadata key \"\(key)\" is "), "\(error)")
+                XCTAssertTrue("\(error)".hasSuffix(", outside the limit on layers (1...1024)"), "\(error)")
+            }
+        }
+        XCTAssertThrowsError(try f.int("llama.text", within: ReaderLimits.layers)) { error in
+            guard case .wrongKeyType? = error as? GGUFError else { return XCTFail("\(error)") }
+            XCTAssertFalse("\(error)".contains("\u{1B}"))
+        }
+    }
+
+    func testDuplicateTensorNamesInEitherFlavour() throws {
+        for flavor in ["GGUF", "PWRI"] {
+            var raw = CraftedGGUF(magic: flavor, tensorCount: 2, keyCount: 0)
+            raw.tensor("w", dims: [8])
+            raw.tensor("w", dims: [8], offset: 32)
+            raw.data(count: 64)
+            XCTAssertEqual(rejection(raw.bytes) as? GGUFError, .duplicateTensor(path: "crafted.gguf", tensor: "w"), flavor)
+        }
+    }
 }

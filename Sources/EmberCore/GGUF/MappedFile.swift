@@ -8,12 +8,15 @@ import Darwin
 final class MappedFile: @unchecked Sendable {
     let path: String
     let bytes: UnsafeRawBufferPointer
+    /// The whole anonymous mapping (guard page included) when the bytes did not come from a file.
+    private let anonymous: (address: UnsafeMutableRawPointer, length: Int)?
 
     /// Maps the regular file at `path`. Anything else (a FIFO, a device, a directory) is refused
     /// before it can block: the path is checked first, then opened without blocking (so a FIFO
     /// swapped in between cannot hang the open either) and checked again on the descriptor.
     init(path: String) throws {
         self.path = path
+        anonymous = nil
         func failure(_ reason: String) -> GGUFError { .cannotOpen(path: path, reason: reason) }
         var info = stat()
         guard stat(path, &info) == 0 else { throw failure(String(cString: strerror(errno))) }
@@ -36,20 +39,29 @@ final class MappedFile: @unchecked Sendable {
     }
 
     /// Bytes held in anonymous read-only memory, as if mapped from a file named `path`: lets
-    /// tests feed thousands of variants to the parser without touching the disk.
+    /// tests and fuzzers feed thousands of variants to the parser without touching the disk.
+    /// The bytes end within 64 bytes of an inaccessible guard page (their start 64-byte aligned,
+    /// as a mapping's would be), so a read past the end faults instead of passing unnoticed.
     init(bytes source: [UInt8], path: String) throws {
         self.path = path
         guard !source.isEmpty else {
+            anonymous = nil
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
             return
         }
-        let address = mmap(nil, source.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let dataPages = (source.count + page - 1) / page * page
+        let length = dataPages + page
+        let address = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let address, address != MAP_FAILED else {
             throw GGUFError.cannotOpen(path: path, reason: "mmap failed: " + String(cString: strerror(errno)))
         }
-        source.withUnsafeBytes { address.copyMemory(from: $0.baseAddress!, byteCount: source.count) }
-        mprotect(address, source.count, PROT_READ)
-        bytes = UnsafeRawBufferPointer(start: address, count: source.count)
+        let start = address + (dataPages - source.count) / 64 * 64
+        source.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: source.count) }
+        mprotect(address, dataPages, PROT_READ)
+        mprotect(address + dataPages, page, PROT_NONE)
+        anonymous = (address, length)
+        bytes = UnsafeRawBufferPointer(start: start, count: source.count)
     }
 
     /// Why a file of mode `mode` is refused, naming what it is.
@@ -77,7 +89,9 @@ final class MappedFile: @unchecked Sendable {
     }
 
     deinit {
-        if let base = bytes.baseAddress {
+        if let (address, length) = anonymous {
+            munmap(address, length)
+        } else if let base = bytes.baseAddress {
             munmap(UnsafeMutableRawPointer(mutating: base), bytes.count)
         }
     }

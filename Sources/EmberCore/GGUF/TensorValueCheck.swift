@@ -20,7 +20,7 @@ extension GGUFFile {
             return FiniteValues.firstNonFinite(floats)
         }
         let blockBytes = Int(ember_block_bytes(code))
-        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: Self.scanChunk)
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: min(Self.scanChunk, tensor.elementCount))
         defer { scratch.deallocate() }
         var done = 0
         while done < tensor.elementCount {
@@ -45,5 +45,14 @@ extension GGUFFile {
             done += tensor.byteCount
             progress?(done, total)
         }
+    }
+}
+
+/// The tensor scan for callers outside the library (`--check-tensors`).
+public enum TensorValueCheck {
+    /// Throws `GGUFError.nonFiniteValue` naming the first tensor of the GGUF file at `path`
+    /// that holds a NaN or an infinity (and the reader's errors for a file it rejects).
+    public static func scan(path: String, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws {
+        try GGUFFile(path: path).checkTensorValues(progress: progress)
     }
 }

@@ -1,7 +1,8 @@
 import Foundation
 
 /// Everything that can be wrong with a model's tokenizer metadata. Building a tokenizer from a
-/// hostile or broken file reports one of these instead of trapping.
+/// hostile or broken file reports one of these instead of trapping; text from the file is shown
+/// escaped and shortened (`SafeText`).
 public enum TokenizerError: Error, Equatable, CustomStringConvertible {
     /// A required `tokenizer.*` key is absent.
     case missingMetadata(key: String)
@@ -17,19 +18,20 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
     case tokenIDOutOfRange(key: String, id: Int, vocabularySize: Int)
 
     public var description: String {
+        func q(_ text: String) -> String { SafeText.quoted(text) }
         switch self {
         case .missingMetadata(let key):
-            return "tokenizer metadata \"\(key)\" is missing"
+            return "tokenizer metadata \(q(key)) is missing"
         case .invalidMetadata(let key, let reason):
-            return "tokenizer metadata \"\(key)\" is invalid: \(reason)"
+            return "tokenizer metadata \(q(key)) is invalid: \(reason)"
         case .unsupportedModel(let model):
-            return "tokenizer model \"\(model)\" is not supported (Ember reads \"gpt2\" and \"llama\")"
+            return "tokenizer model \(q(model)) is not supported (Ember reads \"gpt2\" and \"llama\")"
         case .duplicateToken(let text, let first, let second):
-            return "token text \"\(text)\" appears twice in the vocabulary (ids \(first) and \(second))"
+            return "token text \(q(text)) appears twice in the vocabulary (ids \(first) and \(second))"
         case .invalidMerge(let index, let rule):
-            return "merge rule \(index) \"\(rule)\" is malformed or refers to unknown tokens"
+            return "merge rule \(index) \(q(rule)) is malformed or refers to unknown tokens"
         case .tokenIDOutOfRange(let key, let id, let size):
-            return "tokenizer metadata \"\(key)\" = \(id) is outside the vocabulary of \(size) tokens"
+            return "tokenizer metadata \(q(key)) = \(id) is outside the vocabulary of \(size) tokens"
         }
     }
 }
