@@ -13,53 +13,13 @@
 #include "ember_attention.h"
 #include "ember_kernels.h"
 #include "ember_vector.h"
+#include "bench_util.h"
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-enum { HEADS = 9, KV_HEADS = 3, HD = 64, BATCH = 64, ROWS_PER_ITEM = 16, MAX_THREADS = 8 };
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static uint64_t rng = 88172645463325252ULL;
-static float frand(void) {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2 - 1;
-}
-
-// ---- a minimal spinning pool: the caller is thread 0 ----
-static int nthreads = 2;
-static void (*job)(int);
-static int generation, pending, stopping;
-static void *worker(void *arg) {
-    int index = (int)(intptr_t)arg, seen = 0;
-    for (;;) {
-        int g;
-        while ((g = __atomic_load_n(&generation, __ATOMIC_ACQUIRE)) == seen) __builtin_ia32_pause();
-        seen = g;
-        if (__atomic_load_n(&stopping, __ATOMIC_ACQUIRE)) return NULL;
-        job(index);
-        __atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL);
-    }
-}
-static void run(void (*f)(int)) {
-    job = f;
-    __atomic_store_n(&pending, nthreads - 1, __ATOMIC_RELEASE);
-    __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
-    f(0);
-    while (__atomic_load_n(&pending, __ATOMIC_ACQUIRE) > 0) __builtin_ia32_pause();
-}
-static void share(int64_t count, int thread, int64_t *lo, int64_t *hi) {
-    *lo = count * thread / nthreads;
-    *hi = count * (thread + 1) / nthreads;
-}
+enum { HEADS = 9, KV_HEADS = 3, HD = 64, BATCH = 64, ROWS_PER_ITEM = 16 };
 
 // ---- the state of one measured call ----
 static float *kf32, *vf32, *queries, *out, *out_old, *partials;
@@ -73,7 +33,7 @@ static float *scores[MAX_THREADS];
 // Old: one ember_attention_head per (row, head) over the F32 cache, items shared evenly.
 static void old_job(int thread) {
     int64_t lo, hi;
-    share(rows * HEADS, thread, &lo, &hi);
+    share(rows * HEADS, thread, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
         int64_t t = item / HEADS, h = item % HEADS, g = h / (HEADS / KV_HEADS);
         ember_attention_head(queries + t * HEADS * HD + h * HD, kf32 + g * HD, KV_HEADS * HD,
@@ -105,7 +65,7 @@ static int64_t chunk_keys(int64_t count) { return 64 * ((count + 16 * 64 - 1) / 
 static void new_decode_job(int thread) {
     int64_t count = positions[0] + 1, chunk = chunk_keys(count), chunks = (count + chunk - 1) / chunk;
     int64_t lo, hi, pf = HEADS / KV_HEADS * (HD + 2);
-    share(KV_HEADS * chunks, thread, &lo, &hi);
+    share(KV_HEADS * chunks, thread, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
         int64_t g = item / chunks, c = item % chunks;
         ember_attention_partial(&args, g, 0, c * chunk, (c + 1) * chunk,
@@ -115,7 +75,7 @@ static void new_decode_job(int thread) {
 static void merge_job(int thread) {
     int64_t count = positions[0] + 1, chunk = chunk_keys(count), chunks = (count + chunk - 1) / chunk;
     int64_t lo, hi, group = HEADS / KV_HEADS;
-    share(HEADS, thread, &lo, &hi);
+    share(HEADS, thread, 1, &lo, &hi);
     for (int64_t h = lo; h < hi; h++) {
         int64_t g = h / group, j = h % group;
         ember_attention_merge(partials + (g * chunks * group + j) * (HD + 2), chunks, group * (HD + 2), HD,
@@ -156,9 +116,10 @@ static double time_decode(int old) {
 
 int main(int argc, char **argv) {
     context = argc > 1 ? atoll(argv[1]) : 4096;
-    nthreads = argc > 2 ? atoi(argv[2]) : 2;
+    int threads = argc > 2 ? atoi(argv[2]) : 2;
     int layers = argc > 3 ? atoi(argv[3]) : 30;
-    if (nthreads < 1 || nthreads > MAX_THREADS || context < 1) return 1;
+    if (threads < 1 || threads > MAX_THREADS || context < 1) return 1;
+    nthreads = threads;
     int64_t cap = context + 1, kvlen = KV_HEADS * HD;
     kf32 = malloc(sizeof(float) * cap * kvlen);
     vf32 = malloc(sizeof(float) * cap * kvlen);
@@ -172,8 +133,7 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < cap * kvlen; i++) { kf32[i] = frand(); vf32[i] = frand(); }
     for (int64_t i = 0; i < BATCH * HEADS * HD; i++) queries[i] = 2 * frand();
     for (int t = 0; t < MAX_THREADS; t++) scores[t] = malloc(sizeof(float) * cap);
-    pthread_t threads[MAX_THREADS];
-    for (int t = 1; t < nthreads; t++) pthread_create(&threads[t], NULL, worker, (void *)(intptr_t)t);
+    pool_start(nthreads);
 
     printf("avx2 %d, threads %d, context %lld, heads %d/%d, head dim %d, batches of %d rows\n",
            ember_has_avx2(), nthreads, (long long)context, HEADS, KV_HEADS, HD, BATCH);
@@ -217,8 +177,6 @@ int main(int argc, char **argv) {
                old_prefill / prefill, old_decode / decode, worst);
         for (int t = 0; t < nthreads; t++) free(scratch[t]);
     }
-    __atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
-    __atomic_add_fetch(&generation, 1, __ATOMIC_ACQ_REL);
-    for (int t = 1; t < nthreads; t++) pthread_join(threads[t], NULL);
+    pool_stop();
     return 0;
 }

@@ -10,13 +10,10 @@
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
-// Software prefetch of weights: PF_ROWS rows ahead (the next matvec tile), into L2 (T1 was
-// ~1.5x faster than T0 for DRAM-bound matvec on Zen3; distances 2-32 rows were tried).
+// Software prefetch of weights into L2 (T1 was ~1.5x faster than T0 for DRAM-bound matvec on
+// Zen3); the distance is the drivers' (PF_ROWS in internal.h, the gather's next rows).
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1
-#endif
-#ifndef PF_ROWS
-#define PF_ROWS 4
 #endif
 // Loops over rows, columns and sub-blocks have constant trip counts after inlining; fully
 // unrolled they keep accumulators in registers and shuffle masks become constants.
@@ -32,9 +29,9 @@ INLINE float hsum(__m256 v) {
 INLINE float h2f(const void *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
 static inline uint32_t load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
-// Software prefetch of a weight block PF_ROWS rows further on (in a matvec, the next tile's
-// rows). A tile reads several short rows at once, which the hardware prefetchers follow
-// poorly; without this, quantized matvec ran at about half the memory bandwidth.
+// Software prefetch of a weight block of the row a tile will read next in the same slot. A
+// tile reads several short rows at once, which the hardware prefetchers follow poorly;
+// without this, quantized matvec ran at about half the memory bandwidth.
 INLINE void prefetch_block(const uint8_t *p, int bytes) {
     UNROLL
     for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, PF_HINT);
