@@ -10,13 +10,10 @@
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
-// Software prefetch of weights: PF_ROWS rows ahead (the next matvec tile), into L2 (T1 was
-// ~1.5x faster than T0 for DRAM-bound matvec on Zen3; distances 2-32 rows were tried).
+// Software prefetch of weights into L2 (T1 was ~1.5x faster than T0 for DRAM-bound matvec on
+// Zen3); the distance is the drivers' (PF_ROWS in internal.h, the gather's next rows).
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1
-#endif
-#ifndef PF_ROWS
-#define PF_ROWS 4
 #endif
 // Loops over rows, columns and sub-blocks have constant trip counts after inlining; fully
 // unrolled they keep accumulators in registers and shuffle masks become constants.
@@ -32,12 +29,33 @@ INLINE float hsum(__m256 v) {
 INLINE float h2f(const void *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
 static inline uint32_t load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
-// Software prefetch of a weight block PF_ROWS rows further on (in a matvec, the next tile's
-// rows). A tile reads several short rows at once, which the hardware prefetchers follow
-// poorly; without this, quantized matvec ran at about half the memory bandwidth.
+// Software prefetch of a weight block of the row a tile will read next in the same slot. A
+// tile reads several short rows at once, which the hardware prefetchers follow poorly;
+// without this, quantized matvec ran at about half the memory bandwidth.
 INLINE void prefetch_block(const uint8_t *p, int bytes) {
     UNROLL
     for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, PF_HINT);
+}
+
+// e^x for 8 floats: x = k·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial (Taylor
+// coefficients; relative error below 2e-7 on that range), 2^k built in the exponent bits.
+// Inputs are clamped to [-87.3, 88.3], where float e^x is finite and normal.
+INLINE __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // r = x - k·ln2 in two steps (ln2 split into a high and a low part) to keep r exact.
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles first (elements 0-15), then high.

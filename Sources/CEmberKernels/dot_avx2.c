@@ -14,8 +14,8 @@
 // ---------------------------------------------------------------------------------------
 enum { K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0 };
 
-INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *w,
-                     size_t rb, const uint8_t *act, size_t as, float *y, int64_t ldy) {
+INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *const *w,
+                     const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int has_min = kind == K_Q4_1 || kind == K_Q5_1;  // unsigned quants + offset m
     const int wbytes = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : kind == K_Q5_0 ? 22
                      : kind == K_Q5_1 ? 24 : 34;
@@ -30,8 +30,8 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
     for (int64_t b = 0; b < n / 32; b++) {
         UNROLL
         for (int i = 0; i < nr; i++) {
-            const uint8_t *wb = w + i * rb + b * wbytes;
-            prefetch_block(wb + PF_ROWS * rb, wbytes);
+            const uint8_t *wb = w[i] + b * wbytes;
+            prefetch_block(next[i] + b * wbytes, wbytes);
             // Q4_0/Q5_0 stay unsigned (0..15, 0..31); their offset of 8 or 16 is taken off
             // afterwards as offset * sum(x), which costs one op per column instead of the sign
             // trick's two per (row, column).
@@ -106,8 +106,8 @@ INLINE void unpack_k_scales(const uint8_t *p, uint64_t *sc, uint64_t *mn) {
 
 // Loop order: block, row, then each 32-weight chunk is decoded once and dotted with all the
 // tile's columns (integer sums per column in sumi[]), then one float update per column.
-INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *w,
-                   size_t rb, const uint8_t *act, size_t as, float *y, int64_t ldy) {
+INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *const *w,
+                   const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int wbytes = kind == K_Q4_K ? 144 : kind == K_Q5_K ? 176 : 210;
     const __m256i m4 = _mm256_set1_epi8(15);
     __m256 acc[4][4];
@@ -120,8 +120,8 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
     for (int64_t b = 0; b < n / QK_K; b++) {
         UNROLL
         for (int i = 0; i < nr; i++) {
-            const uint8_t *wb = w + i * rb + b * wbytes;
-            prefetch_block(wb + PF_ROWS * rb, wbytes);
+            const uint8_t *wb = w[i] + b * wbytes;
+            prefetch_block(next[i] + b * wbytes, wbytes);
             const block_q8_K *a[4];
             __m256i sumi[4];
             UNROLL
@@ -252,8 +252,8 @@ INLINE float load1(const int kind, const uint8_t *p) {
     }
 }
 
-INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *w,
-                   size_t rb, const uint8_t *act, size_t as, float *y, int64_t ldy) {
+INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *const *w,
+                   const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int eb = kind == K_F32 ? 4 : 2;
     __m256 acc[4][4];
     UNROLL
@@ -264,7 +264,8 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
     for (; j + 8 <= n; j += 8)
         UNROLL
         for (int i = 0; i < nr; i++) {
-            __m256 wv = load8(kind, w + i * rb + j * eb);
+            _mm_prefetch((const char *)next[i] + j * eb, PF_HINT);  // 2 (F32) or 4 (16-bit) per line
+            __m256 wv = load8(kind, w[i] + j * eb);
             UNROLL
             for (int c = 0; c < nc; c++) {
                 const float *x = (const float *)(act + c * as) + j;
@@ -277,7 +278,7 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
         for (int c = 0; c < nc; c++) {
             float s = hsum(acc[i][c]);
             const float *x = (const float *)(act + c * as);
-            for (int64_t t = j; t < n; t++) s += load1(kind, w + i * rb + t * eb) * x[t];
+            for (int64_t t = j; t < n; t++) s += load1(kind, w[i] + t * eb) * x[t];
             y[c * ldy + i] = s;
         }
 }
@@ -293,9 +294,9 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
     X(name, impl, kind, 2, 4)
 
 #define DEFINE_TILE(name, impl, kind, NR, NC)                                                 \
-    static AVX2 void name##_##NR##x##NC(int64_t n, const uint8_t *w, size_t rb,               \
+    static AVX2 void name##_##NR##x##NC(int64_t n, const uint8_t *const *w, const uint8_t *const *next, \
                                         const uint8_t *act, size_t as, float *y, int64_t ldy) { \
-        impl(kind, NR, NC, n, w, rb, act, as, y, ldy);                                       \
+        impl(kind, NR, NC, n, w, next, act, as, y, ldy);                                     \
     }
 #define TILE_ENTRY(name, impl, kind, NR, NC) [NR - 1][NC - 1] = name##_##NR##x##NC,
 

@@ -164,9 +164,10 @@ static float dot_q6_K(int64_t n, const block_q6_K *w, const block_q8_K *a) {
 }
 
 #define PORTABLE_TILE(name, call)                                                            \
-    static void tile_##name(int64_t n, const uint8_t *w, size_t rb, const uint8_t *act,      \
-                            size_t as, float *y, int64_t ldy) {                              \
-        (void)rb; (void)as; (void)ldy;                                                       \
+    static void tile_##name(int64_t n, const uint8_t *const *rows, const uint8_t *const *next, \
+                            const uint8_t *act, size_t as, float *y, int64_t ldy) {          \
+        (void)next; (void)as; (void)ldy;                                                     \
+        const uint8_t *w = rows[0];                                                          \
         *y = call;                                                                           \
     }
 

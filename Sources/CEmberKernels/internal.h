@@ -114,17 +114,25 @@ static inline int ember_nearest_int(float x) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Kernels. A tile computes an nr x nc block of dot products: rows w + i*row_bytes (i < nr)
-// against activations act + c*act_stride (c < nc), writing y[c*ldy + i]. `n` is the row
-// length in elements. ember_dot and ember_matvec go through tiles, and every (row, column)
-// pair uses the same summation order whatever the tile shape, so they agree bit for bit.
-// ember_matmul uses tiles too, except for the repacked 8-row AVX2 paths declared at the end
-// (same integer sums, float steps in another order).
+// Kernels. A tile computes an nr x nc block of dot products: rows w[i] (i < nr) against
+// activations act + c*act_stride (c < nc), writing y[c*ldy + i]. `n` is the row length in
+// elements. Rows come as pointers, so the same tile serves a dense matrix (consecutive rows)
+// and a gather (the active rows, anywhere); next[i] is the row whose blocks the tile
+// prefetches alongside row i (the row the caller will hand it next in that slot; w[i] itself
+// when there is none). ember_dot, ember_matvec and ember_matvec_gather go through tiles, and
+// every (row, column) pair uses the same summation order whatever the tile shape, so they
+// agree bit for bit. ember_matmul uses tiles too, except for the repacked 8-row AVX2 paths
+// declared at the end (same integer sums, float steps in another order).
 // ---------------------------------------------------------------------------------------
-typedef void (*ember_tile_fn)(int64_t n, const uint8_t *w, size_t row_bytes,
+typedef void (*ember_tile_fn)(int64_t n, const uint8_t *const *w, const uint8_t *const *next,
                               const uint8_t *act, size_t act_stride, float *y, int64_t ldy);
 
 enum { EMBER_MAX_NR = 4, EMBER_MAX_NC = 4 };
+
+// Dense drivers prefetch PF_ROWS rows ahead of each row (with 4-row tiles: the next tile's).
+#ifndef PF_ROWS
+#define PF_ROWS 4
+#endif
 
 // tiles[nr-1][nc-1]; entries may be NULL when a shape is not provided (1x1 always is).
 typedef struct { ember_tile_fn tiles[EMBER_MAX_NR][EMBER_MAX_NC]; } ember_kernel_set;

@@ -37,7 +37,8 @@ static const ember_kernel_set *kernels_for(int type) {
 float ember_dot(int type, int64_t n, const void *row, const void *act) {
     const ember_kernel_set *k = kernels_for(type);
     float y = 0;
-    if (k) k->tiles[0][0](n, row, 0, act, 0, &y, 0);
+    const uint8_t *w = row;
+    if (k) k->tiles[0][0](n, &w, &w, act, 0, &y, 0);
     return y;
 }
 
@@ -58,8 +59,12 @@ static void run_tiles(const ember_kernel_set *k, int64_t n, const uint8_t *w, si
         const uint8_t *a = act + c * act_stride;
         for (int64_t r = r0; r < r1;) {
             int nr = pick_rows(k, nc, r1 - r);
-            ember_tile_fn f = k->tiles[nr - 1][nc - 1];
-            f(n, w + r * row_bytes, row_bytes, a, act_stride, y + c * ldy + (r - r0), ldy);
+            const uint8_t *rows[EMBER_MAX_NR], *next[EMBER_MAX_NR];
+            for (int i = 0; i < nr; i++) {
+                rows[i] = w + (r + i) * row_bytes;
+                next[i] = r + i + PF_ROWS < r1 ? rows[i] + PF_ROWS * row_bytes : rows[i];
+            }
+            k->tiles[nr - 1][nc - 1](n, rows, next, a, act_stride, y + c * ldy + (r - r0), ldy);
             r += nr;
         }
         c += nc;

@@ -5,10 +5,10 @@
 #include "avx2_util.h"
 #include <stdlib.h>
 
-// How far ahead, in gathered rows, whole rows are prefetched. The active rows are scattered,
-// so neither the hardware prefetcher nor the tiles' own PF_ROWS prefetch (which assumes the
-// next rows are adjacent) can find them. Measured on Zen3 (Q4_0, 4096 columns, 10 % of rows):
-// 1 to 16 rows ahead all alike; hint T1 (locality 2) clearly ahead of T0 and NTA.
+// How far ahead, in gathered rows, whole rows are prefetched where the tiles do not prefetch
+// (the first rows, the portable path). The active rows are scattered, so the hardware
+// prefetcher cannot find them. Measured on Zen3 (Q4_0, 4096 columns, 10 % of rows): 1 to 16
+// rows ahead all alike; hint T1 (locality 2) clearly ahead of T0 and NTA.
 enum { GATHER_AHEAD = 4 };
 
 static void prefetch_rows(const uint8_t *w, size_t row_bytes, const int32_t *rows, int64_t count) {
@@ -27,126 +27,34 @@ static const ember_kernel_set *kernels_for(int type) {
 // Row gather
 // ---------------------------------------------------------------------------------------
 
-#if defined(__x86_64__) || defined(__i386__)
-enum { G_Q4_0, G_Q4_1, G_Q5_0, G_Q5_1, G_Q8_0 };
-
-// Four scattered rows of a 32-element block format against Q8_0/Q8_1 activations: dot_avx2.c's
-// b32_tile for a 4 x 1 tile, step for step (so results are bit-identical to ember_matvec),
-// except that rows come from a pointer table and the prefetch targets the next four gathered
-// rows rather than the next four adjacent ones. Four independent accumulator chains hide the
-// FMA latency that bounds a single-row tile (Q4_0, 4096 columns, 10 % of 11008 rows, one
-// thread, cold caches: 7.7x faster than dense, against 5.1x with single-row tiles).
-INLINE void b32_gather4(const int kind, int64_t n, const uint8_t *const *w, const uint8_t *const *next,
-                        const uint8_t *act, float *y) {
-    const int has_min = kind == G_Q4_1 || kind == G_Q5_1;
-    const int wbytes = kind == G_Q4_0 ? 18 : kind == G_Q4_1 ? 20 : kind == G_Q5_0 ? 22
-                     : kind == G_Q5_1 ? 24 : 34;
-    const int abytes = has_min ? (int)sizeof(block_q8_1) : (int)sizeof(block_q8_0);
-    const int aqs = has_min ? 4 : 2;
-    __m256 acc[4];
-    UNROLL
-    for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / 32; b++) {
-        UNROLL
-        for (int i = 0; i < 4; i++) {
-            const uint8_t *wb = w[i] + b * wbytes;
-            prefetch_block(next[i] + b * wbytes, wbytes);
-            __m256i q;
-            switch (kind) {
-            case G_Q4_0: case G_Q4_1: q = nibbles32(wb + (kind == G_Q4_0 ? 2 : 4)); break;
-            case G_Q5_0: case G_Q5_1: {
-                int o = kind == G_Q5_0 ? 2 : 4;
-                q = _mm256_or_si256(nibbles32(wb + o + 4), _mm256_and_si256(
-                        bits_to_bytes(wb + o), _mm256_set1_epi8(16)));
-                break;
-            }
-            default: q = _mm256_loadu_si256((const __m256i *)(wb + 2)); break;
-            }
-            const int offset = kind == G_Q4_0 ? 8 : kind == G_Q5_0 ? 16 : 0;
-            __m256i qabs = kind == G_Q8_0 ? _mm256_sign_epi8(q, q) : q;
-            __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(wb)));
-            const uint8_t *ab = act + b * abytes;
-            __m256i x = _mm256_loadu_si256((const __m256i *)(ab + aqs));
-            __m256i p16;
-            if (kind == G_Q8_0) {
-                p16 = _mm256_maddubs_epi16(qabs, _mm256_sign_epi8(x, q));
-            } else {
-                p16 = _mm256_maddubs_epi16(q, x);
-                if (offset)
-                    p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8((char)offset), x));
-            }
-            __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-            __m128 p = _mm_mul_ps(dm, _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(ab))));
-            acc[i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), s, acc[i]);
-            if (has_min)
-                acc[i] = _mm256_add_ps(acc[i], _mm256_zextps128_ps256(_mm_blend_ps(_mm_setzero_ps(), p, 2)));
-        }
-    }
-    UNROLL
-    for (int i = 0; i < 4; i++) y[i] = hsum(acc[i]);
-}
-
-typedef void (*gather4_fn)(int64_t, const uint8_t *const *, const uint8_t *const *, const uint8_t *, float *);
-#define GATHER_FN(name, kind)                                                                   \
-    static AVX2 void name(int64_t n, const uint8_t *const *w, const uint8_t *const *next,       \
-                          const uint8_t *act, float *y) {                                       \
-        b32_gather4(kind, n, w, next, act, y);                                                  \
-    }
-GATHER_FN(gather4_q4_0, G_Q4_0)
-GATHER_FN(gather4_q4_1, G_Q4_1)
-GATHER_FN(gather4_q5_0, G_Q5_0)
-GATHER_FN(gather4_q5_1, G_Q5_1)
-GATHER_FN(gather4_q8_0, G_Q8_0)
-
-static gather4_fn gather4_for(int type) {
-    if (!ember_has_avx2()) return NULL;
-    switch (type) {
-    case EMBER_TYPE_Q4_0: return gather4_q4_0;
-    case EMBER_TYPE_Q4_1: return gather4_q4_1;
-    case EMBER_TYPE_Q5_0: return gather4_q5_0;
-    case EMBER_TYPE_Q5_1: return gather4_q5_1;
-    case EMBER_TYPE_Q8_0: return gather4_q8_0;
-    default: return NULL;
-    }
-}
-#else
-typedef void (*gather4_fn)(int64_t, const uint8_t *const *, const uint8_t *const *, const uint8_t *, float *);
-static gather4_fn gather4_for(int type) { (void)type; return NULL; }
-#endif
-
-// 32-element block formats on AVX2 take the rows four at a time (b32_gather4). The others
-// (K-quants, floats, the portable path) use the dense 1 x 1 tile per row, with whole rows
-// prefetched GATHER_AHEAD rows ahead. Copying 4 scattered rows into a scratch to use the dense
-// 4-row tile was tried and measured slower than single rows (the copy costs more than the
-// shared activation loads save). Either way each result is bit-identical to ember_matvec's.
+// The dense tiles on row pointers (see internal.h): the gathered rows go through the tallest
+// single-column tile the path has, four at a time on AVX2 for every type (four independent
+// accumulator chains hide the FMA latency that bounds a single-row tile: Q4_0, 4096 columns,
+// 10 % of 11008 rows, one thread, cold caches, 7.7x faster than dense against 5.1x with
+// single-row tiles). Each tile prefetches, block by block, the rows of the group after it;
+// the first group is prefetched whole. Tiles without their own prefetch (the portable ones)
+// get whole rows prefetched GATHER_AHEAD rows ahead instead. Every result is bit-identical to
+// ember_matvec's for that row: same tiles, and no result depends on the tile's other rows.
 void ember_matvec_gather(int type, int64_t n, const void *w, size_t row_bytes,
                          const void *act, const int32_t *rows, int64_t count, float *y) {
     const ember_kernel_set *k = kernels_for(type);
     if (!k || count <= 0) return;
     const uint8_t *base = w;
-    int64_t i = 0;
-    gather4_fn g4 = gather4_for(type);
-    if (g4) {
-        // The first group is prefetched whole; later ones block by block while the group
-        // before them is read.
-        prefetch_rows(base, row_bytes, rows, count < 4 ? count : 4);
-        for (; i + 4 <= count; i += 4) {
-            const uint8_t *cur[4], *next[4];
-            for (int j = 0; j < 4; j++) {
-                cur[j] = base + (size_t)rows[i + j] * row_bytes;
-                next[j] = i + 4 + j < count ? base + (size_t)rows[i + 4 + j] * row_bytes : cur[j];
-            }
-            g4(n, cur, next, act, y + i);
+    int nr = EMBER_MAX_NR;
+    while (nr > 1 && !k->tiles[nr - 1][0]) nr--;
+    int tiles_prefetch = k != ember_portable_kernels(type);
+    prefetch_rows(base, row_bytes, rows, count < GATHER_AHEAD ? count : GATHER_AHEAD);
+    for (int64_t i = 0; i < count; i += nr) {
+        int m = count - i < nr ? (int)(count - i) : nr;
+        const uint8_t *cur[EMBER_MAX_NR], *next[EMBER_MAX_NR];
+        for (int j = 0; j < m; j++) {
+            cur[j] = base + (size_t)rows[i + j] * row_bytes;
+            next[j] = i + m + j < count ? base + (size_t)rows[i + m + j] * row_bytes : cur[j];
         }
-    } else {
-        prefetch_rows(base, row_bytes, rows, count < GATHER_AHEAD ? count : GATHER_AHEAD);
-    }
-    // Row stride 0 points the tile's own prefetch at the row it is reading, not at the
-    // unrelated row PF_ROWS further on.
-    ember_tile_fn tile1 = k->tiles[0][0];
-    for (; i < count; i++) {
-        if (i + GATHER_AHEAD < count) prefetch_rows(base, row_bytes, rows + i + GATHER_AHEAD, 1);
-        tile1(n, base + (size_t)rows[i] * row_bytes, 0, act, 0, y + i, 0);
+        if (!tiles_prefetch && i + GATHER_AHEAD < count)
+            prefetch_rows(base, row_bytes, rows + i + GATHER_AHEAD, count - i - GATHER_AHEAD < m ? count - i - GATHER_AHEAD : m);
+        // The tail group may be shorter: every height up to nr exists when nr does (AVX2).
+        k->tiles[m - 1][0](n, cur, next, act, 0, y + i, 0);
     }
 }
 

@@ -2,11 +2,10 @@
 // for baseline x86-64, turns fused multiply-adds into libm calls and expf into scalar calls:
 // measured at a third of decode time for SmolLM2 before these moved here.
 #include "ember_vector.h"
-#include "ember_kernels.h"
+#include "avx2_util.h"
 #include <math.h>
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
 #define EMBER_X86 1
 #endif
 
@@ -40,15 +39,6 @@ static float activation_portable(int act, float g) {
 // ---------------------------------------------------------------------------------------
 // AVX2 + FMA paths
 // ---------------------------------------------------------------------------------------
-#define AVX2 __attribute__((target("avx2,fma")))
-
-AVX2 static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
@@ -68,27 +58,6 @@ AVX2 static void axpy_avx2(float a, const float *x, float *y, int64_t n) {
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * x[i];
-}
-
-// e^x for 8 floats: x = k·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial (Taylor
-// coefficients; relative error below 2e-7 on that range), 2^k built in the exponent bits.
-// Inputs are clamped to [-87.3, 88.3], where float e^x is finite and normal.
-AVX2 static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // r = x - k·ln2 in two steps (ln2 split into a high and a low part) to keep r exact.
-    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
 AVX2 static inline __m256 activation8(int act, __m256 g) {

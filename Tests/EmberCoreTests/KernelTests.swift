@@ -55,7 +55,7 @@ final class KernelTests: XCTestCase {
         return out
     }
 
-    func dequantize(_ type: Int32, _ bytes: [UInt8], _ n: Int) -> [Float] {
+    static func dequantize(_ type: Int32, _ bytes: [UInt8], _ n: Int) -> [Float] {
         var out = [Float](repeating: 0, count: n)
         ember_dequantize_row(type, bytes, &out, Int64(n))
         return out
@@ -152,7 +152,7 @@ final class KernelTests: XCTestCase {
         for (type, name) in Self.weightTypes {
             for n in [256, 512, 4096] {
                 let x = rng.vector(n)
-                let y = dequantize(type, quantize(type, x), n)
+                let y = Self.dequantize(type, quantize(type, x), n)
                 let bound = roundTripBound(type, x)
                 var worst = 0
                 for i in 0..<n where abs(Double(y[i]) - Double(x[i])) > bound[i] { worst += 1 }
@@ -167,9 +167,9 @@ final class KernelTests: XCTestCase {
     /// For Q4_1/Q5_1 the kernel uses Q8_1's stored s = half(d·Σq) for the min term instead of
     /// d·Σq (the one value not visible in the dequantized activations), so the reference adds
     /// m·(s - d·Σq) per block to model exactly that.
-    func reference(_ type: Int32, _ n: Int, _ w: [UInt8], _ a: [UInt8]) -> (value: Double, magnitude: Double) {
+    static func reference(_ type: Int32, _ n: Int, _ w: [UInt8], _ a: [UInt8]) -> (value: Double, magnitude: Double) {
         let at = ember_activation_type(type)
-        let wf = dequantize(type, w, n), af = dequantize(at, a, n)
+        let wf = Self.dequantize(type, w, n), af = Self.dequantize(at, a, n)
         var sum = 0.0, mag = 0.0
         for i in 0..<n {
             sum += Double(wf[i]) * Double(af[i])
@@ -210,14 +210,14 @@ final class KernelTests: XCTestCase {
             for n in [256, 512, 4096] {
                 let xw = rng.vector(n), x = rng.vector(n)
                 let w = quantize(type, xw), a = activations(type, x)
-                let ref = reference(type, n, w, a)
+                let ref = Self.reference(type, n, w, a)
                 let tol = Double(n + 16) * Self.u * ref.magnitude + 1e-30
                 for portable in [false, true] {
                     let got = Double(dot(type, n, w, a, portable: portable))
                     XCTAssertEqual(got, ref.value, accuracy: tol, "\(name) n=\(n) portable=\(portable)")
                 }
                 // Against the exact float dot of dequantized weights with the original x.
-                let wf = dequantize(type, w, n)
+                let wf = Self.dequantize(type, w, n)
                 var exact = 0.0
                 for i in 0..<n { exact += Double(wf[i]) * Double(x[i]) }
                 let bound = activationErrorBound(type, wf, x) + tol
@@ -236,7 +236,7 @@ final class KernelTests: XCTestCase {
                 for _ in 0..<3 {
                     let w = quantize(type, rng.vector(n)), a = activations(type, rng.vector(n))
                     // Both paths are within (n+16)·u·Σ|terms| of the exact value (see top).
-                    let tol = 2 * Double(n + 16) * Self.u * reference(type, n, w, a).magnitude + 1e-30
+                    let tol = 2 * Double(n + 16) * Self.u * Self.reference(type, n, w, a).magnitude + 1e-30
                     let fast = Double(dot(type, n, w, a)), slow = Double(dot(type, n, w, a, portable: true))
                     XCTAssertEqual(fast, slow, accuracy: tol, "\(name) n=\(n)")
                 }
@@ -279,7 +279,7 @@ final class KernelTests: XCTestCase {
                 // Σ|w·a| per (column, row) for the matmul tolerance.
                 let magnitude: [[Double]] = (0..<maxCols).map { c in
                     (0..<rows).map { r in
-                        reference(type, n, Array(w[(r * rb)..<((r + 1) * rb)]),
+                        Self.reference(type, n, Array(w[(r * rb)..<((r + 1) * rb)]),
                                   Array(acts[(c * stride)..<(c * stride + ember_activation_bytes(at, Int64(n)))])).magnitude
                     }
                 }
@@ -329,7 +329,7 @@ final class KernelTests: XCTestCase {
             let at = ember_activation_type(type)
             var acts = [UInt8]()
             for _ in 0..<cols { acts += a1 }
-            let ref = reference(type, n, Array(w[0..<ember_row_bytes(type, Int64(n))]), a1)
+            let ref = Self.reference(type, n, Array(w[0..<ember_row_bytes(type, Int64(n))]), a1)
             let tol = 2 * Double(n + 16) * Self.u * ref.magnitude + 1e-30
             var y = [Float](repeating: 0, count: rows * cols)
             ember_matmul(type, Int64(n), w, ember_row_bytes(type, Int64(n)), acts,
@@ -363,7 +363,7 @@ final class KernelTests: XCTestCase {
         // block_q4_0: half d = 0.5 (0x3800), qs[j] = element j (low nibble) | element j+16 (high).
         var block: [UInt8] = [0x00, 0x38]
         for j in 0..<16 { block.append(UInt8(j | (15 - j) << 4)) }
-        let y = dequantize(Int32(EMBER_TYPE_Q4_0), block, 32)
+        let y = Self.dequantize(Int32(EMBER_TYPE_Q4_0), block, 32)
         for j in 0..<16 {
             XCTAssertEqual(y[j], Float(j - 8) * 0.5)
             XCTAssertEqual(y[j + 16], Float(7 - j) * 0.5)
@@ -374,7 +374,7 @@ final class KernelTests: XCTestCase {
         // block_q4_1: d = 0.25 (0x3400), m = -1 (0xBC00), x = q·d + m.
         var block: [UInt8] = [0x00, 0x34, 0x00, 0xBC]
         for j in 0..<16 { block.append(UInt8(j | (15 - j) << 4)) }
-        let y = dequantize(Int32(EMBER_TYPE_Q4_1), block, 32)
+        let y = Self.dequantize(Int32(EMBER_TYPE_Q4_1), block, 32)
         for j in 0..<16 {
             XCTAssertEqual(y[j], Float(j) * 0.25 - 1)
             XCTAssertEqual(y[j + 16], Float(15 - j) * 0.25 - 1)
@@ -387,7 +387,7 @@ final class KernelTests: XCTestCase {
         // element j+16 has bit j+16 = 1 iff j odd.
         var block: [UInt8] = [0x00, 0x3C, 0x55, 0x55, 0xAA, 0xAA]
         for j in 0..<16 { block.append(UInt8(j | (15 - j) << 4)) }
-        let y = dequantize(Int32(EMBER_TYPE_Q5_0), block, 32)
+        let y = Self.dequantize(Int32(EMBER_TYPE_Q5_0), block, 32)
         for j in 0..<16 {
             XCTAssertEqual(y[j], Float(j + (j % 2 == 0 ? 16 : 0) - 16))
             XCTAssertEqual(y[j + 16], Float(15 - j + (j % 2 == 1 ? 16 : 0) - 16))
@@ -395,7 +395,7 @@ final class KernelTests: XCTestCase {
         // block_q5_1: d = 0.5, m = 2, same qh and nibbles; x = q·d + m.
         var block1: [UInt8] = [0x00, 0x38, 0x00, 0x40, 0x55, 0x55, 0xAA, 0xAA]
         for j in 0..<16 { block1.append(UInt8(j | (15 - j) << 4)) }
-        let y1 = dequantize(Int32(EMBER_TYPE_Q5_1), block1, 32)
+        let y1 = Self.dequantize(Int32(EMBER_TYPE_Q5_1), block1, 32)
         for j in 0..<16 {
             XCTAssertEqual(y1[j], Float(j + (j % 2 == 0 ? 16 : 0)) * 0.5 + 2)
             XCTAssertEqual(y1[j + 16], Float(15 - j + (j % 2 == 1 ? 16 : 0)) * 0.5 + 2)
@@ -405,7 +405,7 @@ final class KernelTests: XCTestCase {
     func testQ8_0KnownBlock() {
         var block: [UInt8] = [0x00, 0x40]  // d = 2
         for j in 0..<32 { block.append(UInt8(bitPattern: Int8(j - 16))) }
-        XCTAssertEqual(dequantize(Int32(EMBER_TYPE_Q8_0), block, 32), (0..<32).map { Float($0 - 16) * 2 })
+        XCTAssertEqual(Self.dequantize(Int32(EMBER_TYPE_Q8_0), block, 32), (0..<32).map { Float($0 - 16) * 2 })
     }
 
     /// The 12 scale bytes shared by the Q4_K and Q5_K tests, packed by hand from
@@ -424,7 +424,7 @@ final class KernelTests: XCTestCase {
         // x = d·scale_j·q - dmin·min_j.
         var block: [UInt8] = [0x00, 0x3C, 0x00, 0x38] + Self.kScales
         for c in 0..<4 { for l in 0..<32 { block.append(UInt8((l + c) & 15 | ((3 * l + c) & 15) << 4)) } }
-        let y = dequantize(Int32(EMBER_TYPE_Q4_K), block, 256)
+        let y = Self.dequantize(Int32(EMBER_TYPE_Q4_K), block, 256)
         for c in 0..<4 {
             for l in 0..<32 {
                 let j0 = 2 * c, j1 = 2 * c + 1
@@ -440,7 +440,7 @@ final class KernelTests: XCTestCase {
         var block: [UInt8] = [0x00, 0x3C, 0x00, 0x38] + Self.kScales
         for l in 0..<32 { block.append(UInt8((l * 37) & 255)) }
         for c in 0..<4 { for l in 0..<32 { block.append(UInt8((l + c) & 15 | ((3 * l + c) & 15) << 4)) } }
-        let y = dequantize(Int32(EMBER_TYPE_Q5_K), block, 256)
+        let y = Self.dequantize(Int32(EMBER_TYPE_Q5_K), block, 256)
         for c in 0..<4 {
             for l in 0..<32 {
                 let j0 = 2 * c, j1 = 2 * c + 1
@@ -469,7 +469,7 @@ final class KernelTests: XCTestCase {
         }
         let scales = (0..<16).map { Int8($0 * 9 - 70) }
         let block = ql + qh + scales.map { UInt8(bitPattern: $0) } + [0x00, 0x38]  // d = 0.5
-        let y = dequantize(Int32(EMBER_TYPE_Q6_K), block, 256)
+        let y = Self.dequantize(Int32(EMBER_TYPE_Q6_K), block, 256)
         for e in 0..<256 { XCTAssertEqual(y[e], 0.5 * Float(scales[e / 16]) * Float(q[e] - 32), "e=\(e)") }
     }
 

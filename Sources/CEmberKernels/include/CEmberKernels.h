@@ -5,4 +5,5 @@
 #include "ember_vector.h"
 #include "ember_sparse.h"
 #include "ember_gemm.h"
+#include "ember_attention.h"
 #include "ember_opencl.h"

@@ -1,0 +1,276 @@
+import CEmberKernels
+
+// Causal attention of a batch of query rows over one layer's KV cache (ember_attention.h),
+// with the work split over a thread pool. The C kernel takes one kv head and a range of rows
+// (or, for one row, a range of keys); this file decides those ranges.
+//
+// Wiring into the forward pass (today ForwardPass.attend calls ember_attention_head once per
+// token and query head over an F32 cache):
+//
+//     // ForwardPass.init, once:
+//     attentionShape = AttentionShape(headCount: config.headCount, kvHeadCount: config.kvHeadCount,
+//                                     headDimension: config.headDimension,
+//                                     valueDimension: config.valueDimension, scale: config.attentionScale)
+//     attentionWorkspace = AttentionWorkspace(shape: attentionShape, threads: pool.threadCount)
+//
+//     // ForwardPass.attend(layer:cache:), the whole body:
+//     Attention.run(pool: pool, shape: attentionShape, cache: cache.attentionView(layer: layer),
+//                   queries: query.pointer, queryStride: query.length, positions: positions,
+//                   window: config.slidingLayers[layer] ? config.slidingWindow : nil,
+//                   output: attention.pointer, outputStride: attention.length,
+//                   workspace: attentionWorkspace)
+//
+//     // ForwardPass.ropeAndStore, instead of the two `update(from:count:)` copies:
+//     cache.type.store(key.row(t), count: config.kvLength, into: cache.keyRow(layer: layer, position: positions[t]))
+//     cache.type.store(value.row(t), count: config.valueLength, into: cache.valueRow(layer: layer, position: positions[t]))
+//
+// where KVCache keeps, per layer, raw rows of `type.rowBytes(elements: kvLength)` bytes per
+// position (same position-major layout as today) and
+//     func attentionView(layer: Int) -> AttentionCacheView {
+//         AttentionCacheView(type: type, keys: keys[layer], values: values[layer],
+//                            keyStride: keyRowBytes, valueStride: valueRowBytes)
+//     }
+// Check `attentionShape.validate(cacheType:)` where the cache type is chosen (a Q8_0 cache
+// needs head and value dimensions that are multiples of 32).
+
+/// How the KV cache stores keys and values. F16 is what llama.cpp keeps by default.
+public enum KVCacheType: String, Sendable, CaseIterable {
+    case f32, f16, q8_0
+
+    public var tensorType: TensorType {
+        switch self {
+        case .f32: return .f32
+        case .f16: return .f16
+        case .q8_0: return .q8_0
+        }
+    }
+
+    /// Bytes of one cache row of `elements` elements; nil when the type cannot hold such a row
+    /// (Q8_0 stores blocks of 32).
+    public func rowBytes(elements: Int) -> Int? {
+        let bytes = ember_kv_row_bytes(Int32(tensorType.rawValue), Int64(elements))
+        return bytes > 0 ? bytes : nil
+    }
+
+    /// Stores `count` floats as one cache row at `destination` (`rowBytes(elements: count)`
+    /// bytes): F16 rounds to nearest even, Q8_0 quantizes each block of 32 to scale max|x|/127.
+    @inline(__always)
+    public func store(_ x: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer) {
+        let status = ember_kv_store(Int32(tensorType.rawValue), x, destination, Int64(count))
+        precondition(status == 0, "KVCacheType.store: \(count) elements do not fit a \(rawValue) row")
+    }
+}
+
+/// One layer's cached keys and values as the attention kernel reads them: position p's keys
+/// (all kv heads side by side) are one row of `type` at `keys + p * keyStride`, its values at
+/// `values + p * valueStride`.
+public struct AttentionCacheView {
+    public var type: KVCacheType
+    public var keys: UnsafeRawPointer
+    public var values: UnsafeRawPointer
+    public var keyStride: Int
+    public var valueStride: Int
+
+    public init(type: KVCacheType, keys: UnsafeRawPointer, values: UnsafeRawPointer, keyStride: Int, valueStride: Int) {
+        self.type = type
+        self.keys = keys
+        self.values = values
+        self.keyStride = keyStride
+        self.valueStride = valueStride
+    }
+}
+
+public enum AttentionError: Error, CustomStringConvertible {
+    case unsupportedCache(type: KVCacheType, headDimension: Int, valueDimension: Int)
+    case badShape(String)
+
+    public var description: String {
+        switch self {
+        case let .unsupportedCache(type, headDimension, valueDimension):
+            return "a \(type.rawValue) KV cache needs head and value sizes that are multiples of 32 "
+                + "(this model has \(headDimension) and \(valueDimension)); choose f16 or f32"
+        case let .badShape(what):
+            return "attention shape: \(what)"
+        }
+    }
+}
+
+/// A model's attention heads: query heads `h` share kv head `h / (headCount / kvHeadCount)`.
+public struct AttentionShape: Sendable, Equatable {
+    public var headCount: Int
+    public var kvHeadCount: Int
+    public var headDimension: Int
+    public var valueDimension: Int
+    /// Scores are scale · q·k.
+    public var scale: Float
+
+    public init(headCount: Int, kvHeadCount: Int, headDimension: Int, valueDimension: Int, scale: Float) {
+        self.headCount = headCount
+        self.kvHeadCount = kvHeadCount
+        self.headDimension = headDimension
+        self.valueDimension = valueDimension
+        self.scale = scale
+    }
+
+    public var groupSize: Int { headCount / kvHeadCount }
+
+    /// Throws unless the kernels can run this shape over a cache of `cacheType`.
+    public func validate(cacheType: KVCacheType) throws {
+        guard kvHeadCount > 0, headCount % kvHeadCount == 0, headDimension > 0, valueDimension > 0 else {
+            throw AttentionError.badShape("\(headCount) heads, \(kvHeadCount) kv heads, sizes \(headDimension)/\(valueDimension)")
+        }
+        guard cacheType.rowBytes(elements: headDimension) != nil, cacheType.rowBytes(elements: valueDimension) != nil else {
+            throw AttentionError.unsupportedCache(type: cacheType, headDimension: headDimension, valueDimension: valueDimension)
+        }
+    }
+
+    /// The C kernel's view of this shape; pointers are filled in per call.
+    fileprivate func arguments(cache: AttentionCacheView?) -> ember_attention_args {
+        var a = ember_attention_args()
+        a.cache_type = Int32((cache?.type ?? .f32).tensorType.rawValue)
+        a.head_count = Int64(headCount)
+        a.kv_head_count = Int64(kvHeadCount)
+        a.head_dim = Int64(headDimension)
+        a.value_dim = Int64(valueDimension)
+        a.scale = scale
+        if let cache {
+            a.keys = cache.keys
+            a.values = cache.values
+            a.key_stride = cache.keyStride
+            a.value_stride = cache.valueStride
+        }
+        return a
+    }
+}
+
+/// Scratch for `Attention.run`: one kernel scratch per thread, and the partials of a split
+/// decode. Make one per (pool, shape); not for concurrent calls.
+public final class AttentionWorkspace: @unchecked Sendable {
+    public let shape: AttentionShape
+    public let threadCount: Int
+    fileprivate let scratch: [UnsafeMutableRawPointer]
+    fileprivate let partials: UnsafeMutablePointer<Float>
+
+    public init(shape: AttentionShape, threads: Int) {
+        self.shape = shape
+        threadCount = max(1, threads)
+        var a = shape.arguments(cache: nil)
+        let bytes = max(64, ember_attention_scratch_bytes(&a))
+        scratch = (0..<threadCount).map { _ in .allocate(byteCount: bytes, alignment: 64) }
+        partials = .allocate(capacity: Attention.maxChunks * shape.headCount * (shape.valueDimension + 2))
+    }
+
+    deinit {
+        scratch.forEach { $0.deallocate() }
+        partials.deallocate()
+    }
+}
+
+public enum Attention {
+    /// Rows per work item of a batch: several items per kv head keep threads busy, and 16
+    /// rows x a kv group's heads fill most of a kernel block (48 query vectors).
+    static let rowsPerItem = 16
+    /// A single row's keys are split into at most this many chunks per kv head (plus one when
+    /// a sliding window starts mid-chunk): enough items for the threads, few partials to merge.
+    static let maxChunks = 17
+
+    /// Causal attention of query rows `0..<positions.count` (row t at position positions[t],
+    /// seeing keys from max(0, positions[t] − window + 1), or 0 without a window, to
+    /// positions[t], all already stored) over `cache`: output row t, head h at
+    /// `output + t * outputStride + h * valueDimension`; query row t, head h at
+    /// `queries + t * queryStride + h * headDimension`.
+    ///
+    /// The split over threads depends only on the rows and positions, and every row's result
+    /// is the same however rows are split (see ember_attention.h), so the output does not
+    /// depend on the pool's thread count.
+    public static func run(pool: ThreadPool, shape: AttentionShape, cache: AttentionCacheView,
+                           queries: UnsafePointer<Float>, queryStride: Int, positions: [Int], window: Int?,
+                           output: UnsafeMutablePointer<Float>, outputStride: Int, workspace: AttentionWorkspace) {
+        precondition(workspace.shape == shape && workspace.threadCount >= pool.threadCount,
+                     "Attention.run: workspace made for another shape or fewer threads")
+        guard !positions.isEmpty else { return }
+        var args = shape.arguments(cache: cache)
+        args.queries = queries
+        args.query_stride = Int64(queryStride)
+        args.out = output
+        args.out_stride = Int64(outputStride)
+        args.window = Int64(window ?? 0)
+        precondition(ember_attention_check(&args) == 0, "Attention.run: \(cache.type) cache cannot hold this shape")
+        positions.withUnsafeBufferPointer { raw in
+            raw.withMemoryRebound(to: Int64.self) { rebound in
+                args.positions = rebound.baseAddress
+                if positions.count == 1 {
+                    decode(pool: pool, args: args, position: positions[0], window: window, workspace: workspace)
+                } else {
+                    batch(pool: pool, args: args, positions: positions, window: window, workspace: workspace)
+                }
+            }
+        }
+    }
+
+    /// Keys row `position` sees.
+    static func keys(position: Int, window: Int?) -> Range<Int> {
+        (window.map { max(0, position - $0 + 1) } ?? 0)..<(position + 1)
+    }
+
+    /// Items (kv head, block of rowsPerItem rows), kv-head-major, handed out as contiguous
+    /// runs balanced by the number of keys they cover.
+    private static func batch(pool: ThreadPool, args: ember_attention_args, positions: [Int], window: Int?,
+                              workspace: AttentionWorkspace) {
+        let rows = positions.count, kvHeads = Int(args.kv_head_count)
+        let blocks = (rows + rowsPerItem - 1) / rowsPerItem
+        let blockCost = (0..<blocks).map { b in
+            positions[(b * rowsPerItem)..<min(rows, (b + 1) * rowsPerItem)].reduce(0) { $0 + keys(position: $1, window: window).count }
+        }
+        let items = kvHeads * blocks, total = max(1, blockCost.reduce(0, +) * kvHeads)
+        let threads = pool.threadCount
+        // An item goes to the thread in whose share of the total cost its middle falls; owners
+        // never decrease along the items, so thread t runs items firstItem[t]..<firstItem[t + 1].
+        var firstItem = [Int](repeating: items, count: threads + 1)
+        var before = 0, next = 0
+        for item in 0..<items {
+            let cost = blockCost[item % blocks]
+            let owner = min(threads - 1, (2 * before + cost) * threads / (2 * total))
+            while next <= owner { firstItem[next] = item; next += 1 }
+            before += cost
+        }
+        pool.run { thread in
+            var a = args
+            for item in firstItem[thread]..<firstItem[thread + 1] {
+                let g = item / blocks, t0 = item % blocks * rowsPerItem
+                ember_attention(&a, Int64(g), Int64(t0), Int64(min(rows, t0 + rowsPerItem)), workspace.scratch[thread])
+            }
+        }
+    }
+
+    /// One row: (kv head, chunk of keys) items shared evenly, then each head's partials merged.
+    /// Chunks are 64·k keys at multiples of their size, k chosen from the key count alone.
+    private static func decode(pool: ThreadPool, args: ember_attention_args, position: Int, window: Int?,
+                               workspace: AttentionWorkspace) {
+        let seen = keys(position: position, window: window)
+        let block = Int(EMBER_ATTENTION_KEY_BLOCK)
+        let chunk = block * ((seen.count + (maxChunks - 1) * block - 1) / ((maxChunks - 1) * block))
+        let firstChunk = seen.lowerBound / chunk, chunks = (seen.upperBound - 1) / chunk - firstChunk + 1
+        let kvHeads = Int(args.kv_head_count), group = Int(args.head_count) / kvHeads
+        let floats = Int(args.value_dim) + 2
+        let partials = workspace.partials
+        pool.run { thread in
+            var a = args
+            for item in ThreadPool.share(of: kvHeads * chunks, thread: thread, threads: pool.threadCount) {
+                let g = item / chunks, c = item % chunks
+                let k0 = (firstChunk + c) * chunk
+                ember_attention_partial(&a, Int64(g), 0, Int64(k0), Int64(k0 + chunk),
+                                        partials + (g * chunks + c) * group * floats, workspace.scratch[thread])
+            }
+        }
+        let valueDim = args.value_dim, out = args.out!
+        pool.parallelFor(Int(args.head_count)) { heads in
+            for h in heads {
+                let g = h / group, j = h % group
+                ember_attention_merge(partials + (g * chunks * group + j) * floats, Int64(chunks),
+                                      Int64(group * floats), valueDim, out + h * Int(valueDim))
+            }
+        }
+    }
+
+}
