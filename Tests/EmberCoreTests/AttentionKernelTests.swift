@@ -121,7 +121,7 @@ final class AttentionKernelTests: XCTestCase {
             queries = q
         }
 
-        func keys(row t: Int) -> Range<Int> { Attention.keys(position: positions[t], window: window) }
+        func keys(row t: Int) -> Range<Int> { AttentionKernel.keys(position: positions[t], window: window) }
 
         /// Gives the keys at the edges of row t's range (its own position, the next one, and
         /// either side of its window start) a score about 12 above the rest for query head h.
@@ -189,7 +189,7 @@ final class AttentionKernelTests: XCTestCase {
         return out
     }
 
-    /// Attention.run over the layer's stored cache.
+    /// AttentionKernel.run over the layer's stored cache.
     func run(_ layer: Layer, _ batch: Batch, threads: Int) -> [Float] {
         let s = layer.shape
         let pool = ThreadPool(threads: threads)
@@ -200,7 +200,7 @@ final class AttentionKernelTests: XCTestCase {
             layer.valueRows.withUnsafeBytes { v in
                 let cache = AttentionCacheView(type: layer.type, keys: k.baseAddress!, values: v.baseAddress!,
                                                keyStride: layer.keyStride, valueStride: layer.valueStride)
-                Attention.run(pool: pool, shape: s, cache: cache, queries: batch.queries, queryStride: batch.queryLength,
+                AttentionKernel.run(pool: pool, shape: s, cache: cache, queries: batch.queries, queryStride: batch.queryLength,
                               positions: batch.positions, window: batch.window, output: &out, outputStride: outLength,
                               workspace: workspace)
             }

@@ -14,7 +14,7 @@ import CEmberKernels
 //     attentionWorkspace = AttentionWorkspace(shape: attentionShape, threads: pool.threadCount)
 //
 //     // ForwardPass.attend(layer:cache:), the whole body:
-//     Attention.run(pool: pool, shape: attentionShape, cache: cache.attentionView(layer: layer),
+//     AttentionKernel.run(pool: pool, shape: attentionShape, cache: cache.attentionView(layer: layer),
 //                   queries: query.pointer, queryStride: query.length, positions: positions,
 //                   window: config.slidingLayers[layer] ? config.slidingWindow : nil,
 //                   output: attention.pointer, outputStride: attention.length,
@@ -143,7 +143,7 @@ public struct AttentionShape: Sendable, Equatable {
     }
 }
 
-/// Scratch for `Attention.run`: one kernel scratch per thread, and the partials of a split
+/// Scratch for `AttentionKernel.run`: one kernel scratch per thread, and the partials of a split
 /// decode. Make one per (pool, shape); not for concurrent calls.
 public final class AttentionWorkspace: @unchecked Sendable {
     public let shape: AttentionShape
@@ -157,7 +157,7 @@ public final class AttentionWorkspace: @unchecked Sendable {
         var a = shape.arguments(cache: nil)
         let bytes = max(64, ember_attention_scratch_bytes(&a))
         scratch = (0..<threadCount).map { _ in .allocate(byteCount: bytes, alignment: 64) }
-        partials = .allocate(capacity: Attention.maxChunks * shape.headCount * (shape.valueDimension + 2))
+        partials = .allocate(capacity: AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2))
     }
 
     deinit {
@@ -166,7 +166,7 @@ public final class AttentionWorkspace: @unchecked Sendable {
     }
 }
 
-public enum Attention {
+enum AttentionKernel {
     /// Rows per work item of a batch: several items per kv head keep threads busy, and 16
     /// rows x a kv group's heads fill most of a kernel block (48 query vectors).
     static let rowsPerItem = 16
@@ -187,7 +187,7 @@ public enum Attention {
                            queries: UnsafePointer<Float>, queryStride: Int, positions: [Int], window: Int?,
                            output: UnsafeMutablePointer<Float>, outputStride: Int, workspace: AttentionWorkspace) {
         precondition(workspace.shape == shape && workspace.threadCount >= pool.threadCount,
-                     "Attention.run: workspace made for another shape or fewer threads")
+                     "AttentionKernel.run: workspace made for another shape or fewer threads")
         guard !positions.isEmpty else { return }
         var args = shape.arguments(cache: cache)
         args.queries = queries
@@ -195,7 +195,7 @@ public enum Attention {
         args.out = output
         args.out_stride = Int64(outputStride)
         args.window = Int64(window ?? 0)
-        precondition(ember_attention_check(&args) == 0, "Attention.run: \(cache.type) cache cannot hold this shape")
+        precondition(ember_attention_check(&args) == 0, "AttentionKernel.run: \(cache.type) cache cannot hold this shape")
         positions.withUnsafeBufferPointer { raw in
             raw.withMemoryRebound(to: Int64.self) { rebound in
                 args.positions = rebound.baseAddress
