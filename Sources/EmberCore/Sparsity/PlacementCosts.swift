@@ -51,7 +51,8 @@ public struct PlacementCosts: Sendable, Equatable {
     /// come first, layer 0 upwards, and the output head last.
     public var denseBlocks: [DenseCost]
     /// Bytes the device holds per FFN neuron, per layer: its gate row, up row and down column,
-    /// the down column as the sparse kernels store it (neuron-major, `NeuronMajorMatrix.defaultType`).
+    /// the down column as the sparse kernels store it (the file's neuron-major row, else a
+    /// `NeuronMajorMatrix.defaultType` copy).
     public var neuronBytes: [Int]
     /// Bytes of each layer's FFN as the model file stores it (gate, up and down), for offloading
     /// whole layers, which keeps the file's tensors as they are.
@@ -82,7 +83,8 @@ public struct PlacementCosts: Sendable, Equatable {
             blocks.append(DenseCost(block: .attention(layer: l), bytes: attention))
 
             let hidden = c.embeddingLength
-            let downRow = NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
+            let downRow = f.down.neuronMajor?.weights.rowBytes
+                ?? NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
             neuronBytes.append((f.gate?.weight.rowBytes ?? 0) + f.up.weight.rowBytes + downRow)
             fileBytes.append(f.byteCount)
         }
