@@ -234,6 +234,120 @@ final class PowerInferReferenceTests: XCTestCase {
     }
 }
 
+extension PowerInferReferenceTests {
+    /// Writes a placement as PowerInfer's tools write one (`powerinfer-py` export_split at
+    /// d3ebd7c): `PWRI` magic, `generic.gpu_index`, `split.vram_capacity`, and per layer
+    /// `blk.N.gpu_idx` (1 = on the device) and `blk.N.gpu_bucket` (those ids ascending).
+    static func writePowerInferPlacement(to path: String, layers: Int, neurons: Int, capacity: Int,
+                                         placed: (Int) -> [Int32]) throws {
+        var writer = GGUFWriter()
+        writer.magic = Array("PWRI".utf8)
+        writer.set("general.architecture", .string("generic.gpu_index"))
+        writer.set("generic.gpu_index.block_count", .uint32(UInt32(layers)))
+        writer.set("split.vram_capacity", .uint64(UInt64(capacity)))
+        for l in 0..<layers {
+            let ids = placed(l)
+            var flags = [Int32](repeating: 0, count: neurons)
+            for id in ids { flags[Int(id)] = 1 }
+            writer.addTensor("blk.\(l).gpu_idx", type: .i32, dims: [neurons], bytes: flags.withUnsafeBytes { Array($0) })
+            writer.addTensor("blk.\(l).gpu_bucket", type: .i32, dims: [ids.count], bytes: ids.withUnsafeBytes { Array($0) })
+        }
+        try writer.write(to: path)
+    }
+
+    /// A fresh directory, removed when the test ends.
+    func scratchDirectory(_ name: String) throws -> URL {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ember-\(name)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: directory) }
+        return directory
+    }
+
+    /// Hybrid runs of PowerInfer's files with nothing but the model and the placement PowerInfer
+    /// keeps beside it (`MODEL.generated.gpuidx`; no statistics): every other neuron on the
+    /// device (PoCL here), the rest on the CPU. Each decoded row matches PowerInfer's sparse run
+    /// as the CPU's does: the device only adds its neurons in another order. Covers a Q4_0
+    /// neuron-major down on the device (relu-llama), dReLU (bamboo), an ungated FFN (falcon)
+    /// and biases (OPT).
+    func testHybridRunsWithPowerInfersPlacement() throws {
+        try TestData.requireOpenCL("hybrid runs of PowerInfer's files")
+        let opt = TestData.fixtures.appendingPathComponent("opt-tiny")
+        let cases: [(name: String, file: URL, json: URL)] = ["relu-llama.q4_0", "bamboo.f16", "relu-falcon.f16"].map {
+            (name: $0, file: Self.folder.appendingPathComponent($0 + ".powerinfer.gguf"),
+             json: Self.folder.appendingPathComponent("expected/\($0)/results.json"))
+        } + [(name: "opt-tiny.f16", file: opt.appendingPathComponent("opt-tiny.f16.powerinfer.gguf"),
+              json: opt.appendingPathComponent("reference.json"))]
+        let directory = try scratchDirectory("hybrid")
+        for test in cases {
+            let path = directory.appendingPathComponent(test.file.lastPathComponent).path
+            try FileManager.default.copyItem(atPath: test.file.path, toPath: path)
+            let model = try Model(path: path)
+            let c = model.language.config
+            try Self.writePowerInferPlacement(to: path + ".generated.gpuidx", layers: c.layerCount, neurons: c.feedForwardLength,
+                                              capacity: 4 << 20) { _ in stride(from: 0, to: c.feedForwardLength, by: 2).map { Int32($0) } }
+            var options = SessionOptions()
+            options.threads = 2
+            options.contextLength = 64
+            options.deviceMemoryBudget = 64 << 20
+            var assembly = SessionAssembly(model: model, options: options)
+            let context = try assembly.makeContext()
+            XCTAssertTrue(assembly.notes.contains { $0.contains("from " + path + ".generated.gpuidx") }, "\(assembly.notes)")
+            let execution = try XCTUnwrap(context.sparse)
+            XCTAssertNotNil(execution.hybridDevice, test.name)
+
+            let reference = try Self.reference(test.name, json: test.json, models: ["sparse": model, "dense": model])
+            let tolerance = Self.tolerance(test.name)
+            var worst: Float = 0
+            for (prompt, modes) in reference.runs {
+                let run = try XCTUnwrap(modes["sparse"])
+                context.reset()
+                let n = run.promptIDs.count
+                for (row, token) in (run.promptIDs + run.greedyIDs.prefix(run.logits.count - n)).enumerated() {
+                    worst = max(worst, Self.compare(try context.evaluate([token]), run.logits[row], tolerance: tolerance,
+                                                    "\(test.name) hybrid \(prompt) row \(row)"))
+                }
+            }
+            let counts = execution.hybrid
+            print("\(test.name) hybrid: max |Δlogit| against PowerInfer \(worst); \(counts)")
+            XCTAssertNil(counts.failure, test.name)
+            // Every other neuron is on the device; the predictors keep 28-34 % of each layer.
+            XCTAssertEqual(counts.deviceShare, 0.5, accuracy: 0.1, test.name)
+        }
+    }
+
+    /// A placement PowerInfer made for another model, or for more memory than the budget with
+    /// no statistics to solve another: one error naming the file (and the tensor).
+    func testPowerInfersPlacementForAnotherModelIsRefused() throws {
+        let directory = try scratchDirectory("gpuidx")
+        let path = directory.appendingPathComponent("bamboo.f16.powerinfer.gguf").path
+        try FileManager.default.copyItem(atPath: Self.folder.appendingPathComponent("bamboo.f16.powerinfer.gguf").path, toPath: path)
+        let model = try Model(path: path)
+        let placement = path + ".generated.gpuidx"
+        func attempt(budget: Int) throws {
+            _ = try Placement.load(model: model.language, modelPath: path, budget: budget)
+        }
+        try Self.writePowerInferPlacement(to: placement, layers: 4, neurons: 11008, capacity: 1 << 20) { _ in [0, 1] }
+        XCTAssertThrowsError(try attempt(budget: 64 << 20)) {
+            XCTAssertEqual($0 as? PlacementError, .wrongModel(path: placement, tensor: "blk.0.gpu_idx",
+                                                              detail: "it marks 11008 neurons, the model's layers have 1024"))
+        }
+        try Self.writePowerInferPlacement(to: placement, layers: 32, neurons: 1024, capacity: 1 << 20) { _ in [0, 1] }
+        XCTAssertThrowsError(try attempt(budget: 64 << 20)) {
+            XCTAssertEqual($0 as? PlacementError, .wrongModel(path: placement, tensor: "blk.4.gpu_idx",
+                                                              detail: "the file places 32 layers, the model has 4"))
+        }
+        try Self.writePowerInferPlacement(to: placement, layers: 4, neurons: 1024, capacity: 1 << 30) { _ in [0, 1] }
+        XCTAssertThrowsError(try attempt(budget: 64 << 20)) {
+            guard case .overBudget(placement, 1 << 30, 64 << 20, _)? = $0 as? PlacementError else { return XCTFail("\($0)") }
+        }
+        // Within the budget, it is PowerInfer's placement as it is.
+        let (loaded, source) = try Placement.load(model: model.language, modelPath: path, budget: 1 << 30)
+        XCTAssertEqual(source, .file(path: placement))
+        XCTAssertTrue(loaded.fromPowerInfer)
+        XCTAssertEqual(loaded.deviceNeurons, [[Int32]](repeating: [0, 1], count: 4))
+    }
+}
+
 /// Counts, per call, the neurons the wrapped sparse FFN computes (one call per layer of a
 /// single decoded token).
 final class ActiveNeuronCounter: FeedForwardSparsity {
