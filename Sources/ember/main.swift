@@ -8,6 +8,8 @@ struct Command: Sendable {
     let summary: String
     let flags: [Arguments.Flag]
     let main: @Sendable (Arguments) async throws -> Void
+    /// Whether it takes arguments that are not flags (file names).
+    var positional = false
 }
 
 nonisolated let commands: [Command] = [
@@ -22,6 +24,7 @@ nonisolated let commands: [Command] = [
     Command(name: "sparse-bench", summary: SparseBenchCommand.summary, flags: SparseBenchCommand.flags, main: SparseBenchCommand.main),
     Command(name: "devices", summary: DevicesCommand.summary, flags: DevicesCommand.flags, main: DevicesCommand.main),
     Command(name: "synth", summary: SynthCommand.summary, flags: SynthCommand.flags, main: SynthCommand.main),
+    Command(name: "convert", summary: ConvertCommand.summary, flags: ConvertCommand.flags, main: ConvertCommand.main, positional: true),
 ]
 
 nonisolated func usage() -> String {
@@ -57,7 +60,7 @@ nonisolated func runMain() async -> Int32 {
             return 0
         }
         do {
-            let arguments = try Arguments(argv.dropFirst(2), flags: command.flags)
+            let arguments = try Arguments(argv.dropFirst(2), flags: command.flags, allowsPositional: command.positional)
             try await command.main(arguments)
             return 0
         } catch let error as UsageError {

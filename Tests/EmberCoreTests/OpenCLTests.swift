@@ -387,13 +387,47 @@ final class OpenCLTests: XCTestCase {
     /// exp and tanh come from different libraries on each side (a few ulp each, relative), then
     /// a handful of roundings. GELU's 1 + tanh(z) cancels for very negative inputs, so its error
     /// is absolute there, of order u · |g| · |up|: |device − CPU| ≤ 64u · (|out| + |g| · |up|).
+    /// PowerInfer's files store down neuron-major in Q4_0, used in place: the device gathers
+    /// those rows as they are. Bounds as for the Q8_0 rows above.
+    func testQ4_0ColumnGatherMatchesTheCPU() throws {
+        let shared = try openCL()
+        var rng = Rng(state: 15)
+        let hidden = 128, neurons = 96
+        let source = Matrix(type: Int32(TensorType.q4_0.rawValue), rows: neurons, n: hidden, rng: &rng)
+        try source.bytes.withUnsafeBytes { raw in
+            let down = NeuronMajorMatrix(inPlace: source.weightMatrix(raw.baseAddress!))
+            let ids = SparseKernelTests.rowIds(37, of: neurons, rng: &rng)
+            let coefficients = rng.vector(ids.count), y0 = rng.vector(hidden)
+            var expected = y0
+            down.accumulate(rows: ids, coefficients: coefficients, count: ids.count, into: &expected)
+            let matrix = try shared.kernels.upload(down)
+            let y = try shared.device.makeBuffer(copying: y0, label: "y")
+            try shared.kernels.accumulate(matrix, rows: try shared.kernels.ids(ids, for: matrix),
+                                          coefficients: try shared.device.makeBuffer(copying: coefficients, label: "c"),
+                                          count: ids.count, into: y)
+            let got = try shared.device.read(y, count: hidden, as: Float.self)
+            var rowFloats = [Float](repeating: 0, count: hidden)
+            var magnitude = y0.map { abs(Double($0)) }
+            for (k, id) in ids.enumerated() {
+                down.weights.dequantizeRow(Int(id), into: &rowFloats)
+                let largest = Double(rowFloats.map(abs).max() ?? 0)
+                for i in 0..<hidden { magnitude[i] += 2 * abs(Double(coefficients[k])) * largest }
+            }
+            let bound = 8 * Self.u * Double(ids.count + 4)
+            for i in 0..<hidden where !(abs(Double(got[i]) - Double(expected[i])) <= bound * magnitude[i]) {
+                XCTFail("Q4_0: y[\(i)] = \(got[i]) on the device, \(expected[i]) on the CPU")
+                break
+            }
+        }
+    }
+
     func testGatedActivationMatchesTheCPU() throws {
         let shared = try openCL()
         let kernels = try vectorKernels(shared)
         var rng = Rng(state: 22)
         let n = 300
         let gate = rng.vector(n).map { $0 * 6 }, up = rng.vector(n)
-        for activation in [VectorKernels.Activation.silu, .gelu, .relu] {
+        for activation in [VectorKernels.Activation.silu, .gelu, .relu, .drelu] {
             for gated in [true, false] {
                 var expected = [Float](repeating: 0, count: n)
                 VectorKernels.gatedActivation(activation, gate: gate, up: gated ? up : nil, &expected, n)

@@ -289,13 +289,16 @@ final class SparseKernelTests: XCTestCase {
 
         deinit { storage.forEach { $0.deallocate() } }
 
-        /// act(gate · x) · (up · x) per neuron, from the dense matvecs.
-        func hidden(_ x: [Float], activation: VectorKernels.Activation, gated: Bool) -> [Float] {
+        /// act(gate · x + gateBias) · (up · x + upBias) per neuron, from the dense matvecs.
+        func hidden(_ x: [Float], activation: VectorKernels.Activation, gated: Bool,
+                    gateBias: [Float]? = nil, upBias: [Float]? = nil) -> [Float] {
             let a = ActivationBuffer(type: upW.activationType, length: d, capacity: 1)
             a.store(x, at: 0)
             var g = [Float](repeating: 0, count: f), u = [Float](repeating: 0, count: f)
             gateW.multiply(a.vector(0), into: &g, rows: 0..<f)
             upW.multiply(a.vector(0), into: &u, rows: 0..<f)
+            if let gateBias { for j in 0..<f { g[j] += gateBias[j] } }
+            if let upBias { for j in 0..<f { u[j] += upBias[j] } }
             var h = [Float](repeating: 0, count: f)
             if gated {
                 VectorKernels.gatedActivation(activation, gate: g, up: u, &h, f)
@@ -305,11 +308,13 @@ final class SparseKernelTests: XCTestCase {
             return h
         }
 
-        func run(pool: ThreadPool, x: [Float], active: [Int32], activation: VectorKernels.Activation, gated: Bool) -> [Float] {
+        func run(pool: ThreadPool, x: [Float], active: [Int32], activation: VectorKernels.Activation, gated: Bool,
+                 gateBias: [Float]? = nil, upBias: [Float]? = nil) -> [Float] {
             var y = [Float](repeating: .nan, count: d)
             let workspace = SparseFeedForward.Workspace(threads: pool.threadCount, hiddenLength: d, neuronCount: f)
             SparseFeedForward.run(pool: pool, gate: gated ? gateW : nil, up: upW, down: neuronMajor, activation: activation,
-                                  input: x, active: active, count: active.count, output: &y, workspace: workspace)
+                                  input: x, active: active, count: active.count, output: &y, workspace: workspace,
+                                  gateBias: gateBias, upBias: upBias)
             return y
         }
     }
@@ -355,7 +360,8 @@ final class SparseKernelTests: XCTestCase {
     }
 
     /// Random subsets against a masked reference: Σ over active neurons of h_j · (neuron-major
-    /// row j) in double; gated and ungated; 1 and 2 threads.
+    /// row j) in double; gated and ungated, dReLU, with and without biases (added to the
+    /// gathered gate and up values before the activation); 1 and 2 threads.
     func testSparseFeedForwardSubsetsMatchMaskedReference() throws {
         var rng = Rng(state: 7)
         let pools = [ThreadPool(threads: 1), ThreadPool(threads: 2)]
@@ -365,10 +371,13 @@ final class SparseKernelTests: XCTestCase {
             ffn.neuronMajor.weights.dequantizeRow(j, into: &row)
             return row
         }
-        for (activation, gated) in [(VectorKernels.Activation.silu, true), (.relu, false), (.gelu, true)] {
+        let cases: [(VectorKernels.Activation, Bool, Bool)] = [(.silu, true, false), (.relu, false, false), (.gelu, true, false),
+                                                                (.drelu, true, false), (.relu, false, true), (.drelu, true, true)]
+        for (activation, gated, biased) in cases {
+            let gateBias = biased && gated ? rng.vector(ffn.f) : nil, upBias = biased ? rng.vector(ffn.f) : nil
             for fraction in [0.0, 0.03, 0.1, 0.5, 1.0] {
                 let x = rng.vector(ffn.d)
-                let h = ffn.hidden(x, activation: activation, gated: gated)
+                let h = ffn.hidden(x, activation: activation, gated: gated, gateBias: gateBias, upBias: upBias)
                 let active = Array((0..<Int32(ffn.f)).shuffled().prefix(Int(Double(ffn.f) * fraction)))
                 var reference = [Double](repeating: 0, count: ffn.d), magnitude = reference
                 for j in active.map(Int.init) {
@@ -378,14 +387,57 @@ final class SparseKernelTests: XCTestCase {
                         magnitude[i] += abs(Double(h[j])) * largest
                     }
                 }
-                let results = pools.map { ffn.run(pool: $0, x: x, active: active, activation: activation, gated: gated) }
+                let results = pools.map {
+                    ffn.run(pool: $0, x: x, active: active, activation: activation, gated: gated, gateBias: gateBias, upBias: upBias)
+                }
                 // The activation may take its vector or scalar path per neuron depending on
                 // where a thread's share starts: allow 1e-6 relative on h (a few ulps).
                 let bound = 8 * Self.u * Double(active.count + 4) + 1e-6
                 for (p, y) in results.enumerated() {
                     for i in 0..<ffn.d where abs(Double(y[i]) - reference[i]) > bound * magnitude[i] {
-                        XCTFail("\(activation) gated=\(gated) \(fraction) threads=\(p + 1): y[\(i)] = \(y[i]), reference \(reference[i])")
+                        XCTFail("\(activation) gated=\(gated) biased=\(biased) \(fraction) threads=\(p + 1): y[\(i)] = \(y[i]), "
+                                + "reference \(reference[i])")
                         break
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dense down projection of a neuron-major matrix (PowerInfer's `ffn_down_t` in place):
+    /// every neuron, several tokens at once, threads splitting the hidden dimension on block
+    /// boundaries; against a double-precision sum, with the bound of the column gather above.
+    func testDenseColumnGatherMatchesReference() throws {
+        var rng = Rng(state: 9)
+        let pools = [ThreadPool(threads: 1), ThreadPool(threads: 2)]
+        let types: [(Int32, Int)] = [(Int32(EMBER_TYPE_Q4_0), 160), (Int32(EMBER_TYPE_F16), 200), (Int32(EMBER_TYPE_Q8_0), 96),
+                                     (Int32(EMBER_TYPE_Q4_K), 512)]
+        for (type, d) in types {
+            let f = 300, tokens = 3
+            let source = Matrix(type: type, rows: f, n: d, rng: &rng)
+            let activations = (0..<tokens).map { _ in rng.vector(f) }
+            try source.bytes.withUnsafeBytes { raw in
+                let down = NeuronMajorMatrix(inPlace: source.weightMatrix(raw.baseAddress!))
+                let ids = Array(0..<Int32(f)), flat = activations.flatMap { $0 }
+                let largest = source.floats.map { Double($0.map(abs).max()!) }
+                for pool in pools {
+                    var y = [Float](repeating: .nan, count: tokens * (d + 8))
+                    SparseFeedForward.dense(pool: pool, down: down, neurons: ids, activations: flat, activationStride: f,
+                                            tokens: tokens, output: &y, outputStride: d + 8)
+                    for t in 0..<tokens {
+                        for i in 0..<d {
+                            var reference = 0.0, magnitude = 0.0
+                            for j in 0..<f {
+                                reference += Double(activations[t][j]) * Double(source.floats[j][i])
+                                magnitude += abs(Double(activations[t][j])) * largest[j]
+                            }
+                            let bound = 8 * Self.u * Double(f + 4) * magnitude
+                            if !(abs(Double(y[t * (d + 8) + i]) - reference) <= bound) {
+                                XCTFail("type \(type) threads \(pool.threadCount) token \(t): y[\(i)] = \(y[t * (d + 8) + i]), "
+                                        + "reference \(reference)")
+                                return
+                            }
+                        }
                     }
                 }
             }

@@ -73,6 +73,26 @@ final class TinyModelReferenceTests: XCTestCase {
         try assertTokenizesLikeLlamaCpp("qwen3-tiny")
     }
 
+    /// Falcon-7B layout: fused qkv with one kv head, NeoX rope, parallel attention and GELU FFN
+    /// from one LayerNorm; the `falcon` pre-tokenizer (punctuation runs, GPT-2, digit triples).
+    /// llama.cpp lies 0.0065 from a float64 pass here (Fixtures/README.md); a wrong rope layout
+    /// moves logits by 3.
+    func testFalcon7BMatchesLlamaCpp() throws {
+        try assertMatchesLlamaCpp("falcon-tiny-7b")
+        try assertTokenizesLikeLlamaCpp("falcon-tiny-7b")
+    }
+
+    /// Falcon-40B layout: grouped kv (8 heads, 2 kv heads) read from the fused qkv as all q,
+    /// then all k, then all v; `attn_norm_2` feeds attention and `attn_norm` the FFN; the head
+    /// tied to the embedding; F = 2d, not 4d. Swapping the two norms moves logits by 8.6.
+    func testFalcon40BMatchesLlamaCpp() throws {
+        try assertMatchesLlamaCpp("falcon-tiny-40b")
+        try assertTokenizesLikeLlamaCpp("falcon-tiny-40b")
+        let model = try Self.reference("falcon-tiny-40b").model
+        XCTAssertEqual(model.config.feedForwardLength, 256)
+        XCTAssertEqual(model.architecture.head.output.weight.name, "token_embd.weight", "the head is tied to the embedding")
+    }
+
     /// Qwen3 through the public API too: the architecture is found by its name and generates.
     func testQwen3LoadsThroughThePublicAPI() throws {
         let model = try Model(path: TestData.fixtures.appendingPathComponent("qwen3-tiny/model.gguf").path)

@@ -14,15 +14,21 @@ public final class Model: Sendable {
     let language: LanguageModel
     let tokenizer: Tokenizer
     let chatTemplate: ChatTemplate
+    /// Whether the file carries its own activation predictors (PowerInfer's `blk.N.fc1` and
+    /// `fc2`): sessions then run predictor sparsity unless told otherwise.
+    let hasOwnPredictors: Bool
 
     /// Opens the model at `path`: a GGUF file of a supported architecture (or PowerInfer's
-    /// variant of the format). Every tensor is checked for presence, shape and type.
+    /// variant of the format). Every tensor is checked for presence, shape and type, the
+    /// predictors a file carries included.
     public init(path: String) throws {
         self.path = path
         let file = try GGUFFile(path: path)
         language = try LanguageModel(file: file)
         tokenizer = try Tokenizer(file: file)
         chatTemplate = ChatTemplate(for: tokenizer)
+        hasOwnPredictors = file.tensors.contains { $0.name.hasPrefix("blk.") && $0.name.hasSuffix(".fc1.weight") }
+        if hasOwnPredictors { try PredictorSet(file: file).check(against: language.config, path: path) }
     }
 
     /// The model's own name (`general.name`), else its file name.

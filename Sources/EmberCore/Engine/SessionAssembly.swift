@@ -43,12 +43,17 @@ struct SessionAssembly {
     }
 
     var statisticsPath: String { options.statisticsPath ?? CompanionFile.statistics.path(besideModel: model.path) }
-    var predictorPath: String { options.predictorPath ?? CompanionFile.predictor.path(besideModel: model.path) }
+    /// The predictors: the options' file, else those in the model file itself (PowerInfer's), else
+    /// the file beside the model.
+    var predictorPath: String {
+        options.predictorPath ?? (model.hasOwnPredictors ? model.path : CompanionFile.predictor.path(besideModel: model.path))
+    }
 
-    /// The sparsity the options ask for: theirs, else predictor when statistics and predictors
-    /// are beside the model, else dense.
+    /// The sparsity the options ask for: theirs, else predictor when the model file carries
+    /// predictors (PowerInfer's files) or statistics and predictors are beside the model, else dense.
     var mode: SparsityMode {
         if let mode = options.sparsity { return mode }
+        if options.predictorPath == nil, model.hasOwnPredictors { return .predictor }
         let files = FileManager.default
         return files.fileExists(atPath: statisticsPath) && files.fileExists(atPath: predictorPath) ? .predictor : .dense
     }
@@ -88,15 +93,14 @@ struct SessionAssembly {
         }
     }
 
-    /// A predictor file (Ember's, or PowerInfer's fc1/fc2 tensors), checked against the model.
+    /// A predictor file (Ember's, or PowerInfer's fc1/fc2 tensors, perhaps in the model file
+    /// itself), checked against the model.
     private func loadPredictor(_ path: String) throws -> PredictorSet {
-        let predictor = try PredictorSet(path: path)
+        let predictor = path == model.path ? try PredictorSet(file: model.language.file) : try PredictorSet(path: path)
         let c = model.language.config
-        guard predictor.layers.count == c.layerCount, predictor.inputLength == c.embeddingLength,
-              predictor.neuronCount == c.feedForwardLength else {
-            throw SessionError.mismatch(
-                "\(path) predicts \(predictor.layers.count) layers of \(predictor.neuronCount) neurons from \(predictor.inputLength) "
-                    + "inputs; \(model.path) has \(c.layerCount) layers of \(c.feedForwardLength) neurons and \(c.embeddingLength) inputs")
+        try predictor.check(against: c, path: path)
+        guard predictor.layers.count == c.layerCount else {
+            throw SessionError.mismatch("\(path) has predictors for \(predictor.layers.count) layers; \(model.path) has \(c.layerCount)")
         }
         return predictor
     }
@@ -108,10 +112,6 @@ struct SessionAssembly {
     private mutating func hybridPlacement(budget: Int, statistics: ActivationStatistics?, predictor: PredictorSet?,
                                           contextLength: Int) throws -> HybridPlacement? {
         guard predictor != nil else { throw SparseExecutionError.needsPredictor }
-        guard let statistics else {
-            throw SessionError.missingFile(path: statisticsPath,
-                                           what: "activation statistics file (hybrid runs place the hottest neurons by their counts)")
-        }
         if options.device == .off {
             notes.append("the device is turned off: the CPU computes every neuron")
             return nil
@@ -124,9 +124,10 @@ struct SessionAssembly {
             return nil
         }
         let device = try OpenCLDevice(system, choice: options.device, memoryBudget: budget)
-        // Counts of the sparsity the predictors were trained for, else the statistics' highest.
+        // Counts of the sparsity the predictors were trained for, else the statistics' highest
+        // (without statistics, only a placement file can serve: PowerInfer's, or Ember's).
         let trained = predictor?.metadata.targetSparsity ?? 0
-        let target = statistics.targetIndex(for: trained) != nil ? trained : statistics.sparsityTargets.max()
+        let target = statistics.flatMap { $0.targetIndex(for: trained) != nil ? trained : $0.sparsityTargets.max() }
         // The device's working buffers come first, as `Model.place` reserves them.
         let working = model.deviceWorkingBytes(denseCapacity: contextLength)
         let placementOptions = PlacementOptions(sparsityTarget: target, kvCacheTokens: contextLength, placesDenseBlocks: true,

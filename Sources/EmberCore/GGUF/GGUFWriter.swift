@@ -38,6 +38,30 @@ struct GGUFWriter {
 
     init() {}
 
+    /// A writer holding everything `file` holds: its magic, metadata in order, and tensors in
+    /// order, whose bytes are read from the mapped file as they are written.
+    init(copying file: GGUFFile) {
+        magic = file.flavor == .powerInfer ? Array("PWRI".utf8) : Array("GGUF".utf8)
+        version = file.version
+        for key in file.metadataKeys { if let value = file.value(key) { set(key, value) } }
+        for info in file.tensors { addTensor(copying: info, of: file) }
+    }
+
+    /// Adds tensor `info` of `file`, its bytes copied as they are.
+    mutating func addTensor(copying info: GGUFTensorInfo, of file: GGUFFile, as name: String? = nil) {
+        let count = info.byteCount
+        // The closure holds the file, so its mapping lives until the bytes are written.
+        tensors.append(PendingTensor(name: name ?? info.name, dims: info.dims, type: info.type,
+                                     fill: { $0.copyMemory(from: UnsafeRawBufferPointer(start: file.data(of: info), count: min(count, $0.count))) },
+                                     suppliedByteCount: count))
+    }
+
+    /// Drops the metadata keys and the tensors for which `key` / `tensor` say so.
+    mutating func remove(keys key: (String) -> Bool = { _ in false }, tensors tensor: (String) -> Bool = { _ in false }) {
+        metadata.removeAll { key($0.key) }
+        tensors.removeAll { tensor($0.name) }
+    }
+
     /// Sets a metadata key; setting a key again replaces its value in place (keys stay unique).
     mutating func set(_ key: String, _ value: GGUFValue) {
         if let i = metadata.firstIndex(where: { $0.key == key }) {

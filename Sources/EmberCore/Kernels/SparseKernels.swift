@@ -38,11 +38,14 @@ extension WeightMatrix {
 /// F16 is used when the hidden size is not a multiple of 32. The price: Q8_0 is 8.5 bits per
 /// weight against 4.5 for Q4_0, so at equal activity the down gather reads about 1.9x the
 /// bytes of the source; `as: down.type` keeps the source type when that matters more.
+///
+/// A file that already stores down neuron-major (PowerInfer's `ffn_down_t`) is used in place
+/// (`init(inPlace:)`): no copy, its own type.
 final class NeuronMajorMatrix: @unchecked Sendable {
-    /// The transposed matrix: `rows` = neurons, `columns` = hidden size. Its memory belongs to
-    /// this object.
+    /// The neuron-major matrix: `rows` = neurons, `columns` = hidden size. Its memory belongs
+    /// to this object, or to the mapped file it lies in (immutable either way).
     let weights: WeightMatrix
-    private let storage: UnsafeMutableRawPointer
+    private let storage: UnsafeMutableRawPointer?
 
     var type: TensorType { weights.type }
     var rows: Int { weights.rows }
@@ -51,15 +54,29 @@ final class NeuronMajorMatrix: @unchecked Sendable {
     /// The default storage type for rows of `length` elements.
     static func defaultType(length: Int) -> TensorType { length % 32 == 0 ? .q8_0 : .f16 }
 
+    /// Whether the column gather (ember_axpy_gather) reads rows of `type`: every type with a
+    /// row dequantizer, i.e. all weight types but the activation-only Q8_1 and Q8_K.
+    static func canAccumulate(_ type: TensorType) -> Bool {
+        ember_block_size(Int32(type.rawValue)) > 0 && type != .q8_1 && type != .q8_K
+    }
+
+    /// A matrix already stored neuron-major (row i = neuron i's output vector), used where it
+    /// lies; `weights` must outlive this object (a mapped model file does).
+    init(inPlace weights: WeightMatrix) {
+        precondition(Self.canAccumulate(weights.type), "\(weights.name): no column gather for \(weights.type)")
+        self.weights = weights
+        storage = nil
+    }
+
     /// Transposes `down` (rows = hidden size, columns = neurons) into neuron-major rows of
     /// `type` (nil: `defaultType`), on all threads of `pool`.
     init(transposing down: WeightMatrix, as type: TensorType? = nil, pool: ThreadPool) throws {
         let d = down.rows, neurons = down.columns
         let type = type ?? Self.defaultType(length: d)
-        guard ember_block_size(Int32(type.rawValue)) > 0, type != .q8_1, type != .q8_K,
-              d % type.blockSize == 0, let rowBytes = type.byteCount(elements: d)
+        guard Self.canAccumulate(type), d % type.blockSize == 0, let rowBytes = type.byteCount(elements: d)
         else { throw SparseKernelError.unsupportedType(matrix: down.name, type: type, length: d) }
-        storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons * rowBytes), alignment: 64)
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons * rowBytes), alignment: 64)
+        self.storage = storage
         weights = WeightMatrix(name: down.name + ".neuron_major", type: type, rows: neurons, columns: d,
                                data: UnsafeRawPointer(storage))
 
@@ -73,7 +90,6 @@ final class NeuronMajorMatrix: @unchecked Sendable {
         let tiles = (neurons + width - 1) / width
         let sourceType = Int32(down.type.rawValue), targetType = Int32(type.rawValue)
         let targetBlockBytes = type.blockBytes, targetBlock = type.blockSize
-        let storage = self.storage
         pool.parallelFor(tiles) { range in
             let tile = UnsafeMutablePointer<Float>.allocate(capacity: chunk * width)
             let column = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
@@ -103,13 +119,14 @@ final class NeuronMajorMatrix: @unchecked Sendable {
     /// device's share of a layer.
     init(selecting neurons: [Int32], of source: NeuronMajorMatrix) {
         let rowBytes = source.weights.rowBytes
-        storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons.count * rowBytes), alignment: 64)
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: max(64, neurons.count * rowBytes), alignment: 64)
+        self.storage = storage
         source.weights.copyRows(neurons, to: storage)
         weights = WeightMatrix(name: source.weights.name + ".selected", type: source.type, rows: neurons.count,
                                columns: source.columns, data: UnsafeRawPointer(storage))
     }
 
-    deinit { storage.deallocate() }
+    deinit { storage?.deallocate() }
 
     /// y[0..<columns] += Σ_k coefficients[k] · row rows[k].
     @inline(__always)
@@ -171,10 +188,13 @@ enum SparseFeedForward {
 
     /// output[0..<hidden) = the FFN of `input` (hidden floats, already normed) restricted to
     /// the `count` neurons in `active` (any order, no repeats). `gate` nil: an ungated FFN.
+    /// `gateBias`/`upBias` (one float per neuron, or nil) join the gathered values before the
+    /// activation; down's bias is the caller's, added once to the whole output.
     static func run(pool: ThreadPool, gate: WeightMatrix?, up: WeightMatrix, down: NeuronMajorMatrix,
                            activation: VectorKernels.Activation, input: UnsafePointer<Float>,
                            active: UnsafePointer<Int32>, count: Int,
-                           output: UnsafeMutablePointer<Float>, workspace: Workspace) {
+                           output: UnsafeMutablePointer<Float>, workspace: Workspace,
+                           gateBias: UnsafePointer<Float>? = nil, upBias: UnsafePointer<Float>? = nil) {
         let d = down.columns
         precondition(up.columns == d && gate.map { $0.columns == d && $0.rows == up.rows } ?? true
                      && down.rows == up.rows, "SparseFeedForward: matrix shapes disagree")
@@ -190,10 +210,12 @@ enum SparseFeedForward {
             // Each thread converts the input itself (a few µs) rather than waiting on a barrier.
             let upInput = workspace.convert(input, to: up.activationType, thread: thread)
             up.multiply(gathering: rows, count: n, activations: upInput, into: u)
+            if let upBias { addGathered(upBias, rows: rows, count: n, into: u) }
             if let gate {
                 let gateInput = gate.activationType == up.activationType
                     ? upInput : workspace.convert(input, to: gate.activationType, thread: thread)
                 gate.multiply(gathering: rows, count: n, activations: gateInput, into: g)
+                if let gateBias { addGathered(gateBias, rows: rows, count: n, into: g) }
                 VectorKernels.gatedActivation(activation, gate: g, up: u, g, n)
             } else {
                 VectorKernels.gatedActivation(activation, gate: u, up: nil, g, n)
@@ -203,11 +225,18 @@ enum SparseFeedForward {
         reducePartials(pool: pool, output: output, length: d, workspace: workspace)
     }
 
-    /// values[k] = row rows[k] of `matrix` · input for k < count, the rows split among threads:
-    /// the up rows of the neurons a dense gate selected.
+    /// values[k] += bias[rows[k]] for k < count.
+    @inline(__always)
+    static func addGathered(_ bias: UnsafePointer<Float>, rows: UnsafePointer<Int32>, count: Int,
+                            into values: UnsafeMutablePointer<Float>) {
+        for k in 0..<count { values[k] += bias[Int(rows[k])] }
+    }
+
+    /// values[k] = row rows[k] of `matrix` · input (+ bias[rows[k]]) for k < count, the rows
+    /// split among threads: the up rows of the neurons a dense gate selected.
     static func gather(pool: ThreadPool, matrix: WeightMatrix, input: UnsafePointer<Float>,
                               rows: UnsafePointer<Int32>, count: Int, into values: UnsafeMutablePointer<Float>,
-                              workspace: Workspace) {
+                              workspace: Workspace, bias: UnsafePointer<Float>? = nil) {
         precondition(workspace.threadCount >= pool.threadCount && workspace.hiddenLength == matrix.columns,
                      "SparseFeedForward: workspace too small")
         pool.run { thread in
@@ -216,6 +245,7 @@ enum SparseFeedForward {
             matrix.multiply(gathering: rows + share.lowerBound, count: share.count,
                             activations: workspace.convert(input, to: matrix.activationType, thread: thread),
                             into: values + share.lowerBound)
+            if let bias { addGathered(bias, rows: rows + share.lowerBound, count: share.count, into: values + share.lowerBound) }
         }
     }
 
@@ -237,6 +267,39 @@ enum SparseFeedForward {
             }
         }
         reducePartials(pool: pool, output: output, length: d, workspace: workspace)
+    }
+
+    /// The dense down projection of a neuron-major matrix: output[t] = Σ_i activations[t][i] ·
+    /// row i over every neuron, for `tokens` rows (`activations` rows `activationStride` floats
+    /// apart, output rows `outputStride` apart). `neurons` lists 0..<rows in order.
+    ///
+    /// Threads split the hidden dimension, on quant-block boundaries, so each owns its output
+    /// columns and nothing is reduced; each walks the neurons in tiles and applies a tile's
+    /// row slices to every token while they are in cache, so a batch reads the matrix once.
+    static func dense(pool: ThreadPool, down: NeuronMajorMatrix, neurons: UnsafePointer<Int32>,
+                      activations: UnsafePointer<Float>, activationStride: Int, tokens: Int,
+                      output: UnsafeMutablePointer<Float>, outputStride: Int) {
+        let w = down.weights, block = w.type.blockSize
+        let granularity = block >= 64 ? block : (64 + block - 1) / block * block
+        let type = Int32(w.type.rawValue), tile = 64
+        pool.run { thread in
+            let columns = ThreadPool.share(of: w.columns, thread: thread, threads: pool.threadCount, granularity: granularity)
+            guard !columns.isEmpty else { return }
+            let slice = w.data + columns.lowerBound / block * w.type.blockBytes
+            for t in 0..<tokens {
+                (output + t * outputStride + columns.lowerBound).initialize(repeating: 0, count: columns.count)
+            }
+            var first = 0
+            while first < w.rows {
+                let count = min(tile, w.rows - first)
+                for t in 0..<tokens {
+                    ember_axpy_gather(type, Int64(columns.count), slice, w.rowBytes, neurons + first,
+                                      activations + t * activationStride + first, Int64(count),
+                                      output + t * outputStride + columns.lowerBound)
+                }
+                first += count
+            }
+        }
     }
 
     /// output += the partials of threads 1..., each thread summing its own slice of the hidden

@@ -83,19 +83,37 @@ enum VectorKernels {
         ember_vec_softmax(x, Int64(n))
     }
 
-    /// The FFN's activation, applied to the gate (or, ungated, to the up projection).
+    /// The FFN's activation, applied to the gate (or, ungated, to the up projection). `relu`
+    /// gated is ReGLU, relu(gate) · up; `drelu` (Bamboo's dReLU) is relu(gate) · relu(up).
     enum Activation: String, Sendable {
-        case silu, gelu, relu
+        case silu, gelu, relu, drelu
+
+        /// Whether the up projection goes through a ReLU too.
+        var rectifiesUp: Bool { self == .drelu }
+        /// Whether act(g) is exactly zero for every g ≤ 0 (the ReLU family, whose zeros are exact sparsity).
+        var isReLU: Bool { self == .relu || self == .drelu }
     }
 
-    /// out[i] = act(gate[i]) · up[i]; with `up` nil, out[i] = act(gate[i]).
+    /// out[i] = act(gate[i]) · up[i] (dReLU: relu(gate[i]) · relu(up[i])); with `up` nil,
+    /// out[i] = act(gate[i]). `out` may be `gate`.
     static func gatedActivation(_ activation: Activation, gate: ConstPointer, up: ConstPointer?, _ out: Pointer, _ n: Int) {
         let code: Int32
         switch activation {
         case .silu: code = Int32(EMBER_ACT_SILU)
         case .gelu: code = Int32(EMBER_ACT_GELU)
-        case .relu: code = Int32(EMBER_ACT_RELU)
+        case .relu, .drelu: code = Int32(EMBER_ACT_RELU)
         }
         ember_vec_gated_activation(code, gate, up, out, Int64(n))
+        if activation.rectifiesUp, let up {
+            for i in 0..<n where !(up[i] > 0) { out[i] = 0 }
+        }
+    }
+
+    /// x[i] *= up[i] (dReLU: relu(up[i])): the up factor of an activation already applied to the gate.
+    static func multiplyUp(_ activation: Activation, _ x: Pointer, by up: ConstPointer, _ n: Int) {
+        multiply(x, by: up, n)
+        if activation.rectifiesUp {
+            for i in 0..<n where !(up[i] > 0) { x[i] = 0 }
+        }
     }
 }

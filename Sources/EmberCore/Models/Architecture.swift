@@ -40,6 +40,9 @@ enum Architectures {
         Entry(Qwen2.self),
         Entry(Qwen3.self),
         Entry(Gemma3.self),
+        Entry(Bamboo.self),
+        Entry(Falcon.self),
+        Entry(OPT.self),
     ]
 
     /// An architecture's names and its reader.
@@ -67,7 +70,7 @@ enum Architectures {
         guard let name = try file.string("ember.ffn_activation") else { return fallback }
         guard let chosen = VectorKernels.Activation(rawValue: name) else {
             throw ModelError.badHyperparameter(path: file.path, key: "ember.ffn_activation", value: name,
-                                               expected: "one of silu, gelu, relu")
+                                               expected: "one of silu, gelu, relu, drelu")
         }
         return chosen
     }

@@ -25,9 +25,12 @@ final class ForwardPass {
     let value: Matrix
     let attended: Matrix   // attention output, input of the output projection
     let projected: Matrix  // output of a projection back to the embedding length
+    let parallel: Matrix   // a second such output, for blocks that run attention and FFN side by side
     let gate: Matrix
     let up: Matrix
 
+    /// 0, 1, … for the dense column gather of a neuron-major down.
+    private var allNeurons: [Int32] = []
     /// Per-thread attention scores (one context's worth each).
     private let scores: [Matrix]
     /// The cos/sin of each rope of the model at the batch's positions (row t: token t).
@@ -59,6 +62,7 @@ final class ForwardPass {
         value = Matrix(rows: maxTokens, length: config.valueLength)
         attended = Matrix(rows: maxTokens, length: config.attentionOutputLength)
         projected = Matrix(rows: maxTokens, length: d)
+        parallel = Matrix(rows: maxTokens, length: d)
         gate = Matrix(rows: maxTokens, length: config.feedForwardLength)
         up = Matrix(rows: maxTokens, length: config.feedForwardLength)
         scores = (0..<pool.threadCount).map { _ in Matrix(rows: 1, length: cache.capacity) }
@@ -153,7 +157,11 @@ final class ForwardPass {
         }
         let gated = f.gate != nil
         if let observer = feedForwardObserver {
-            forEachToken { t in VectorKernels.gatedActivation(f.activation, gate: gate.row(t), up: nil, gate.row(t), n) }
+            forEachToken { t in
+                VectorKernels.gatedActivation(f.activation, gate: gate.row(t), up: nil, gate.row(t), n)
+                // The observer sees the up factor as it multiplies: dReLU's rectified.
+                if gated, f.activation.rectifiesUp { ember_relu(up.row(t), Int64(n)) }
+            }
             observer(FeedForwardObservation(layer: layer, tokenCount: tokenCount, input: x, activated: gate,
                                             up: gated ? up : nil))
             if gated { forEachToken { t in VectorKernels.multiply(gate.row(t), by: up.row(t), n) } }
@@ -162,8 +170,24 @@ final class ForwardPass {
                 VectorKernels.gatedActivation(f.activation, gate: gate.row(t), up: gated ? up.row(t) : nil, gate.row(t), n)
             }
         }
-        linear(gate, [(f.down.weight, output)])
-        addBias(f.down.bias, to: output)
+        down(f.down, gate, into: output)
+    }
+
+    /// output[t] = down · activations[t] + down's bias, for the batch. A neuron-major down
+    /// (PowerInfer's files) is the column gather over every neuron.
+    func down(_ projection: DownProjection, _ activations: Matrix, into output: Matrix) {
+        switch projection {
+        case .rowMajor(let matrix):
+            linear(activations, [(matrix.weight, output)])
+        case .neuronMajor(let matrix, _):
+            if allNeurons.count != matrix.rows { allNeurons = Array(0..<Int32(matrix.rows)) }
+            allNeurons.withUnsafeBufferPointer { ids in
+                SparseFeedForward.dense(pool: pool, down: matrix, neurons: ids.baseAddress!, activations: activations.pointer,
+                                        activationStride: activations.length, tokens: tokenCount,
+                                        output: output.pointer, outputStride: output.length)
+            }
+        }
+        addBias(projection.bias, to: output)
     }
 
     /// Final norm and output head for the batch rows `rows`, logits to `output` rows 0...;

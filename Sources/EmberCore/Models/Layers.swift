@@ -46,16 +46,47 @@ struct Attention: Sendable {
 }
 
 /// The feed-forward block: down(act(gate) · up), or down(act(up)) without a gate; dReLU
-/// (Bamboo) is relu(gate) · relu(up).
+/// (Bamboo) is relu(gate) · relu(up). Biases, where a model has them, are added to gate and up
+/// before the activation and to down's output.
 struct FeedForward: Sendable {
     let gate: Linear?
     let up: Linear
-    let down: Linear
+    let down: DownProjection
     let activation: VectorKernels.Activation
 
     var neuronCount: Int { up.rows }
     var hasBiases: Bool { gate?.bias != nil || up.bias != nil || down.bias != nil }
     var byteCount: Int { (gate?.weight.byteCount ?? 0) + up.weight.byteCount + down.weight.byteCount }
+}
+
+/// The FFN's down projection as the file stores it: row-major (llama.cpp's `ffn_down`, one
+/// row per output channel), or neuron-major (PowerInfer's `ffn_down_t`, one row per neuron:
+/// neuron i's output vector), read in place. The sparse FFN works on neuron-major rows, so a
+/// neuron-major file needs no transposed copy.
+enum DownProjection: Sendable {
+    case rowMajor(Linear)
+    case neuronMajor(NeuronMajorMatrix, bias: FloatVector?)
+
+    var bias: FloatVector? {
+        switch self {
+        case .rowMajor(let linear): return linear.bias
+        case .neuronMajor(_, let bias): return bias
+        }
+    }
+
+    /// The matrix as stored (rows = hidden size for row-major, neurons for neuron-major).
+    var weight: WeightMatrix {
+        switch self {
+        case .rowMajor(let linear): return linear.weight
+        case .neuronMajor(let matrix, _): return matrix.weights
+        }
+    }
+
+    /// The neuron-major matrix when the file stores one.
+    var neuronMajor: NeuronMajorMatrix? {
+        if case .neuronMajor(let matrix, _) = self { return matrix }
+        return nil
+    }
 }
 
 /// Token ids to vectors: a row of the embedding matrix, scaled, plus a learned position row

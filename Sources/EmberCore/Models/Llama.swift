@@ -1,9 +1,10 @@
 import Foundation
 
-/// Llama 2/3, Mistral, SmolLM2 and Ember's synthetic models: pre-norm attention with rotary
-/// positions on adjacent pairs (llama GGUF files permute the Q and K rows for it) and grouped kv
-/// heads, then a pre-norm gated FFN: SiLU, or ReLU for ReLU-family files. Mistral v0.1's
-/// sliding window covers every layer.
+/// Llama 2/3, Mistral, SmolLM2, Ember's synthetic models and the ReLU LLaMAs (ReluLLaMA,
+/// ProSparse-Llama-2): pre-norm attention with rotary positions on adjacent pairs (llama GGUF
+/// files permute the Q and K rows for it) and grouped kv heads, then a pre-norm gated FFN:
+/// SiLU, or ReGLU, relu(gate) · up, for ReLU-family files (PowerInfer's `PWRI` files, or
+/// `ember.ffn_activation = relu`). Mistral v0.1's sliding window covers every layer.
 struct Llama: Architecture {
     static let names = ["llama", "mistral"]
 
@@ -13,8 +14,14 @@ struct Llama: Architecture {
     let layers: [PreNormLayer]
 
     init(file: GGUFFile, name: String) throws {
+        // PowerInfer runs its llama files with ReGLU (its LLM_FFN_RELU with a parallel gate).
+        try self.init(file: file, name: name,
+                      activation: try Architectures.activation(file, default: file.flavor == .powerInfer ? .relu : .silu))
+    }
+
+    /// The llama tensors of `file` with the FFN activation `activation` (Bamboo: dReLU).
+    init(file: GGUFFile, name: String, activation: VectorKernels.Activation) throws {
         let m = HyperparameterReader(file: file, architecture: name)
-        let activation = try Architectures.activation(file, default: file.flavor == .powerInfer ? .relu : .silu)
         let c = try ModelConfig(m, activation: activation)
         let epsilon = Float(try m.float("attention.layer_norm_rms_epsilon", in: 0...1, default: 1e-5))
         let rope = try m.rope(layout: .adjacent, headDimension: c.headDimension)

@@ -20,6 +20,16 @@ struct TensorReader {
         return WeightMatrix(name: name, type: t.type, rows: rows, columns: columns, data: file.data(of: t))
     }
 
+    /// The number of rows of the 2-D tensor `name` whose rows hold `columns` elements (tables
+    /// whose length the file decides, such as OPT's learned positions).
+    func rowCount(_ name: String, columns: Int) throws -> Int {
+        let t = try info(name)
+        guard t.dims.count == 2, t.dims[0] == columns else {
+            throw GGUFError.wrongTensorShape(path: file.path, tensor: name, expected: [columns, t.dims.last ?? 1], found: t.dims)
+        }
+        return t.dims[1]
+    }
+
     func vector(_ name: String, count: Int) throws -> FloatVector {
         let t = try info(name)
         guard t.elementCount == count, t.dims.count == 1 else {
@@ -97,22 +107,40 @@ extension TensorReader {
                           output: Linear(weight: output, bias: nil))
     }
 
-    /// `blk.N.attn_q`, `attn_k`, `attn_v` (biases per `bias`) and `attn_output`, shaped by `c`.
-    func attentionProjections(layer l: Int, _ c: ModelConfig, bias: Presence = .absent)
+    /// `blk.N.attn_q`, `attn_k`, `attn_v` (biases per `bias`) and `attn_output` (its bias per
+    /// `outputBias`), shaped by `c`.
+    func attentionProjections(layer l: Int, _ c: ModelConfig, bias: Presence = .absent, outputBias: Presence = .absent)
         throws -> (query: Linear, key: Linear, value: Linear, output: Linear) {
         let p = "blk.\(l)."
         return (try linear(p + "attn_q", rows: c.queryLength, columns: c.embeddingLength, bias: bias),
                 try linear(p + "attn_k", rows: c.kvLength, columns: c.embeddingLength, bias: bias),
                 try linear(p + "attn_v", rows: c.valueLength, columns: c.embeddingLength, bias: bias),
-                try linear(p + "attn_output", rows: c.embeddingLength, columns: c.attentionOutputLength))
+                try linear(p + "attn_output", rows: c.embeddingLength, columns: c.attentionOutputLength, bias: outputBias))
     }
 
-    /// `blk.N.ffn_gate` (when `gated`), `ffn_up` and `ffn_down`, shaped by `c`.
+    /// `blk.N.ffn_gate` (when `gated`), `ffn_up` and the down projection, shaped by `c`.
     func feedForward(layer l: Int, _ c: ModelConfig, gated: Bool = true, bias: Presence = .absent) throws -> FeedForward {
         let p = "blk.\(l).", d = c.embeddingLength, f = c.feedForwardLength
         return FeedForward(gate: gated ? try linear(p + "ffn_gate", rows: f, columns: d, bias: bias) : nil,
                            up: try linear(p + "ffn_up", rows: f, columns: d, bias: bias),
-                           down: try linear(p + "ffn_down", rows: d, columns: f, bias: bias),
+                           down: try down(layer: l, c, bias: bias),
                            activation: c.activation)
+    }
+
+    /// Layer `l`'s down projection: llama.cpp's row-major `blk.N.ffn_down` (d rows of F), or the
+    /// neuron-major `blk.N.ffn_down_t` (F rows of d) that PowerInfer's files hold instead, read
+    /// in place. A PowerInfer (`PWRI`) file is read as PowerInfer reads it, from `ffn_down_t`, so
+    /// that is the tensor a missing-tensor error names for it.
+    func down(layer l: Int, _ c: ModelConfig, bias: Presence = .absent) throws -> DownProjection {
+        let d = c.embeddingLength, f = c.feedForwardLength
+        let rowMajor = "blk.\(l).ffn_down", neuronMajor = "blk.\(l).ffn_down_t"
+        let powerInfer = file.flavor == .powerInfer
+        let useNeuronMajor = has(neuronMajor + ".weight") ? powerInfer || !has(rowMajor + ".weight") : powerInfer
+        guard useNeuronMajor else { return .rowMajor(try linear(rowMajor, rows: d, columns: f, bias: bias)) }
+        let weight = try matrix(neuronMajor + ".weight", rows: f, columns: d)
+        guard NeuronMajorMatrix.canAccumulate(weight.type) else {
+            throw GGUFError.unsupportedTensorType(path: file.path, tensor: weight.name, type: weight.type)
+        }
+        return .neuronMajor(NeuronMajorMatrix(inPlace: weight), bias: try vector(neuronMajor + ".bias", count: d, bias))
     }
 }

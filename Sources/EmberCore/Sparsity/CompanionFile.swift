@@ -12,4 +12,10 @@ public enum CompanionFile: String, Sendable {
     public func path(besideModel modelPath: String) -> String {
         (modelPath.hasSuffix(".gguf") ? String(modelPath.dropLast(5)) : modelPath) + "." + rawValue + ".gguf"
     }
+
+    /// Where PowerInfer keeps the placement it generated for a model: the model's path plus
+    /// `.generated.gpuidx` (its llama.cpp, snapshot d3ebd7c).
+    public static func powerInferPlacement(besideModel modelPath: String) -> String {
+        modelPath + ".generated.gpuidx"
+    }
 }

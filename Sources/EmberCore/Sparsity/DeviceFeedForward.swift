@@ -59,10 +59,13 @@ final class DeviceFeedForward {
                 rowOfNeuron[Int(neuron)] = Int32(row)
             }
             let gate = gateWeights.map { RowSelection(neurons, of: $0) }, up = RowSelection(neurons, of: upWeights)
+            // The biases of the placed neurons, in device-row order (down's stays with the CPU, added once).
+            func selected(_ bias: FloatVector?) -> [Float]? { bias.map { b in neurons.map { b.pointer[Int($0)] } } }
             let feedForward = try withExtendedLifetime((gate, up)) {
                 try OpenCLSparseFeedForward(matrices: matrices, vectors: vectors, gate: gate?.matrix, up: up.matrix,
                                             down: NeuronMajorMatrix(selecting: neurons, of: downs[l]),
-                                            activation: activation, capacity: neurons.count)
+                                            activation: activation, capacity: neurons.count,
+                                            gateBias: selected(f.gate?.bias), upBias: selected(f.up.bias))
             }
             layers.append(Layer(feedForward: feedForward, rowOfNeuron: rowOfNeuron))
             widest = max(widest, neurons.count)

@@ -11,7 +11,9 @@ import Foundation
 /// GGUF has no empty tensors). Ember's keys `ember.placement.*` add the granularity, the
 /// per-layer minimum, the model name, the statistics file's SHA-256 and sparsity target, the
 /// dense blocks on the device and the bytes and expected share. A file without them (made by
-/// PowerInfer) reads too: its budget is `split.vram_capacity` and it lists no dense blocks.
+/// PowerInfer, `MODEL.generated.gpuidx`) reads too: its budget is `split.vram_capacity`, it
+/// lists no dense blocks, and a run uses it as PowerInfer does, whenever that capacity fits
+/// the run's budget.
 public struct Placement: Sendable, Equatable {
     /// Bytes of device memory the placement was solved for.
     public var budget: Int
@@ -39,6 +41,8 @@ public struct Placement: Sendable, Equatable {
     /// Expected share of activated-neuron work the device serves: the placed neurons' summed
     /// firing frequencies over those of all neurons.
     public var expectedDeviceShare: Double
+    /// Read from a file without Ember's keys: PowerInfer's own placement.
+    public var fromPowerInfer = false
 
     public init(budget: Int, granularity: Int, minimumGroups: Int, modelName: String, statisticsSHA256: String,
                 sparsityTarget: Float, feedForwardLength: Int, denseBlocks: [PlacementCosts.DenseBlock],
@@ -161,6 +165,11 @@ public enum PlacementError: Error, CustomStringConvertible, Equatable, Localized
     case sparsityTarget(String)
     case mismatch(String)
     case noStatistics(path: String)
+    /// A placement file (PowerInfer's) is for another model: `tensor` does not fit it.
+    case wrongModel(path: String, tensor: String, detail: String)
+    /// PowerInfer's placement needs more device memory than the run's budget, and there are no
+    /// statistics to solve another.
+    case overBudget(path: String, capacity: Int, budget: Int, statisticsPath: String)
 
     public var description: String {
         switch self {
@@ -171,6 +180,11 @@ public enum PlacementError: Error, CustomStringConvertible, Equatable, Localized
         case .mismatch(let detail): return detail
         case .noStatistics(let path):
             return "no placement matches the budget and there are no activation statistics at \(path) to solve one (run `ember profile`)"
+        case .wrongModel(let path, let tensor, let detail):
+            return "\(path): tensor \(SafeText.quoted(tensor)) does not fit the model: \(detail)"
+        case .overBudget(let path, let capacity, let budget, let statisticsPath):
+            return "\(path) was made for \(ByteSize.format(capacity)) of device memory, more than the budget of \(ByteSize.format(budget)), "
+                + "and there are no activation statistics at \(statisticsPath) to solve another (run `ember profile`)"
         }
     }
 
@@ -329,19 +343,31 @@ extension Placement {
     }
 
     /// The placement a run of `model` uses under `budget`: the placement file (default: beside the
-    /// model) when it was solved for this budget, options and model, and for these statistics
-    /// when the statistics file exists; otherwise one solved now from the statistics (default:
-    /// MODEL.stats.gguf beside the model). A malformed placement file is an error, not skipped.
+    /// model, MODEL.placement.gguf, else PowerInfer's MODEL.gguf.generated.gpuidx) when it was
+    /// solved for this budget, options and model, and for these statistics when the statistics
+    /// file exists (PowerInfer's: when its capacity fits the budget); otherwise one solved now
+    /// from the statistics (default: MODEL.stats.gguf beside the model). A malformed placement
+    /// file, or one of PowerInfer's for another model, is an error, not skipped.
     static func load(model: LanguageModel, modelPath: String, budget: Int,
                      options: PlacementOptions = PlacementOptions(),
                      statisticsPath: String? = nil, placementPath: String? = nil) throws -> (placement: Placement, source: Source) {
-        let placementPath = placementPath ?? CompanionFile.placement.path(besideModel: modelPath)
+        let files = FileManager.default
+        let placementPath = placementPath
+            ?? [CompanionFile.placement.path(besideModel: modelPath), CompanionFile.powerInferPlacement(besideModel: modelPath)]
+                .first { files.fileExists(atPath: $0) }
+            ?? CompanionFile.placement.path(besideModel: modelPath)
         let statisticsPath = statisticsPath ?? CompanionFile.statistics.path(besideModel: modelPath)
-        let haveStatistics = FileManager.default.fileExists(atPath: statisticsPath)
-        if FileManager.default.fileExists(atPath: placementPath) {
+        let haveStatistics = files.fileExists(atPath: statisticsPath)
+        var tooLarge: Placement?
+        if files.fileExists(atPath: placementPath) {
             let stored = try Placement(path: placementPath)
             let config = model.config
-            var matches = stored.budget == budget && stored.granularity == options.granularity
+            if stored.fromPowerInfer {
+                try stored.check(fits: config, path: placementPath)
+                if stored.budget <= budget { return (stored, .file(path: placementPath)) }
+                tooLarge = stored
+            }
+            var matches = !stored.fromPowerInfer && stored.budget == budget && stored.granularity == options.granularity
                 && stored.minimumGroups == options.minimumGroups && stored.layerCount == config.layerCount
                 && stored.feedForwardLength == config.feedForwardLength
                 && stored.reservedBytes == min(budget, options.reservedBytes)
@@ -352,7 +378,12 @@ extension Placement {
             if matches, haveStatistics { matches = stored.statisticsSHA256 == (try fileSHA256(statisticsPath)) }
             if matches { return (stored, .file(path: placementPath)) }
         }
-        guard haveStatistics else { throw PlacementError.noStatistics(path: statisticsPath) }
+        guard haveStatistics else {
+            if let tooLarge {
+                throw PlacementError.overBudget(path: placementPath, capacity: tooLarge.budget, budget: budget, statisticsPath: statisticsPath)
+            }
+            throw PlacementError.noStatistics(path: statisticsPath)
+        }
         let report = try solve(model: model, modelPath: modelPath, statisticsPath: statisticsPath, budget: budget, options: options)
         return (report.placement, .solved(statisticsPath: statisticsPath))
     }
@@ -361,6 +392,20 @@ extension Placement {
 // MARK: file
 
 extension Placement {
+    /// Checks that the placement has one `blk.N.gpu_idx` of the model's FFN width per layer of
+    /// `config`; the error names the file and the first tensor that does not fit.
+    func check(fits config: ModelConfig, path: String) throws {
+        guard feedForwardLength == config.feedForwardLength else {
+            throw PlacementError.wrongModel(path: path, tensor: "blk.0.gpu_idx",
+                                            detail: "it marks \(feedForwardLength) neurons, the model's layers have \(config.feedForwardLength)")
+        }
+        guard layerCount == config.layerCount else {
+            let tensor = layerCount > config.layerCount ? "blk.\(config.layerCount).gpu_idx" : "blk.\(layerCount).gpu_idx"
+            throw PlacementError.wrongModel(path: path, tensor: tensor,
+                                            detail: "the file places \(layerCount) layers, the model has \(config.layerCount)")
+        }
+    }
+
     /// Writes the placement file atomically; `powerInferMagic` makes its first bytes `PWRI` as
     /// PowerInfer's own placement files have them.
     public func write(to path: String, powerInferMagic: Bool = false) throws {
@@ -430,6 +475,7 @@ extension Placement {
             throw malformed("ember.placement.expected_device_share is \(expectedDeviceShare), expected a share from 0 to 1")
         }
         guard granularity >= 1 else { throw malformed("ember.placement.granularity is 0") }
+        fromPowerInfer = try file.int("ember.placement.budget") == nil
         denseBlocks = try (file.stringArray("ember.placement.dense_blocks") ?? []).map { name in
             guard let block = PlacementCosts.DenseBlock(name: name) else { throw malformed("unknown dense block \(SafeText.quoted(name))") }
             return block

@@ -50,7 +50,8 @@ public struct PlacementCosts: Sendable, Equatable {
     /// against FFN neurons by the bytes per token it saves the CPU (`Placement.solve`).
     public var denseBlocks: [DenseCost]
     /// Bytes the device holds per FFN neuron, per layer: its gate row, up row and down column,
-    /// the down column as the sparse kernels store it (neuron-major, `NeuronMajorMatrix.defaultType`).
+    /// the down column as the sparse kernels store it (the file's neuron-major row, else a
+    /// `NeuronMajorMatrix.defaultType` copy).
     public var neuronBytes: [Int]
     /// Bytes of each layer's FFN as the model file stores it (gate, up and down), for offloading
     /// whole layers, which keeps the file's tensors as they are.
@@ -81,7 +82,8 @@ public struct PlacementCosts: Sendable, Equatable {
             blocks.append(DenseCost(block: .attention(layer: l), bytes: weights + cache, readBytes: weights + cache / 2))
 
             let hidden = c.embeddingLength
-            let downRow = NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
+            let downRow = f.down.neuronMajor?.weights.rowBytes
+                ?? NeuronMajorMatrix.defaultType(length: hidden).byteCount(elements: hidden) ?? hidden * 2
             neuronBytes.append((f.gate?.weight.rowBytes ?? 0) + f.up.weight.rowBytes + downRow)
             fileBytes.append(f.byteCount)
         }

@@ -98,14 +98,18 @@ final class PredictorSet {
             guard i1.dims.count == 2, i2.dims.count == 2, i1.dims[1] == i2.dims[0],
                   i1.type.byteCount(elements: i1.dims[0]) != nil, i2.type.byteCount(elements: i2.dims[0]) != nil,
                   ember_block_size(Int32(i1.type.rawValue)) > 0, ember_block_size(Int32(i2.type.rawValue)) > 0 else {
-                throw malformed("layer \(l): fc1 \(i1.dims) \(i1.type) and fc2 \(i2.dims) \(i2.type) are not [d, r] and [r, F] of a supported type")
+                throw malformed("tensors \(i1.name) \(i1.dims) \(i1.type) and \(i2.name) \(i2.dims) \(i2.type) are not [d, r] and [r, F] "
+                                + "of a supported type")
             }
             try ReaderLimits.embeddingLength.check(i1.dims[0], what: "input length of tensor", subject: i1.name, file: path)
             try ReaderLimits.predictorRank.check(i1.dims[1], what: "rank of tensor", subject: i1.name, file: path)
             try ReaderLimits.feedForwardLength.check(i2.dims[1], what: "neuron count of tensor", subject: i2.name, file: path)
             if d == 0 { (d, f) = (i1.dims[0], i2.dims[1]) }
-            guard i1.dims[0] == d, i2.dims[1] == f else {
-                throw malformed("layer \(l): predictor shape differs from layer 0's [\(d) → \(f)]")
+            guard i1.dims[0] == d else {
+                throw GGUFError.wrongTensorShape(path: path, tensor: i1.name, expected: [d, i1.dims[1]], found: i1.dims)
+            }
+            guard i2.dims[1] == f else {
+                throw GGUFError.wrongTensorShape(path: path, tensor: i2.name, expected: [i2.dims[0], f], found: i2.dims)
             }
             for info in [i1, i2] {
                 if let bad = file.firstNonFiniteElement(of: info) {
@@ -156,6 +160,26 @@ final class PredictorSet {
         let maxRank = layers.compactMap { $0?.rank }.max() ?? 1
         scratch = Matrix(rows: 2, length: max(maxRank, neuronCount))
         converted = Matrix(rows: 2, length: max(inputLength, maxRank) + 256)
+    }
+
+    /// Checks that these predictors fit `config`'s model: one per layer at most, each reading
+    /// the model's hidden size and scoring its layer's neurons. The error names the file and
+    /// the first tensor that does not fit.
+    func check(against config: ModelConfig, path: String) throws {
+        if layers.count > config.layerCount, let l = layers.indices.last(where: { layers[$0] != nil }), l >= config.layerCount {
+            throw SparsityError.malformed(path: path, detail: "tensor blk.\(l).fc1.weight is a predictor of layer \(l), "
+                                          + "but the model has \(config.layerCount) layers")
+        }
+        for case let layer? in layers {
+            guard layer.fc1.columns == config.embeddingLength else {
+                throw GGUFError.wrongTensorShape(path: path, tensor: layer.fc1.name, expected: [config.embeddingLength, layer.rank],
+                                                 found: [layer.fc1.columns, layer.rank])
+            }
+            guard layer.fc2.rows == config.feedForwardLength else {
+                throw GGUFError.wrongTensorShape(path: path, tensor: layer.fc2.name, expected: [layer.rank, config.feedForwardLength],
+                                                 found: [layer.rank, layer.fc2.rows])
+            }
+        }
     }
 
     // MARK: single token (decode)

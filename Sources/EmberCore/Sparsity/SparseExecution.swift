@@ -25,7 +25,6 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable, Loc
     case targetMissing(Float, available: [Float])
     case statisticsMismatch(String)
     case hybridNeedsPredictor
-    case biasesUnsupported
 
     public var description: String {
         switch self {
@@ -34,15 +33,13 @@ public enum SparseExecutionError: Error, CustomStringConvertible, Equatable, Loc
         case .needsPredictor:
             return "predictor sparsity needs a predictor file (trained from the model's activation statistics)"
         case .needsReLU:
-            return "exact sparsity is exact only for ReLU-family models; this model's FFN is not ReLU: use threshold:S, down:S or predictor"
+            return "exact sparsity is exact only for ReLU-family models; this model's FFN is not ReLU (nor dReLU): use threshold:S, down:S or predictor"
         case .needsGatedFFN(let mode):
             return "\(mode) sparsity needs a gated FFN (SwiGLU/GeGLU)"
         case .targetMissing(let s, let available):
             return "the statistics have no thresholds for sparsity \(s); profiled targets: \(available.map { "\($0)" }.joined(separator: ", "))"
         case .statisticsMismatch(let detail):
             return "the statistics do not fit this model: \(detail)"
-        case .biasesUnsupported:
-            return "the sparse FFN does not compute FFN biases yet: run this model densely"
         case .hybridNeedsPredictor:
             return "hybrid execution (a device memory budget) needs predictor sparsity: the active set must be known before the devices start"
         }
@@ -137,13 +134,12 @@ final class SparseExecution: FeedForwardSparsity {
         config = model.config
         let layers = config.layerCount
         let feedForwards = (0..<layers).map { model.architecture.feedForward($0) }
-        guard !feedForwards.contains(where: \.hasBiases) else { throw SparseExecutionError.biasesUnsupported }
         let gated = feedForwards.allSatisfy { $0.gate != nil }
         switch mode {
         case .dense:
             thresholds = Array(repeating: 0, count: layers)
         case .exact:
-            guard config.activation == .relu else { throw SparseExecutionError.needsReLU }
+            guard config.activation.isReLU else { throw SparseExecutionError.needsReLU }
             thresholds = Array(repeating: 0, count: layers)
         case .threshold(let s), .down(let s):
             guard gated else { throw SparseExecutionError.needsGatedFFN(mode) }
@@ -184,15 +180,19 @@ final class SparseExecution: FeedForwardSparsity {
     }
 
     /// Dense gate and up, left-out neurons zeroed, dense down: the batch path, and the
-    /// reference the decode path must equal.
+    /// reference the decode path must equal. A left-out neuron contributes nothing whatever
+    /// its biases; down's bias is added once.
     func maskedFeedForward(_ w: FeedForward, layer: Int, input: Matrix, into output: Matrix, pass: ForwardPass) {
         let n = config.feedForwardLength
         let activation = w.activation
         let threshold = thresholds[layer]
         if let gate = w.gate {
             pass.linear(input, [(gate.weight, pass.gate), (w.up.weight, pass.up)])
+            pass.addBias(gate.bias, to: pass.gate)
+            pass.addBias(w.up.bias, to: pass.up)
         } else {
             pass.linear(input, [(w.up.weight, pass.gate)])
+            pass.addBias(w.up.bias, to: pass.gate)
         }
         var counts = Array(repeating: 0, count: pass.tokenCount)
         let mode = self.mode
@@ -210,24 +210,30 @@ final class SparseExecution: FeedForwardSparsity {
                 var active = 0
                 switch mode {
                 case .dense:
-                    if let up { VectorKernels.multiply(a, by: up, n) }
+                    if let up { VectorKernels.multiplyUp(activation, a, by: up, n) }
                     active = n
                 case .exact:
                     for i in 0..<n where a[i] != 0 { active += 1 }
-                    if let up { VectorKernels.multiply(a, by: up, n) }
+                    if let up { VectorKernels.multiplyUp(activation, a, by: up, n) }
                 case .threshold:
                     for i in 0..<n {
-                        if abs(a[i]) >= threshold { a[i] *= up?[i] ?? 1; active += 1 } else { a[i] = 0 }
+                        if abs(a[i]) >= threshold {
+                            if let up { a[i] *= activation.rectifiesUp ? max(up[i], 0) : up[i] }
+                            active += 1
+                        } else {
+                            a[i] = 0
+                        }
                     }
                 case .down:
-                    if let up { VectorKernels.multiply(a, by: up, n) }
+                    if let up { VectorKernels.multiplyUp(activation, a, by: up, n) }
                     for i in 0..<n {
                         if abs(a[i]) >= threshold { active += 1 } else { a[i] = 0 }
                     }
                 case .predictor:
                     let mask = masks!.row(t)
+                    if let up { VectorKernels.multiplyUp(activation, a, by: up, n) }
                     for i in 0..<n {
-                        a[i] *= mask[i] * (up?[i] ?? 1)
+                        a[i] *= mask[i]
                         if mask[i] != 0 { active += 1 }
                     }
                 }
@@ -236,13 +242,14 @@ final class SparseExecution: FeedForwardSparsity {
         }
         activeNeurons += counts.reduce(0, +)
         neuronSlots += n * pass.tokenCount
-        pass.linear(pass.gate, [(w.down.weight, output)])
+        pass.down(w.down, pass.gate, into: output)
     }
 }
 
 /// The single-token sparse FFN: computes only the selected neurons. Selection costs a dense
 /// gate (exact, threshold:S), a dense gate and up (down:S) or the predictor; what follows reads
-/// only the selected neurons' rows of up (and gate) and their down columns, kept neuron-major.
+/// only the selected neurons' rows of up (and gate) and their down columns, kept neuron-major
+/// (the file's own when it stores down that way, else a transposed copy).
 final class SparseDecoder {
     private let mode: SparsityMode
     private let activation: VectorKernels.Activation
@@ -269,7 +276,9 @@ final class SparseDecoder {
         activation = model.config.activation
         let f = model.config.feedForwardLength, d = model.config.embeddingLength
         let feedForwards = (0..<model.layerCount).map { model.architecture.feedForward($0) }
-        downs = try feedForwards.map { try NeuronMajorMatrix(transposing: $0.down.weight, pool: pool) }
+        downs = try feedForwards.map { f in
+            try f.down.neuronMajor ?? NeuronMajorMatrix(transposing: f.down.weight, pool: pool)
+        }
         workspace = SparseFeedForward.Workspace(threads: pool.threadCount, hiddenLength: d, neuronCount: f)
         ids = .allocate(capacity: f)
         coefficients = .allocate(capacity: f)
@@ -300,51 +309,58 @@ final class SparseDecoder {
         let input = inputs.row(0), output = outputs.row(0)
         let a = pass.gate.row(0)
         let gate = w.gate?.weight, up = w.up.weight
+        let count: Int
         switch mode {
         case .dense:
             preconditionFailure("dense runs without a sparse decoder")
         case .predictor:
-            let count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids, pool: predictorPool)
+            count = predictor!.activeNeurons(layer: layer, input: pass.x.row(0), into: ids, pool: predictorPool)
             if let device {
                 runHybrid(device, w, layer: layer, input: input, output: output, count: count)
-                return count
-            }
-            SparseFeedForward.run(pool: pool, gate: gate, up: up, down: downs[layer], activation: activation,
-                                  input: input, active: ids, count: count, output: output, workspace: workspace)
-            return count
-        case .exact, .threshold:
-            // Dense selection pass: the gate (ungated ReLU FFNs: the up projection).
-            pass.linear(inputs, [(gate ?? up, pass.gate)])
-            VectorKernels.gatedActivation(activation, gate: a, up: nil, a, n)
-            var count = 0
-            if mode == .exact {
-                for i in 0..<n where a[i] != 0 { ids[count] = Int32(i); count += 1 }
             } else {
-                for i in 0..<n where abs(a[i]) >= threshold { ids[count] = Int32(i); count += 1 }
+                SparseFeedForward.run(pool: pool, gate: gate, up: up, down: downs[layer], activation: activation,
+                                      input: input, active: ids, count: count, output: output, workspace: workspace,
+                                      gateBias: w.gate?.bias?.pointer, upBias: w.up.bias?.pointer)
             }
+        case .exact, .threshold:
+            // Dense selection pass: the gate (ungated ReLU FFNs: the up projection), with its bias.
+            pass.linear(inputs, [(gate ?? up, pass.gate)])
+            pass.addBias(w.gate != nil ? w.gate!.bias : w.up.bias, to: pass.gate)
+            VectorKernels.gatedActivation(activation, gate: a, up: nil, a, n)
+            var selected = 0
+            if mode == .exact {
+                for i in 0..<n where a[i] != 0 { ids[selected] = Int32(i); selected += 1 }
+            } else {
+                for i in 0..<n where abs(a[i]) >= threshold { ids[selected] = Int32(i); selected += 1 }
+            }
+            count = selected
             if gate != nil {
                 SparseFeedForward.gather(pool: pool, matrix: up, input: input, rows: ids, count: count,
-                                         into: upValues, workspace: workspace)
-                for k in 0..<count { coefficients[k] = a[Int(ids[k])] * upValues[k] }
+                                         into: upValues, workspace: workspace, bias: w.up.bias?.pointer)
+                let rectify = activation.rectifiesUp
+                for k in 0..<count { coefficients[k] = a[Int(ids[k])] * (rectify ? max(upValues[k], 0) : upValues[k]) }
             } else {
                 for k in 0..<count { coefficients[k] = a[Int(ids[k])] }
             }
             SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
                                       output: output, workspace: workspace)
-            return count
         case .down:
             pass.linear(inputs, [(gate!, pass.gate), (up, pass.up)])
+            pass.addBias(w.gate!.bias, to: pass.gate)
+            pass.addBias(w.up.bias, to: pass.up)
             VectorKernels.gatedActivation(activation, gate: a, up: pass.up.row(0), a, n)
-            var count = 0
+            var selected = 0
             for i in 0..<n where abs(a[i]) >= threshold {
-                ids[count] = Int32(i)
-                coefficients[count] = a[i]
-                count += 1
+                ids[selected] = Int32(i)
+                coefficients[selected] = a[i]
+                selected += 1
             }
+            count = selected
             SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
                                       output: output, workspace: workspace)
-            return count
         }
+        if let bias = w.down.bias { VectorKernels.add(bias.pointer, into: output, bias.count) }
+        return count
     }
 
     /// The active neurons `ids[0..<count]` split by where they live: the device computes its
@@ -367,7 +383,8 @@ final class SparseDecoder {
         do {
             try device.start(layer: layer, input: input, rows: deviceRows, count: onDevice)
             SparseFeedForward.run(pool: pool, gate: w.gate?.weight, up: w.up.weight, down: downs[layer], activation: activation,
-                                  input: input, active: cpuNeurons, count: onCPU, output: output, workspace: workspace)
+                                  input: input, active: cpuNeurons, count: onCPU, output: output, workspace: workspace,
+                                  gateBias: w.gate?.bias?.pointer, upBias: w.up.bias?.pointer)
             let cpuDone = DispatchTime.now()
             try device.finish(addingInto: output)
             hybridCounts.cpuSeconds += seconds(since: start) - seconds(since: cpuDone)
@@ -378,7 +395,8 @@ final class SparseDecoder {
             hybridCounts.failure = "\(error)"
             self.device = nil
             SparseFeedForward.run(pool: pool, gate: w.gate?.weight, up: w.up.weight, down: downs[layer], activation: activation,
-                                  input: input, active: ids, count: count, output: output, workspace: workspace)
+                                  input: input, active: ids, count: count, output: output, workspace: workspace,
+                                  gateBias: w.gate?.bias?.pointer, upBias: w.up.bias?.pointer)
         }
     }
 }

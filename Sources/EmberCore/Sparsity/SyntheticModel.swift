@@ -1,10 +1,11 @@
 import CEmberKernels
 import Foundation
 
-/// Synthetic llama-shaped ReLU models with planted activation sparsity, for measuring speed at
-/// sizes no downloadable ReLU model offers here. The weights are random, so the text is noise,
-/// but the compute is a real llama block and the FFN neurons really fire with a planted
-/// power-law frequency at the requested overall sparsity.
+/// Synthetic ReLU-family models with planted activation sparsity, for measuring speed at sizes no
+/// downloadable ReLU model offers here: llama (ReGLU), bamboo (dReLU), falcon (parallel
+/// attention and FFN, ReLU without gate) and opt (learned positions, biases, ReLU without gate).
+/// The weights are random, so the text is noise, but the compute is the family's real block and
+/// the FFN neurons really fire with a planted power-law frequency at the requested sparsity.
 ///
 /// How the sparsity is planted:
 /// - Residual channels 0..<32 (exactly one quant block) hold the same constant `a` in every token
@@ -12,7 +13,10 @@ import Foundation
 ///   writes to the residual stream, so the block stays constant through all layers.
 /// - Every other channel is random with variance about 1; `a` is chosen so the constant block
 ///   carries as much energy as the rest, so the RMS norm keeps both at a fixed ratio.
-/// - Gate row i has the same weight β_i on all 32 constant channels: a per-neuron bias. The rest
+///   (LayerNorm families: the norm removes the mean, about 32a/d, the same for every token up to
+///   a fluctuation of 1/√d, so the block stays nearly constant.)
+/// - Gate row i (ungated families: up row i) has the same weight β_i on all 32 constant
+///   channels: a per-neuron bias. The rest
 ///   of the pre-activation is, over tokens, a sum of many independent terms, so normal with
 ///   std σ_i = ‖w_i,rest‖·√V / rms (V: variance of a residual channel). Neuron i then fires
 ///   (relu(gate) > 0) with probability Φ(bias/σ_i); setting the bias to σ_i·Φ⁻¹(p_i) gives
@@ -31,9 +35,20 @@ import Foundation
 ///   The variance of each weight, hence the planted rates, is the same either way.
 /// - Attention and FFN outputs are scaled to add only a little variance per layer (2 % of the
 ///   embedding's over the whole model, each), so V stays near 1; the small growth is accounted for.
+/// - OPT's biases are small (they exercise the bias paths without moving the planted rates), and
+///   its position rows are zero on the constant block.
 /// Only block sizes of at most 32 keep the constant block one quant block, so K-quants are left out.
 public enum SyntheticModel {
-    /// Model shapes; the large ones are Llama 2's.
+    /// The families a synthetic model can be of.
+    public enum Family: String, Sendable, CaseIterable {
+        case llama, bamboo, falcon, opt
+
+        /// Its FFN activation: ReGLU, dReLU, or ReLU without a gate.
+        var activation: VectorKernels.Activation { self == .bamboo ? .drelu : .relu }
+        var gated: Bool { self == .llama || self == .bamboo }
+    }
+
+    /// Model shapes; the large ones are Llama 2's, and each family's own 7B.
     public struct Shape: Sendable, Equatable {
         public let name: String
         public let embeddingLength: Int
@@ -51,8 +66,34 @@ public enum SyntheticModel {
         public static let llama13B = Shape(name: "13b", embeddingLength: 5120, feedForwardLength: 13824, layerCount: 40,
                                            headCount: 40, kvHeadCount: 40)
         public static let all = [tiny, small, llama7B, llama13B]
+        /// Bamboo-7B (Mistral 7B's shape), Falcon-7B (multi-query), OPT-6.7B.
+        public static let bamboo7B = Shape(name: "7b", embeddingLength: 4096, feedForwardLength: 14336, layerCount: 32,
+                                           headCount: 32, kvHeadCount: 8)
+        public static let falcon7B = Shape(name: "7b", embeddingLength: 4544, feedForwardLength: 18176, layerCount: 32,
+                                           headCount: 71, kvHeadCount: 1)
+        public static let opt7B = Shape(name: "7b", embeddingLength: 4096, feedForwardLength: 16384, layerCount: 32,
+                                        headCount: 32, kvHeadCount: 32)
 
         public static func named(_ name: String) -> Shape? { all.first { $0.name == name.lowercased() } }
+
+        /// The shape `name` for `family`: "7b" is the family's own 7B model.
+        public static func named(_ name: String, family: Family) -> Shape? {
+            guard name.lowercased() == "7b" else {
+                // OPT has no grouped kv heads.
+                return named(name).map { family == .opt ? $0.withKVHeads($0.headCount) : $0 }
+            }
+            switch family {
+            case .llama: return llama7B
+            case .bamboo: return bamboo7B
+            case .falcon: return falcon7B
+            case .opt: return opt7B
+            }
+        }
+
+        func withKVHeads(_ count: Int) -> Shape {
+            Shape(name: name, embeddingLength: embeddingLength, feedForwardLength: feedForwardLength, layerCount: layerCount,
+                  headCount: headCount, kvHeadCount: count)
+        }
 
         public var headDimension: Int { embeddingLength / headCount }
     }
@@ -68,9 +109,11 @@ public enum SyntheticModel {
         public var contextLength: Int
         /// Rank of the input structure that decides which neurons fire (0: none).
         public var inputRank: Int
+        public var family: Family
 
         public init(shape: Shape, sparsity: Double = 0.9, type: TensorType = .q4_0, seed: UInt64 = 0,
-                    contextLength: Int = 4096, inputRank: Int = 16) {
+                    contextLength: Int = 4096, inputRank: Int = 16, family: Family = .llama) {
+            self.family = family
             self.shape = shape
             self.sparsity = sparsity
             self.type = type
@@ -127,6 +170,10 @@ public enum SyntheticModel {
               s.layerCount > 0, s.headCount > 0, s.kvHeadCount > 0, s.headCount % s.kvHeadCount == 0,
               s.embeddingLength % s.headCount == 0, s.headDimension % 32 == 0 else {
             throw SyntheticModelError.badShape("\(s)")
+        }
+        // OPT has no grouped kv heads.
+        guard options.family != .opt || s.kvHeadCount == s.headCount else {
+            throw SyntheticModelError.badShape("OPT has as many kv heads as heads, not \(s.kvHeadCount) of \(s.headCount)")
         }
     }
 
@@ -222,25 +269,39 @@ public enum SyntheticModel {
             throw GGUFError.writeFailed(path: tokenizer.path, reason: "it has no tokenizer.ggml.tokens to copy")
         }
         let s = options.shape, d = s.embeddingLength, ff = s.feedForwardLength, L = s.layerCount
-        let type = options.type, seed = options.seed
+        let type = options.type, seed = options.seed, family = options.family
+        let arch = family.rawValue
+        let kvLength = s.kvHeadCount * s.headDimension
 
         var w = GGUFWriter()
-        w.set("general.architecture", .string("llama"))
-        w.set("general.name", .string("ember-synth-\(s.name)-relu-s\(String(format: "%.2f", options.sparsity))"))
+        w.set("general.architecture", .string(arch))
+        w.set("general.name", .string("ember-synth-\(family == .llama ? "" : arch + "-")\(s.name)-relu-s\(String(format: "%.2f", options.sparsity))"))
         w.set("general.description", .string(description(options)))
         w.set("general.file_type", .uint32(fileType(type)))
         w.set("general.quantization_version", .uint32(2))
-        w.set("llama.context_length", .uint32(UInt32(options.contextLength)))
-        w.set("llama.embedding_length", .uint32(UInt32(d)))
-        w.set("llama.block_count", .uint32(UInt32(L)))
-        w.set("llama.feed_forward_length", .uint32(UInt32(ff)))
-        w.set("llama.attention.head_count", .uint32(UInt32(s.headCount)))
-        w.set("llama.attention.head_count_kv", .uint32(UInt32(s.kvHeadCount)))
-        w.set("llama.rope.dimension_count", .uint32(UInt32(s.headDimension)))
-        w.set("llama.rope.freq_base", .float32(10_000))
-        w.set("llama.attention.layer_norm_rms_epsilon", .float32(1e-5))
-        w.set("llama.vocab_size", .uint32(UInt32(vocabulary)))
-        w.set("ember.ffn_activation", .string("relu"))
+        // OPT's 2048 learned positions and the 2 offset rows before them: PowerInfer's converter
+        // writes 2050 as the context, and its loader wants exactly that many rows.
+        let contextKey = family == .opt ? 2048 + OPT.positionOffset : options.contextLength
+        w.set("\(arch).context_length", .uint32(UInt32(contextKey)))
+        w.set("\(arch).embedding_length", .uint32(UInt32(d)))
+        w.set("\(arch).block_count", .uint32(UInt32(L)))
+        w.set("\(arch).feed_forward_length", .uint32(UInt32(ff)))
+        w.set("\(arch).attention.head_count", .uint32(UInt32(s.headCount)))
+        switch family {
+        case .llama, .bamboo:
+            w.set("\(arch).attention.head_count_kv", .uint32(UInt32(s.kvHeadCount)))
+            w.set("\(arch).rope.dimension_count", .uint32(UInt32(s.headDimension)))
+            w.set("\(arch).rope.freq_base", .float32(10_000))
+            w.set("\(arch).attention.layer_norm_rms_epsilon", .float32(1e-5))
+        case .falcon:
+            w.set("falcon.attention.head_count_kv", .uint32(UInt32(s.kvHeadCount)))
+            w.set("falcon.attention.layer_norm_epsilon", .float32(1e-5))
+        case .opt:
+            w.set("opt.attention.layer_norm_epsilon", .float32(1e-5))
+        }
+        w.set("\(arch).vocab_size", .uint32(UInt32(vocabulary)))
+        // llama and falcon files are SiLU and GELU unless they say otherwise.
+        if family == .llama || family == .falcon { w.set("ember.ffn_activation", .string("relu")) }
         w.set("ember.synthetic.sparsity", .float32(Float(options.sparsity)))
         w.set("ember.synthetic.power_law_exponent", .float32(Float(powerLawExponent)))
         w.set("ember.synthetic.seed", .uint64(seed))
@@ -253,14 +314,18 @@ public enum SyntheticModel {
         // The constant block carries as much energy as the (d − k) unit-variance channels.
         let a = Float(Double(d - k) / Double(k)).squareRoot()
         let sigma = 1 / Float(d).squareRoot()
+        // What the block holds after the norm's mean removal (LayerNorm families), before scaling.
+        let blockValue = family == .falcon || family == .opt ? Double(a) * (1 - Double(k) / Double(d)) : Double(a)
         // After the norm, a random channel has variance about V·d / ((d − k)(V + 1)) ≈ ½, so a
         // row of std `sigma` gives outputs of variance about ½ (value vectors, up, gate rest).
         let normalisedVariance = 0.5
         let attentionScale = Float((addedVariance / Double(L) / (Double(d) * normalisedVariance)).squareRoot())
-        // FFN output variance = σ_d² · Σ_i E[relu(g_i)²]·E[u_i²]; the sum depends only on the
-        // (sorted) probabilities, the same for every layer.
+        // FFN output variance = σ_d² · Σ_i E[act_i²]: E[relu(g_i)²] (of variance ½) times E[u_i²]
+        // (½; dReLU: E[relu(u)²] = ¼; no gate: no factor). The sum depends only on the (sorted)
+        // probabilities, the same for every layer.
         let curve = firingProbabilities(neurons: ff, sparsity: options.sparsity)
-        let ffnEnergy = curve.reduce(0) { $0 + meanSquaredReLU(z: normalQuantile($1)) } * normalisedVariance * normalisedVariance
+        let upFactor = family == .llama ? normalisedVariance : family == .bamboo ? normalisedVariance / 2 : 1
+        let ffnEnergy = curve.reduce(0) { $0 + meanSquaredReLU(z: normalQuantile($1)) } * normalisedVariance * upFactor
         let downScale = Float((addedVariance / Double(L) / ffnEnergy).squareRoot())
 
         func matrix(_ name: String, rows: Int, columns: Int,
@@ -276,6 +341,16 @@ public enum SyntheticModel {
         func ones(_ name: String) {
             w.addTensor(name, dims: [d], floats: [Float](repeating: 1, count: d))
         }
+        /// A norm: RMS (weight only), or LayerNorm with a zero bias.
+        func norm(_ prefix: String) {
+            ones(prefix + ".weight")
+            if family == .falcon || family == .opt { w.addTensor(prefix + ".bias", dims: [d], floats: [Float](repeating: 0, count: d)) }
+        }
+        /// A small random bias (OPT), zero on the constant block when `keepsBlock`.
+        func bias(_ name: String, count: Int, scale: Float, keepsBlock: Bool = false) {
+            var rng = RowRandom(seed: seed, stream: name, row: 0)
+            w.addTensor(name, dims: [count], floats: (0..<count).map { keepsBlock && $0 < k ? 0 : scale * rng.normal() })
+        }
         /// Random N(0, scale²) weights, with `zeroColumns` left at zero.
         func random(_ scale: Float, zeroColumns: Range<Int> = 0..<0) -> (Int, inout RowRandom, UnsafeMutableBufferPointer<Float>) -> Void {
             { _, rng, x in
@@ -286,22 +361,40 @@ public enum SyntheticModel {
         matrix("token_embd.weight", rows: vocabulary, columns: d) { _, rng, x in
             for j in x.indices { x[j] = j < k ? a : rng.normal() }
         }
+        if family == .opt {
+            // Learned positions: small next to the unit-variance embedding, zero on the block.
+            matrix("position_embd.weight", rows: contextKey, columns: d, random(0.1, zeroColumns: 0..<k))
+        }
         for l in 0..<L {
             let n = "blk.\(l)."
-            ones(n + "attn_norm.weight")
-            matrix(n + "attn_q.weight", rows: d, columns: d, random(sigma))
-            matrix(n + "attn_k.weight", rows: s.kvHeadCount * s.headDimension, columns: d, random(sigma))
-            // No constant offset in values, so attention adds zero-mean noise only.
-            matrix(n + "attn_v.weight", rows: s.kvHeadCount * s.headDimension, columns: d, random(sigma, zeroColumns: 0..<k))
+            norm(n + "attn_norm")
+            if family == .falcon {
+                // Fused: all query rows, then key rows, then value rows (no constant in values).
+                matrix(n + "attn_qkv.weight", rows: d + 2 * kvLength, columns: d) { r, rng, x in
+                    for j in x.indices { x[j] = r >= d + kvLength && j < k ? 0 : sigma * rng.normal() }
+                }
+            } else {
+                matrix(n + "attn_q.weight", rows: d, columns: d, random(sigma))
+                matrix(n + "attn_k.weight", rows: kvLength, columns: d, random(sigma))
+                // No constant offset in values, so attention adds zero-mean noise only.
+                matrix(n + "attn_v.weight", rows: kvLength, columns: d, random(sigma, zeroColumns: 0..<k))
+            }
+            if family == .opt {
+                for (name, count) in [("attn_q", d), ("attn_k", kvLength), ("attn_v", kvLength)] {
+                    bias(n + name + ".bias", count: count, scale: 0.01, keepsBlock: name == "attn_v")
+                }
+            }
             matrix(n + "attn_output.weight", rows: d, columns: d) { r, rng, x in
                 for j in x.indices { x[j] = r < k ? 0 : attentionScale * rng.normal() }
             }
-            ones(n + "ffn_norm.weight")
+            if family == .opt { bias(n + "attn_output.bias", count: d, scale: 0.01, keepsBlock: true) }
+            if family != .falcon { norm(n + "ffn_norm") }
             // Variance of a residual channel entering this layer's FFN: the embedding's 1 plus
             // what earlier blocks (and this layer's attention) added.
             let variance = 1 + addedVariance * Double(2 * l + 1) / Double(L)
-            let gateName = n + "ffn_gate.weight"
-            w.addTensor(gateName, type: type, dims: [d, ff]) { buffer in
+            // The planted rows: the gate's, or the up projection's in families without a gate.
+            let plantedName = n + (family.gated ? "ffn_gate.weight" : "ffn_up.weight")
+            w.addTensor(plantedName, type: type, dims: [d, ff]) { buffer in
                 let p = layerProbabilities(options, layer: l, curve: curve)
                 let basis = inputBasis(options, layer: l)
                 let rank = options.inputRank
@@ -309,7 +402,7 @@ public enum SyntheticModel {
                 let structured = rank == 0 ? 0 : Float((predictableShare / Double(rank)).squareRoot())
                 let noise = rank == 0 ? 1 : Float((1 - predictableShare).squareRoot())
                 fillRows(buffer, rows: ff, columns: d, type: type, pool: pool) { r, x, out in
-                    var rng = RowRandom(seed: seed, stream: gateName, row: r)
+                    var rng = RowRandom(seed: seed, stream: plantedName, row: r)
                     for j in x.indices { x[j] = j < k ? 0 : sigma * noise * rng.normal() }
                     basis.withUnsafeBufferPointer { b in
                         for i in 0..<rank {
@@ -323,34 +416,88 @@ public enum SyntheticModel {
                     ember_dequantize_row(Int32(type.rawValue), out.baseAddress, x.baseAddress, Int64(d))
                     var squares = 0.0
                     for j in k..<d { squares += Double(x[j]) * Double(x[j]) }
-                    let beta = normalQuantile(p[r]) * squares.squareRoot() * variance.squareRoot() / (Double(k) * Double(a))
+                    let beta = normalQuantile(p[r]) * squares.squareRoot() * variance.squareRoot() / (Double(k) * blockValue)
                     for j in 0..<k { x[j] = Float(beta) }
                     ember_quantize_row(Int32(type.rawValue), x.baseAddress, out.baseAddress, Int64(k))
                 }
             }
-            matrix(n + "ffn_up.weight", rows: ff, columns: d, random(sigma, zeroColumns: 0..<k))
+            if family.gated { matrix(n + "ffn_up.weight", rows: ff, columns: d, random(sigma, zeroColumns: 0..<k)) }
+            // A small up bias moves each planted rate by well under a percent (its σ is 1/20 of
+            // the pre-activation's).
+            if family == .opt { bias(n + "ffn_up.bias", count: ff, scale: 0.05 * (Float(normalisedVariance).squareRoot())) }
             matrix(n + "ffn_down.weight", rows: d, columns: ff) { r, rng, x in
                 for j in x.indices { x[j] = r < k ? 0 : downScale * rng.normal() }
             }
+            if family == .opt { bias(n + "ffn_down.bias", count: d, scale: 0.01, keepsBlock: true) }
         }
-        ones("output_norm.weight")
-        // The constant block would add the same offset to a token's logit at every step.
-        matrix("output.weight", rows: vocabulary, columns: d, random(sigma, zeroColumns: 0..<k))
+        norm("output_norm")
+        // The constant block would add the same offset to a token's logit at every step (OPT's
+        // head is the embedding itself: the offset is the same for every token, so harmless).
+        if family != .opt { matrix("output.weight", rows: vocabulary, columns: d, random(sigma, zeroColumns: 0..<k)) }
         return w
+    }
+
+    /// Predictors with a margin for a synthetic model: in every layer they keep the `share` of
+    /// neurons with the highest planted rates, whatever the token, with every score at least
+    /// `margin` minus a small input-dependent part away from the threshold 0. Rank 0 reads the
+    /// residual's constant block (the same in every token and layer, so relu(fc1₀ · x) = 1) and
+    /// its fc2 column is +margin for kept neurons, −margin for the rest; ranks 1... are random
+    /// and small (scores move by about 0.05 against a margin of 8), so the predictors' compute
+    /// is real. Two engines that compute the scores correctly keep exactly the same neurons, so
+    /// their outputs can be compared exactly (the design of Fixtures/powerinfer's predictors).
+    public static func marginPredictors(_ options: Options, share: Double = 0.3, rank: Int = 16,
+                                        margin: Float = 8) throws -> PredictorFile {
+        try validate(options)
+        let s = options.shape, d = s.embeddingLength, f = s.feedForwardLength, k = constantWidth
+        let a = Float(Double(d - k) / Double(k)).squareRoot()
+        let curve = firingProbabilities(neurons: f, sparsity: options.sparsity)
+        var fc1: [[Float]?] = [], fc2: [[Float]?] = []
+        for l in 0..<s.layerCount {
+            let p = layerProbabilities(options, layer: l, curve: curve)
+            let kept = Set(p.indices.sorted { p[$0] != p[$1] ? p[$0] > p[$1] : $0 < $1 }.prefix(Int((share * Double(f)).rounded())))
+            var rng = RowRandom(seed: options.seed, stream: "blk.\(l).margin_predictor", row: 0)
+            var w1 = [Float](repeating: 0, count: rank * d), w2 = [Float](repeating: 0, count: f * rank)
+            for j in 0..<k { w1[j] = 1 / (Float(k) * a) }
+            for i in 1..<rank { for j in k..<d { w1[i * d + j] = rng.normal() / Float(d).squareRoot() } }
+            for n in 0..<f {
+                w2[n * rank] = kept.contains(n) ? margin : -margin
+                for i in 1..<rank { w2[n * rank + i] = 0.02 * rng.normal() }
+            }
+            fc1.append(w1)
+            fc2.append(w2)
+        }
+        return PredictorFile(set: PredictorSet(fc1: fc1, fc2: fc2, ranks: Array(repeating: rank, count: s.layerCount),
+                                               thresholds: Array(repeating: 0, count: s.layerCount), inputLength: d, neuronCount: f))
+    }
+
+    /// Predictors made in memory, to be written to a file.
+    public struct PredictorFile {
+        let set: PredictorSet
+
+        /// Writes Ember's predictor file atomically.
+        public func write(to path: String) throws { try set.write(to: path) }
     }
 
     /// The text stored as `general.description` and printed by `ember synth`.
     public static func description(_ options: Options) -> String {
-        "Synthetic llama-shaped model (ember synth, shape \(options.shape.name), seed \(options.seed)) with random weights: "
-            + "its text is noise, but its compute and its FFN activation sparsity are real. ReLU FFN (ember.ffn_activation = relu); "
+        let ffn: String
+        switch options.family {
+        case .llama: ffn = "ReLU FFN (ember.ffn_activation = relu)"
+        case .bamboo: ffn = "dReLU FFN, relu(gate) · relu(up), as Bamboo"
+        case .falcon: ffn = "parallel attention and ReLU FFN without gate, as ReluFalcon (ember.ffn_activation = relu)"
+        case .opt: ffn = "learned positions, biases, ReLU FFN without gate, as OPT"
+        }
+        return "Synthetic \(options.family.rawValue)-shaped model (ember synth, shape \(options.shape.name), seed \(options.seed)) "
+            + "with random weights: its text is noise, but its compute and its FFN activation sparsity are real. \(ffn); "
             + String(format: "%.0f", options.sparsity * 100)
             + " % of FFN neurons are exactly zero per token on average, with power-law firing frequencies "
             + "(exponent \(powerLawExponent), ranks shuffled per layer)"
             + (options.inputRank > 0
                 ? "; which neurons fire depends on the token through a planted rank-\(options.inputRank) structure"
                 : "; neurons fire independently of the token")
-            + ". llama.cpp runs its FFN with SiLU instead, "
-            + "which changes the values but not the speed of dense inference."
+            + (options.family == .llama || options.family == .falcon
+                ? ". llama.cpp runs its FFN with \(options.family == .llama ? "SiLU" : "GELU") instead, "
+                    + "which changes the values but not the speed of dense inference." : ".")
     }
 
     /// llama.cpp's `general.file_type` for a file whose matrices are all `type`.

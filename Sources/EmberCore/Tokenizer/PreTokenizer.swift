@@ -18,6 +18,8 @@ struct PreTokenizer: Sendable {
         case numberRuns
         /// `[\p{P}\$\+<=>\^~\|]+`
         case punctuationRuns
+        /// `[\p{P}\$\+<=>\^~\|`]+` (Falcon's: the backtick too)
+        case punctuationAndBacktickRuns
         /// `[0-9][0-9][0-9]`
         case asciiDigitTriples
     }
@@ -44,6 +46,10 @@ struct PreTokenizer: Sendable {
             ignoresMerges = true
         case "dbrx", "smaug-bpe":
             stages = [.llama3(maxDigits: 3)]
+            ignoresMerges = false
+        case "falcon":
+            // Runs of punctuation first, then the GPT-2 expression, then ASCII digit triples.
+            stages = [.punctuationAndBacktickRuns, .gpt2, .asciiDigitTriples]
             ignoresMerges = false
         case "qwen2", "deepseek-r1-qwen", "megrez", "stablelm2":
             stages = [.llama3(maxDigits: 1)]
@@ -135,6 +141,7 @@ private struct Scanner {
         case .singleNumbers: runs(emit, single: true) { isNumber($0) }
         case .numberRuns: runs(emit, single: false) { isNumber($0) }
         case .punctuationRuns: runs(emit, single: false) { isPunctuationLike($0) }
+        case .punctuationAndBacktickRuns: runs(emit, single: false) { isPunctuationLike($0) || scalars[$0] == "`" }
         case .asciiDigitTriples: digitTriples(emit)
         }
     }

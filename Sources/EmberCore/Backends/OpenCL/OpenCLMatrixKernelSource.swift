@@ -269,6 +269,24 @@ enum OpenCLMatrixKernelSource {
         y[j] += acc;
     }
 
+    // Q4_0 rows (PowerInfer's neuron-major down as its files store it): element e of a block is
+    // the low nibble of byte e (e < 16) or the high nibble of byte e - 16, minus 8.
+    kernel void accumulate_q4_0(global const uchar *w, ulong row_bytes, int n, int rows,
+                                global const int *ids, global const float *c, int count, global float *y) {
+        int j = get_global_id(0);
+        if (j >= n) return;
+        size_t offset = (size_t)(j / 32) * 18;
+        int e = j % 32, byte = e % 16, shift = e < 16 ? 0 : 4;
+        float acc = 0.0f;
+        for (int k = 0; k < count; k++) {
+            int id = ids[k];
+            if (id < 0 || id >= rows) { acc = NAN; break; }
+            const global uchar *block = w + (size_t)id * row_bytes + offset;
+            acc += half_at(block) * c[k] * (float)((int)((block[2 + byte] >> shift) & 15) - 8);
+        }
+        y[j] += acc;
+    }
+
     kernel void accumulate_f16(global const uchar *w, ulong row_bytes, int n, int rows,
                                global const int *ids, global const float *c, int count, global float *y) {
         int j = get_global_id(0);

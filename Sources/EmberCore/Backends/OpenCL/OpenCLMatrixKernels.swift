@@ -37,7 +37,7 @@ final class OpenCLMatrixKernels: @unchecked Sendable {
     /// Weight types with dense and row-gather kernels.
     static let supportedTypes: Set<TensorType> = [.f32, .f16, .q4_0, .q4_1, .q5_0, .q8_0, .q4_K, .q6_K]
     /// Neuron-major row types with column-gather kernels (what NeuronMajorMatrix stores).
-    static let accumulateTypes: Set<TensorType> = [.q8_0, .f16]
+    static let accumulateTypes: Set<TensorType> = [.q8_0, .q4_0, .f16]
 
     /// The largest work-group these kernels launch: a device must allow at least that many.
     static let largestLocalSize = max(OpenCLMatrixKernelSource.rowGroupSize, OpenCLMatrixKernelSource.elementGroupSize)
@@ -186,13 +186,14 @@ final class OpenCLMatrixKernels: @unchecked Sendable {
         try device.enqueue(k, globalSize: count * group, localSize: group)
     }
 
-    /// y[0..<columns] += Σ_k coefficients[k] · row ids[k], for a neuron-major matrix (Q8_0 or
-    /// F16 rows). An id outside the matrix makes y NaN.
+    /// y[0..<columns] += Σ_k coefficients[k] · row ids[k], for a neuron-major matrix (Q8_0,
+    /// Q4_0 or F16 rows). An id outside the matrix makes y NaN.
     func accumulate(_ matrix: OpenCLWeightMatrix, rows ids: OpenCLBuffer, coefficients: OpenCLBuffer,
                            count: Int, into y: OpenCLBuffer) throws {
         let name: String
         switch matrix.type {
         case .q8_0: name = "accumulate_q8_0"
+        case .q4_0: name = "accumulate_q4_0"
         case .f16: name = "accumulate_f16"
         default: throw OpenCLError.unsupportedType(matrix: matrix.name, type: matrix.type, operation: "column-gather")
         }

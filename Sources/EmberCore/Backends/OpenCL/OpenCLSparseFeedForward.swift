@@ -17,13 +17,21 @@ final class OpenCLSparseFeedForward {
     private let gateInput: OpenCLBuffer?
     private let gateValues: OpenCLBuffer
     private let upValues: OpenCLBuffer
+    /// Per row, the gate and up biases (nil: none).
+    private let gateBias: OpenCLBuffer?
+    private let upBias: OpenCLBuffer?
 
-    /// Uploads the three matrices (gate nil: an ungated FFN) and scratch for `capacity` neurons.
+    /// Uploads the three matrices (gate nil: an ungated FFN), the gate and up biases of their
+    /// rows if any, and scratch for `capacity` neurons.
     init(matrices: OpenCLMatrixKernels, vectors: OpenCLVectorKernels, gate: WeightMatrix?, up: WeightMatrix,
-                down: NeuronMajorMatrix, activation: VectorKernels.Activation, capacity: Int) throws {
+                down: NeuronMajorMatrix, activation: VectorKernels.Activation, capacity: Int,
+                gateBias: [Float]? = nil, upBias: [Float]? = nil) throws {
         let d = down.columns
         guard up.columns == d, down.rows == up.rows, gate.map({ $0.columns == d && $0.rows == up.rows }) ?? true else {
             throw OpenCLError.invalidArgument("\(up.name): gate, up and down shapes disagree")
+        }
+        guard gateBias.map({ $0.count == up.rows && gate != nil }) ?? true, upBias.map({ $0.count == up.rows }) ?? true else {
+            throw OpenCLError.invalidArgument("\(up.name): a bias of another length than the \(up.rows) rows")
         }
         guard capacity > 0 else { throw OpenCLError.invalidArgument("\(up.name): sparse FFN capacity must be positive") }
         guard vectors.device === matrices.device else {
@@ -46,6 +54,8 @@ final class OpenCLSparseFeedForward {
         }
         gateValues = try device.makeBuffer(byteCount: capacity * 4, label: "\(up.name) gate values")
         upValues = try device.makeBuffer(byteCount: capacity * 4, label: "\(up.name) up values")
+        self.gateBias = try gateBias.map { try device.makeBuffer(copying: $0, label: "\(up.name) gate bias") }
+        self.upBias = try upBias.map { try device.makeBuffer(copying: $0, label: "\(up.name) up bias") }
     }
 
     /// output[0..<hidden) += the FFN of `input` (hidden floats, already normed) over the `count`
@@ -58,10 +68,14 @@ final class OpenCLSparseFeedForward {
         let d = down.columns
         let upActivations = try matrices.activations(for: up, from: input, length: d, scratch: upInput)
         try matrices.multiply(up, gathering: active, count: count, activations: upActivations, into: upValues)
+        if let upBias { try vectors.addGathered(bias: upBias, biasCount: up.rows, rows: active, count: count, into: upValues) }
         if let gate {
             let gateActivations = gate.activationType == up.activationType ? upActivations
                 : try matrices.activations(for: gate, from: input, length: d, scratch: gateInput)
             try matrices.multiply(gate, gathering: active, count: count, activations: gateActivations, into: gateValues)
+            if let gateBias {
+                try vectors.addGathered(bias: gateBias, biasCount: gate.rows, rows: active, count: count, into: gateValues)
+            }
             try vectors.gatedActivation(activation, gate: gateValues, up: upValues, count: count, into: gateValues)
         } else {
             try vectors.gatedActivation(activation, gate: upValues, up: nil, count: count, into: gateValues)

@@ -45,7 +45,8 @@ enum OpenCLVectorKernelSource {
             out[base + i] = has_weight ? x[base + i] * inverse * w[i] : x[base + i] * inverse;
     }
 
-    // out[i] = act(gate[i]) * up[i] (has_up 0: act(gate[i])). act: 0 SiLU, 1 GELU (tanh), 2 ReLU.
+    // out[i] = act(gate[i]) * up[i] (has_up 0: act(gate[i])). act: 0 SiLU, 1 GELU (tanh), 2 ReLU,
+    // 3 dReLU (ReLU on up too).
     kernel void gated_activation(int act, global const float *gate, global const float *up, int has_up,
                                  global float *out, int n) {
         int i = get_global_id(0);
@@ -59,7 +60,17 @@ enum OpenCLVectorKernelSource {
         } else {
             a = g > 0.0f ? g : 0.0f;
         }
-        out[i] = has_up ? a * up[i] : a;
+        float u = has_up ? up[i] : 1.0f;
+        out[i] = a * (act == 3 && !(u > 0.0f) ? 0.0f : u);
+    }
+
+    // values[k] += bias[rows[k]] for k < n: the biases of gathered rows (m of them; a row id
+    // outside them gives NaN instead of a read past the buffer).
+    kernel void add_gathered(global float *values, global const float *bias, int m, global const int *rows, int n) {
+        int k = get_global_id(0);
+        if (k >= n) return;
+        int r = rows[k];
+        values[k] += r >= 0 && r < m ? bias[r] : NAN;
     }
 
     // Rotates the leading `dims` of each of `heads` vectors (head_dim apart) in place, pair i

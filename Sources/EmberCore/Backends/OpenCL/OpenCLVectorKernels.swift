@@ -33,7 +33,8 @@ final class OpenCLVectorKernels: @unchecked Sendable {
         try device.enqueue(k, globalSize: rows * OpenCLVectorKernelSource.groupSize, localSize: OpenCLVectorKernelSource.groupSize)
     }
 
-    /// out[i] = act(gate[i]) · up[i] for i < count (up nil: act(gate[i])). `out` may be `gate`.
+    /// out[i] = act(gate[i]) · up[i] for i < count (up nil: act(gate[i]); dReLU: relu(gate[i]) ·
+    /// relu(up[i])). `out` may be `gate`.
     func gatedActivation(_ activation: VectorKernels.Activation, gate: OpenCLBuffer, up: OpenCLBuffer?,
                                 count: Int, into out: OpenCLBuffer) throws {
         try Self.positive([("count", count)])
@@ -45,10 +46,23 @@ final class OpenCLVectorKernels: @unchecked Sendable {
         case .silu: code = 0
         case .gelu: code = 1
         case .relu: code = 2
+        case .drelu: code = 3
         }
         let k = try kernel("gated_activation")
         try k.setArguments([.int32(code), .buffer(gate), .buffer(up ?? gate), .int32(up == nil ? 0 : 1),
                             .buffer(out), .int32(Int32(count))])
+        try device.enqueue(k, globalSize: count, localSize: OpenCLVectorKernelSource.groupSize)
+    }
+
+    /// values[k] += bias[rows[k]] for k < count: gathered rows' biases (`bias` holds `biasCount`
+    /// floats; a row id outside it makes the value NaN rather than reading past the buffer).
+    func addGathered(bias: OpenCLBuffer, biasCount: Int, rows: OpenCLBuffer, count: Int, into values: OpenCLBuffer) throws {
+        try Self.positive([("count", count), ("biasCount", biasCount)])
+        try bias.require(biasCount * 4)
+        try rows.require(count * 4)
+        try values.require(count * 4)
+        let k = try kernel("add_gathered")
+        try k.setArguments([.buffer(values), .buffer(bias), .int32(Int32(biasCount)), .buffer(rows), .int32(Int32(count))])
         try device.enqueue(k, globalSize: count, localSize: OpenCLVectorKernelSource.groupSize)
     }
 
