@@ -54,7 +54,7 @@ final class ServeCommandTests: XCTestCase {
     func testGreedyTextEqualsRunAtEveryConcurrency() throws {
         let model = try ServeProcess.smolLM2()
         let references = try Self.prompts.map { try Self.runText($0, model: model) }
-        for parallel in [1, 4] {
+        for parallel in [1, 4, 8] {
             let server = try ServeProcess(["-m", model, "--parallel", String(parallel), "--ctx", "256"])
             // All prompts at once: `parallel` run together, the rest wait for a slot.
             let prompts = Self.prompts

@@ -33,7 +33,12 @@ public final class EngineBackend: CompletionBackend {
 
     /// Stops serving: later requests are refused as not ready (the server has stopped by then).
     public func shutdown() {
-        state.withLock { $0 = .stopped }
+        let engine = state.withLock { state -> Engine? in
+            defer { state = .stopped }
+            if case .ready(let engine) = state { return engine }
+            return nil
+        }
+        engine?.shutdown()
     }
 
     private var engine: Engine? {
@@ -88,111 +93,58 @@ public final class EngineBackend: CompletionBackend {
     }
 }
 
-/// The loaded half: the model and the sessions generations run on.
+/// The loaded half: the model and the scheduler its generations run on.
 final class Engine: Sendable {
     let model: Model
     let contextLength: Int
     let notes: [String]
-    private let slots: SessionSlots
+    private let session: ParallelSession
 
     init(model: Model, options: SessionOptions, parallel: Int) throws {
         self.model = model
-        let sessions = try (0..<max(1, parallel)).map { _ in try Session(model: model, options: options) }
-        contextLength = sessions[0].contextLength
-        notes = sessions[0].notes
-        slots = SessionSlots(sessions)
-    }
-
-    var load: BackendLoad { slots.load }
-
-    func generate(_ request: GenerationRequest) -> AsyncThrowingStream<EmberServer.GenerationEvent, any Error> {
-        let (stream, continuation) = AsyncThrowingStream.makeStream(of: EmberServer.GenerationEvent.self, throwing: (any Error).self)
-        let settings = GenerationSettings(maxTokens: request.maxTokens, sampling: EngineBackend.samplerSettings(request.sampling),
-                                          ignoresEndOfGeneration: request.ignoresEndOfGeneration)
-        let (model, slots) = (model, slots)
-        let task = Task {
-            guard let session = await slots.acquire() else { return continuation.finish() }
-            defer { slots.release(session) }
-            do {
-                await session.reset()
-                for try await event in session.generate(.tokens(request.promptTokens), settings) {
-                    switch event {
-                    case .token(let token):
-                        if let id = token.id, model.isEndOfGeneration(id), !request.ignoresEndOfGeneration { continue }
-                        continuation.yield(.token(token.text))
-                    case .finished(let statistics):
-                        let reason: FinishReason = statistics.stopReason == .endOfGeneration ? .stop : .length
-                        continuation.yield(.finished(reason, completionTokens: statistics.generatedTokens))
-                    }
-                }
-                continuation.finish()
-            } catch {
-                continuation.finish(throwing: error)
-            }
-        }
-        continuation.onTermination = { _ in task.cancel() }
-        return stream
-    }
-}
-
-/// Sessions free for a generation, and the generations waiting for one (first come, first
-/// served).
-final class SessionSlots: Sendable {
-    private struct State {
-        var free: [Session]
-        var waiters: [(id: Int, continuation: CheckedContinuation<Session?, Never>)] = []
-        var nextID = 0
-        var running = 0
-    }
-
-    private let state: Mutex<State>
-    private let total: Int
-
-    init(_ sessions: [Session]) {
-        state = Mutex(State(free: sessions))
-        total = sessions.count
+        session = try ParallelSession(model: model, options: options, slots: parallel)
+        contextLength = session.contextLength
+        notes = session.notes
     }
 
     var load: BackendLoad {
-        state.withLock { BackendLoad(running: $0.running, waiting: $0.waiters.count, kvCacheUsage: Double($0.running) / Double(total)) }
+        let load = session.load
+        return BackendLoad(running: load.running, waiting: load.waiting, kvCacheUsage: load.kvCacheUsage)
     }
 
-    /// A free session, after waiting for one; nil when the task was cancelled while waiting.
-    func acquire() async -> Session? {
-        let id = state.withLock { state in
-            state.nextID += 1
-            return state.nextID
-        }
-        return await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Session?, Never>) in
-                let session: Session?? = state.withLock { state in
-                    if Task.isCancelled { return .some(nil) }
-                    if let session = state.free.popLast() {
-                        state.running += 1
-                        return .some(session)
+    func shutdown() { session.shutdown() }
+
+    /// The scheduler's events as the server's: end-of-generation tokens are not sent (unless the
+    /// request goes on through them), and the statistics become the finish reason and count.
+    func generate(_ request: GenerationRequest) -> AsyncThrowingStream<EmberServer.GenerationEvent, any Error> {
+        let settings = GenerationSettings(maxTokens: request.maxTokens, sampling: EngineBackend.samplerSettings(request.sampling),
+                                          ignoresEndOfGeneration: request.ignoresEndOfGeneration)
+        let events = IteratorBox(session.generate(.tokens(request.promptTokens), settings).makeAsyncIterator())
+        let model = model
+        // Cancelling the consumer of this stream cancels the wait below, which ends the
+        // scheduler's stream and frees the slot.
+        return AsyncThrowingStream {
+            while let event = try await events.iterator.next() {
+                switch event {
+                case .token(let token):
+                    if let id = token.id, model.isEndOfGeneration(id), !request.ignoresEndOfGeneration {
+                        // Its text is whatever was still held back (empty unless a character was cut).
+                        if token.text.isEmpty { continue }
                     }
-                    state.waiters.append((id, continuation))
-                    return .none
+                    return .token(token.text)
+                case .finished(let statistics):
+                    let reason: FinishReason = statistics.stopReason == .endOfGeneration ? .stop : .length
+                    return .finished(reason, completionTokens: statistics.generatedTokens)
                 }
-                if let session { continuation.resume(returning: session) }
             }
-        } onCancel: {
-            let waiter = state.withLock { state in
-                state.waiters.firstIndex { $0.id == id }.map { state.waiters.remove(at: $0) }
-            }
-            waiter?.continuation.resume(returning: nil)
+            return nil
         }
     }
+}
 
-    func release(_ session: Session) {
-        let waiter = state.withLock { state in
-            if state.waiters.isEmpty {
-                state.free.append(session)
-                state.running -= 1
-                return nil as CheckedContinuation<Session?, Never>?
-            }
-            return state.waiters.removeFirst().continuation
-        }
-        waiter?.resume(returning: session)
-    }
+/// The scheduler's iterator, advanced only by the unfolding stream above, one call at a time.
+private final class IteratorBox: @unchecked Sendable {
+    var iterator: AsyncThrowingStream<EmberCore.GenerationEvent, any Error>.Iterator
+
+    init(_ iterator: AsyncThrowingStream<EmberCore.GenerationEvent, any Error>.Iterator) { self.iterator = iterator }
 }
