@@ -30,7 +30,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "ember",
-            dependencies: ["EmberCore", "EmberDownload"]
+            dependencies: ["EmberCore", "EmberDownload", "EmberServer"]
         ),
         // A small app that uses only EmberCore's public API.
         .executableTarget(
@@ -38,12 +38,13 @@ let package = Package(
             dependencies: ["EmberCore"],
             path: "Examples/Complete"
         ),
-        // The OpenAI-compatible HTTP server. It knows the engine only through its
-        // CompletionBackend protocol, so it builds and is tested without EmberCore.
-        .target(name: "EmberServer"),
+        // The OpenAI-compatible HTTP server. Its HTTP layer and API know the engine only
+        // through the CompletionBackend protocol (tests drive them with a fake); EngineBackend
+        // is that protocol over EmberCore.
+        .target(name: "EmberServer", dependencies: ["EmberCore"]),
         .testTarget(
             name: "EmberServerTests",
-            dependencies: ["EmberServer"],
+            dependencies: ["EmberServer", "EmberDownload"],
             // The Python client the tests run (scripts/openai-client).
             exclude: ["Clients"]
         ),

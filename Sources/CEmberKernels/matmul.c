@@ -80,7 +80,7 @@ void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
 
 // With enough columns, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 go through the repacked 8-row path (see
 // dot_avx2.c); repacking costs about as much as 4 columns save.
-enum { GEMM8_MIN_COLS = 4 };
+enum { GEMM8_MIN_COLS = EMBER_MATMUL_REPACK_MIN_COLUMNS };
 
 static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
                         const uint8_t *act, size_t act_stride, int64_t ncols,
@@ -132,14 +132,21 @@ static int matmul_gemm8_k(int type, int64_t n, const uint8_t *w, size_t row_byte
 void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
                   const void *act, size_t act_stride, int64_t ncols,
                   float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    ember_matmul_path(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1, EMBER_MATMUL_AUTO);
+}
+
+void ember_matmul_path(int type, int64_t n, const void *w, size_t row_bytes,
+                       const void *act, size_t act_stride, int64_t ncols,
+                       float *y, int64_t ldy, int64_t r0, int64_t r1, int path) {
     const ember_kernel_set *k = kernels_for(type);
     if (!k || r1 <= r0 || ncols <= 0) return;
-    if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
+    int repack = path == EMBER_MATMUL_REPACKED || (path == EMBER_MATMUL_AUTO && ncols >= GEMM8_MIN_COLS);
+    if (repack && r1 - r0 >= 8 && ember_has_avx2() &&
         (type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_0 ||
          type == EMBER_TYPE_Q5_1 || type == EMBER_TYPE_Q8_0) &&
         matmul_gemm8(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
         return;
-    if (ncols >= GEMM8_MIN_COLS && r1 - r0 >= 8 && ember_has_avx2() &&
+    if (repack && r1 - r0 >= 8 && ember_has_avx2() &&
         (type == EMBER_TYPE_Q4_K || type == EMBER_TYPE_Q5_K || type == EMBER_TYPE_Q6_K) &&
         matmul_gemm8_k(type, n, w, row_bytes, act, act_stride, ncols, y, ldy, r0, r1))
         return;

@@ -14,6 +14,7 @@ struct Command: Sendable {
 
 nonisolated let commands: [Command] = [
     Command(name: "run", summary: RunCommand.summary, flags: RunCommand.flags, main: RunCommand.main),
+    Command(name: "serve", summary: ServeCommand.summary, flags: ServeCommand.flags, main: ServeCommand.main),
     Command(name: "chat", summary: ChatCommand.summary, flags: ChatCommand.flags, main: ChatCommand.main),
     Command(name: "perplexity", summary: PerplexityCommand.summary, flags: PerplexityCommand.flags, main: PerplexityCommand.main),
     Command(name: "profile", summary: ProfileCommand.summary, flags: ProfileCommand.flags, main: ProfileCommand.main),

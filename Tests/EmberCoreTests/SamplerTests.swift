@@ -35,6 +35,25 @@ final class SamplerTests: XCTestCase {
         XCTAssertEqual(draw([-1.0, -1.2], s, times: 1, history: [0]), [0, 1])
     }
 
+    func testPresenceAndFrequencyPenaltiesSubtractByCount() {
+        var s = SamplerSettings.greedy
+        s.presencePenalty = 0.5
+        // Token 0 seen once: 2.0 - 0.5 = 1.5 < 1.9.
+        XCTAssertEqual(draw([2.0, 1.9], s, times: 1, history: [0]), [0, 1])
+        s.presencePenalty = 0
+        s.frequencyPenalty = 0.1
+        // Token 0 seen three times: 2.0 - 0.3 = 1.7 < 1.9 - 0.1 (token 1 seen once); then the other way round.
+        XCTAssertEqual(draw([2.0, 1.9], s, times: 1, history: [0, 0, 0, 1]), [0, 1])
+        XCTAssertEqual(draw([2.0, 1.9], s, times: 1, history: [0, 1, 1]), [1, 0])
+        // Outside the window of recent tokens nothing is counted.
+        s.repeatLastN = 1
+        XCTAssertEqual(draw([2.0, 1.9], s, times: 1, history: [0, 0, 0, 1]), [1, 0])
+        // A negative penalty favours what was seen.
+        s.repeatLastN = 64
+        s.frequencyPenalty = -1
+        XCTAssertEqual(draw([1.0, 1.9], s, times: 1, history: [0]), [1, 0])
+    }
+
     func testDrawsFollowTheSoftmaxDistribution() {
         let logits: [Float] = [log(0.5), log(0.3), log(0.2)]
         let n = 20_000

@@ -33,7 +33,8 @@ final class RawClient {
     }
 
     /// `receiveBuffer`: a small receive window, set before connecting (for clients that stall).
-    init(port: Int, receiveBuffer: Int32? = nil) throws {
+    /// `timeout`: the longest a read may wait for the server.
+    init(port: Int, receiveBuffer: Int32? = nil, timeout: Int = 10) throws {
         descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw ClientError("socket failed") }
         if var size = receiveBuffer {
@@ -50,8 +51,9 @@ final class RawClient {
             close(descriptor)
             throw ClientError("connect to \(port) failed: errno \(errno)")
         }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)  // no test waits this long unless the server is broken
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // No test waits this long unless the server is broken (or the machine very busy).
+        var receiveTimeout = timeval(tv_sec: timeout, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &receiveTimeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     deinit { close(descriptor) }

@@ -1,16 +1,21 @@
 import Foundation
 
 /// How the next token is drawn from the logits. The steps run in the order llama.cpp's common
-/// sampler uses, so the same settings mean the same thing: repetition penalty, top-k, top-p,
-/// min-p, temperature, then a weighted draw. A temperature of 0 or less is greedy.
+/// sampler uses, so the same settings mean the same thing: repetition penalty, presence and
+/// frequency penalties, top-k, top-p, min-p, temperature, then a weighted draw. A temperature
+/// of 0 or less is greedy.
 public struct SamplerSettings: Sendable, Equatable {
     public var temperature: Float = 0.8
     public var topK = 40
     public var topP: Float = 0.95
     public var minP: Float = 0.05
     public var repeatPenalty: Float = 1.0
-    /// How many of the most recent tokens the repetition penalty looks at.
+    /// How many of the most recent tokens the penalties look at (-1: all).
     public var repeatLastN = 64
+    /// OpenAI's penalties: a token seen c times among the recent ones loses
+    /// c · frequencyPenalty + (c > 0 ? presencePenalty : 0) from its logit.
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
     /// nil draws a seed from the system.
     public var seed: UInt64?
 
@@ -38,12 +43,19 @@ struct Sampler {
         // The penalty patches a copy, made only when it applies: the scans below read every
         // logit, and a lookup per entry would cost milliseconds on a 262k vocabulary.
         var patched: [Float]?
-        if settings.repeatPenalty != 1, settings.repeatLastN != 0 {
+        let penalized = settings.repeatPenalty != 1 || settings.presencePenalty != 0 || settings.frequencyPenalty != 0
+        if penalized, settings.repeatLastN != 0 {
             var copy = Array(logits)
             let recent = settings.repeatLastN < 0 ? history[...] : history.suffix(settings.repeatLastN)
-            for token in Set(recent) where Int(token) < copy.count {
-                let logit = copy[Int(token)]
-                copy[Int(token)] = logit > 0 ? logit / settings.repeatPenalty : logit * settings.repeatPenalty
+            var counts: [Int32: Int] = [:]
+            for token in recent { counts[token, default: 0] += 1 }
+            for (token, count) in counts where token >= 0 && Int(token) < copy.count {
+                var logit = copy[Int(token)]
+                if settings.repeatPenalty != 1 {
+                    logit = logit > 0 ? logit / settings.repeatPenalty : logit * settings.repeatPenalty
+                }
+                logit -= Float(count) * settings.frequencyPenalty + settings.presencePenalty
+                copy[Int(token)] = logit
             }
             patched = copy
         }

@@ -60,8 +60,9 @@ public actor Session {
             var text = StopStringFilter(stops: settings.stop)
             var decoder = StreamingDecoder(tokenizer: model.tokenizer)
             var stopped = false
+            let tokenizer = model.tokenizer, ignoresEnd = settings.ignoresEndOfGeneration
             var statistics = try context.generate(prompt: ids, maxTokens: max(0, settings.maxTokens), sampler: &sampler,
-                                                  isEnd: model.tokenizer.isEndOfGeneration) { token in
+                                                  isEnd: { !ignoresEnd && tokenizer.isEndOfGeneration($0) }) { token in
                 if Task.isCancelled { return false }
                 let piece = model.tokenizer.isEndOfGeneration(token) ? "" : decoder.feed(token)
                 let (shown, hit) = text.feed(piece)
@@ -117,11 +118,15 @@ public struct GenerationSettings: Sendable, Equatable {
     public var sampling: SamplerSettings
     /// Texts that end the generation when they appear; they are not part of the output.
     public var stop: [String]
+    /// Go on after end-of-generation tokens, up to `maxTokens` (benchmarks want fixed lengths).
+    public var ignoresEndOfGeneration: Bool
 
-    public init(maxTokens: Int = 128, sampling: SamplerSettings = SamplerSettings(), stop: [String] = []) {
+    public init(maxTokens: Int = 128, sampling: SamplerSettings = SamplerSettings(), stop: [String] = [],
+                ignoresEndOfGeneration: Bool = false) {
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stop = stop
+        self.ignoresEndOfGeneration = ignoresEndOfGeneration
     }
 }
 

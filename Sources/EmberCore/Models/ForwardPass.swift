@@ -13,9 +13,17 @@ final class ForwardPass {
     let cache: KVCache
     let maxTokens: Int
 
-    /// Tokens in the current batch and their positions.
+    /// Tokens in the current batch, their positions, and the cache each one belongs to: `cache`
+    /// for a single sequence; several sequences' caches in a batch of `begin(rows:)`.
     private(set) var tokenCount = 0
     private(set) var positions: [Int] = []
+    private(set) var rowCaches: [KVCache] = []
+    /// Whether every row of the batch belongs to `cache` (device offload serves only that one).
+    private(set) var isSingleSequence = true
+    /// Products of a batch of several sequences take each row's kernel path as pinned by its
+    /// `BatchRow`: rows 0..<pinnedTileRows the matrix-vector tiles, the rest the repacked path.
+    /// nil: every product picks its path by its row count (one sequence).
+    private(set) var pinnedTileRows: Int?
 
     // Activations, one row per token.
     let x: Matrix          // residual stream
@@ -75,11 +83,29 @@ final class ForwardPass {
     /// Starts a batch: embeds `tokens` at positions `cache.count...` into `x` and computes the
     /// rope angles of those positions.
     func begin(tokens: ArraySlice<Int32>, embedding: Embedding) {
-        precondition(tokens.count <= maxTokens)
-        tokenCount = tokens.count
-        positions = (0..<tokens.count).map { cache.count + $0 }
+        let start = cache.count
+        begin(rows: tokens.enumerated().map { BatchRow(token: $1, cache: cache, position: start + $0) }, embedding: embedding)
+    }
+
+    /// Starts a batch of rows from any sequences: row t embeds `rows[t].token` at its position,
+    /// and its key and value go to its cache (which holds at most `cache.capacity` positions).
+    func begin(rows: [BatchRow], embedding: Embedding) {
+        precondition(rows.count <= maxTokens)
+        precondition(rows.allSatisfy { $0.position < $0.cache.capacity && $0.cache.capacity <= cache.capacity },
+                     "a row beyond its cache, or a cache larger than the pass's scratch")
+        tokenCount = rows.count
+        positions = rows.map(\.position)
+        rowCaches = rows.map(\.cache)
+        isSingleSequence = rows.allSatisfy { $0.cache === cache }
+        if rows.allSatisfy({ $0.path == .automatic }) {
+            pinnedTileRows = nil
+        } else {
+            let tiles = rows.prefix { $0.path == .tiles }.count
+            precondition(rows[tiles...].allSatisfy { $0.path == .repacked }, "pinned rows: tiles first, then repacked, none automatic")
+            pinnedTileRows = tiles
+        }
         let d = config.embeddingLength
-        for (t, token) in tokens.enumerated() {
+        for (t, token) in rows.lazy.map(\.token).enumerated() {
             embedding.tokens.dequantizeRow(Int(token), into: x.row(t))
             if embedding.scale != 1 { VectorKernels.scale(x.row(t), by: embedding.scale, d) }
             if let table = embedding.positions {
@@ -123,7 +149,7 @@ final class ForwardPass {
     /// Self-attention of the batch on `input` (normed), into `output`; keys and values of the
     /// batch join the cache of `layer`. A single token runs on the device when it holds the layer.
     func attention(_ a: Attention, layer: Int, input: Matrix, into output: Matrix) {
-        if tokenCount == 1, let offload, offload.attention(a, layer: layer, input: input.row(0), output: output.row(0), pass: self) {
+        if tokenCount == 1, isSingleSequence, let offload, offload.attention(a, layer: layer, input: input.row(0), output: output.row(0), pass: self) {
             return
         }
         linear(input, [(a.query.weight, query), (a.key.weight, key), (a.value.weight, value)])
@@ -133,7 +159,7 @@ final class ForwardPass {
         if let norm = a.queryNorm { headNorm(query, norm) }
         if let norm = a.keyNorm { headNorm(key, norm) }
         rotateAndStore(a.rope, layer: layer)
-        offload?.cacheWritten(layer: layer, positions: positions[0]..<positions[0] + tokenCount)
+        if isSingleSequence { offload?.cacheWritten(layer: layer, positions: positions[0]..<positions[0] + tokenCount) }
         attend(layer: layer, window: a.window, scale: a.scale)
         linear(attended, [(a.output.weight, output)])
         addBias(a.output.bias, to: output)
@@ -192,11 +218,11 @@ final class ForwardPass {
 
     /// Final norm and output head for the batch rows `rows`, logits to `output` rows 0...;
     /// a single row runs on the device when it holds the head.
-    func outputHead(_ head: OutputHead, rows: Range<Int>, into output: Matrix) {
+    func outputHead(_ head: OutputHead, rows: some Collection<Int>, into output: Matrix) {
         for (i, t) in rows.enumerated() {
             Self.normalize(head.norm, x.row(t), into: normed.row(i), config.embeddingLength)
         }
-        if rows.count == 1, let offload, offload.outputHead(head, normed: normed.row(0), into: output.row(0)) {
+        if rows.count == 1, isSingleSequence, let offload, offload.outputHead(head, normed: normed.row(0), into: output.row(0)) {
             return
         }
         linear(normed, [(head.output.weight, output)], count: rows.count)
@@ -218,11 +244,14 @@ final class ForwardPass {
     }
 
     /// output[t] = W · input[t] for each (W, output) pair and the first `count` rows (default:
-    /// the batch); all share the same input, converted once per activation format.
+    /// the batch); all share the same input, converted once per activation format. Rows of a
+    /// batch of several sequences take their pinned kernel paths; `count` rows (the output
+    /// head's) are then each computed as a single row alone (tiles).
     func linear(_ input: Matrix, _ products: [(WeightMatrix, Matrix)], count: Int? = nil) {
         let n = input.length
         let tokenCount = count ?? self.tokenCount
-        if tokenCount == 1 {
+        let tiled = count == nil ? pinnedTileRows : (pinnedTileRows == nil ? nil : tokenCount)
+        if tokenCount == 1, tiled != 0 {
             pool.run { thread in
                 var converted: [Int: ActivationBuffer] = [:]
                 for (w, output) in products {
@@ -255,7 +284,17 @@ final class ForwardPass {
             for (w, output) in products {
                 let activations = buffers.first { $0.type == w.activationType }!
                 let rows = ThreadPool.share(of: w.rows, thread: thread, threads: pool.threadCount, granularity: 16)
-                if !rows.isEmpty {
+                guard !rows.isEmpty else { continue }
+                if let tiled {
+                    if tiled > 0 {
+                        w.multiply(activations.bytes, stride: activations.stride, count: tiled,
+                                   into: output.pointer, ldy: output.length, rows: rows, path: .tiles)
+                    }
+                    if tokenCount > tiled {
+                        w.multiply(activations.bytes + tiled * activations.stride, stride: activations.stride, count: tokenCount - tiled,
+                                   into: output.row(tiled), ldy: output.length, rows: rows, path: .repacked)
+                    }
+                } else {
                     w.multiply(activations.bytes, stride: activations.stride, count: tokenCount,
                                into: output.pointer, ldy: output.length, rows: rows)
                 }
@@ -294,13 +333,13 @@ final class ForwardPass {
                     rope.rotate(key.row(t) + h * hd, cos: angles.cos.row(t), sin: angles.sin.row(t))
                 }
             }
-            cache.key(layer: layer, position: positions[t]).update(from: key.row(t), count: config.kvLength)
-            cache.value(layer: layer, position: positions[t]).update(from: value.row(t), count: config.valueLength)
+            rowCaches[t].key(layer: layer, position: positions[t]).update(from: key.row(t), count: config.kvLength)
+            rowCaches[t].value(layer: layer, position: positions[t]).update(from: value.row(t), count: config.valueLength)
         }
     }
 
-    /// Causal attention of every query head over the cached positions (the last `window` of
-    /// them when there is a window), written to `attended`.
+    /// Causal attention of every query head over the cached positions of its row's sequence
+    /// (the last `window` of them when there is a window), written to `attended`.
     private func attend(layer: Int, window: Int?, scale: Float) {
         let hd = config.headDimension, vd = config.valueDimension
         let groupSize = config.headCount / config.kvHeadCount
@@ -312,6 +351,7 @@ final class ForwardPass {
                 let position = positions[t]
                 let first = window.map { max(0, position - $0 + 1) } ?? 0
                 let g = h / groupSize
+                let cache = rowCaches[t]
                 ember_attention_head(query.row(t) + h * hd,
                                      cache.key(layer: layer, position: first) + g * hd, Int64(cache.keyLength),
                                      cache.value(layer: layer, position: first) + g * vd, Int64(cache.valueLength),
@@ -320,6 +360,16 @@ final class ForwardPass {
             }
         }
     }
+}
+
+/// One row of a batch: a token, the cache of its sequence, its position there, and the kernel
+/// path its products take (pinned in batches of several sequences, so that the row is computed
+/// as when its sequence runs alone: see `BatchScheduler.path`).
+struct BatchRow {
+    let token: Int32
+    let cache: KVCache
+    let position: Int
+    var path: MatmulPath = .automatic
 }
 
 /// A device that runs some layers' attention for one token at a time, and maybe the output

@@ -74,4 +74,23 @@ final class LanguageModel: Sendable {
             done += count
         }
     }
+
+    /// Runs one batch of rows from several sequences (at most `pass.maxTokens`): each row's
+    /// sequence must hold every position before the row's (earlier rows of the batch count).
+    /// Each cache then holds up to its last row; the logits after rows `logitRows` go to
+    /// `output` rows 0..., in that order.
+    func forward(batch rows: [BatchRow], pass: ForwardPass, logitRows: [Int], into output: Matrix) throws {
+        for row in rows where row.token < 0 || Int(row.token) >= config.vocabularySize {
+            throw ModelError.invalidToken(id: Int(row.token), vocabularySize: config.vocabularySize)
+        }
+        for row in rows where row.position >= row.cache.capacity {
+            throw ModelError.contextOverflow(needed: row.position + 1, context: row.cache.capacity)
+        }
+        precondition(output.rows >= logitRows.count && output.length == config.vocabularySize)
+        let a = architecture
+        pass.begin(rows: rows, embedding: a.embedding)
+        for l in 0..<layerCount { a.block(l, pass) }
+        for row in rows { row.cache.count = max(row.cache.count, row.position + 1) }
+        if !logitRows.isEmpty { pass.outputHead(a.head, rows: logitRows, into: output) }
+    }
 }

@@ -200,7 +200,8 @@ final class OpenAIHandler: HTTPHandler {
                                     + "(\(prompt.count) in the prompt, \(maxTokens) to generate)",
                                   code: "context_length_exceeded", param: "max_tokens")
         }
-        let request = GenerationRequest(promptTokens: prompt, maxTokens: maxTokens, sampling: options.sampling)
+        let request = GenerationRequest(promptTokens: prompt, maxTokens: maxTokens, sampling: options.sampling,
+                                        ignoresEndOfGeneration: options.ignoresEndOfGeneration)
         let follower: StreamFollower<GenerationEvent>
         do {
             follower = try exchange.follow(backend.generate(request))

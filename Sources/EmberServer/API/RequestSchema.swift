@@ -92,6 +92,8 @@ struct SamplingFields: Decodable, Equatable {
     var streamOptions: StreamOptions?
     var n: Int?
     var logitBias: [String: Double]?
+    /// llama-server's and vLLM's extension: generate through end-of-generation tokens (benchmarks).
+    var ignoreEOS: Bool?
 
     struct StreamOptions: Decodable, Equatable {
         var includeUsage: Bool?
@@ -103,7 +105,7 @@ struct SamplingFields: Decodable, Equatable {
         case maxTokens = "max_tokens", maxCompletionTokens = "max_completion_tokens", temperature, topP = "top_p"
         case topK = "top_k", minP = "min_p", seed, presencePenalty = "presence_penalty"
         case frequencyPenalty = "frequency_penalty", stop, stream, streamOptions = "stream_options", n
-        case logitBias = "logit_bias"
+        case logitBias = "logit_bias", ignoreEOS = "ignore_eos"
     }
 }
 
@@ -191,6 +193,7 @@ struct GenerationOptions: Equatable {
     var stops: [String]
     var stream: Bool
     var includeUsage: Bool
+    var ignoresEndOfGeneration = false
 
     /// Stop strings a request may give (OpenAI allows 4; Ember is less strict).
     static let maxStops = 16
@@ -230,7 +233,7 @@ extension SamplingFields {
                                           seed: seed.map { UInt64(bitPattern: $0) },
                                           presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty)
         return GenerationOptions(maxTokens: limit, sampling: sampling, stops: stops, stream: stream,
-                                 includeUsage: streamOptions?.includeUsage ?? false)
+                                 includeUsage: streamOptions?.includeUsage ?? false, ignoresEndOfGeneration: ignoreEOS ?? false)
     }
 
     private static func check(_ value: Double?, in range: ClosedRange<Double>, _ name: String) throws(APIError) {

@@ -76,11 +76,15 @@ public struct GenerationRequest: Sendable, Equatable {
     /// At most this many tokens; prompt plus this never exceeds `contextLength`.
     public var maxTokens: Int
     public var sampling: SamplingParameters
+    /// Generate through end-of-generation tokens, up to `maxTokens` (`ignore_eos`, for benchmarks).
+    public var ignoresEndOfGeneration: Bool
 
-    public init(promptTokens: [Int32], maxTokens: Int, sampling: SamplingParameters = SamplingParameters()) {
+    public init(promptTokens: [Int32], maxTokens: Int, sampling: SamplingParameters = SamplingParameters(),
+                ignoresEndOfGeneration: Bool = false) {
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling
+        self.ignoresEndOfGeneration = ignoresEndOfGeneration
     }
 }
 
