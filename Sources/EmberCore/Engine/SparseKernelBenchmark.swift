@@ -114,7 +114,7 @@ public struct SparseKernelBenchmark: Sendable {
         func axpy(_ active: [Int32]) {
             active.withUnsafeBufferPointer { ids in
                 SparseFeedForward.runDown(pool: pool, down: neuronMajor, rows: ids.baseAddress!,
-                                          coefficients: x, count: ids.count, output: y, workspace: workspace)
+                                          coefficients: x, count: ids.count, output: y)
             }
         }
 

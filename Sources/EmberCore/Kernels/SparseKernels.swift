@@ -140,20 +140,17 @@ final class NeuronMajorMatrix: @unchecked Sendable {
 /// One token's FFN over a given set of active neurons, on all threads of a pool:
 /// output = Σ_{i active} act(gate_i · x) · (up_i · x) · down_i (ungated: act(up_i · x) · down_i).
 ///
-/// Work is split by active neurons, not by matrix rows: each thread takes a contiguous share of
-/// the active list, gathers its gate/up rows, applies the activation, and accumulates its
-/// neurons' down columns into its own partial output. The partials are summed once at the end,
-/// split over the hidden dimension, so no two threads ever add into the same floats.
-/// The result depends on the thread count only through float rounding of that final sum.
+/// Gate and up are split by active neurons (each thread gathers a contiguous share of the
+/// active list: every value is one whole dot product). Down is split by output columns, on
+/// quant-block boundaries: each thread adds every active neuron's slice of its columns, in the
+/// active list's order. So every output float is summed in the same order whatever the thread
+/// count, and the result is the same bits at any `-t` (there is no cross-thread reduction).
 enum SparseFeedForward {
-    /// Scratch for `run`: per-thread activation buffers and partial outputs, and the per-neuron
-    /// values. Make one per (pool, layer shape) and reuse it; not for concurrent calls.
+    /// Scratch for `run`: per-thread activation buffers and the per-neuron values. Make one per (pool, layer shape) and reuse it; not for concurrent calls.
     final class Workspace {
         let threadCount: Int
         let hiddenLength: Int
         let neuronCount: Int
-        fileprivate let partials: UnsafeMutablePointer<Float>
-        fileprivate let partialStride: Int
         fileprivate let gateValues: UnsafeMutablePointer<Float>
         fileprivate let upValues: UnsafeMutablePointer<Float>
         fileprivate let activations: [ActivationBuffers]
@@ -162,21 +159,15 @@ enum SparseFeedForward {
             threadCount = threads
             self.hiddenLength = hiddenLength
             self.neuronCount = neuronCount
-            // Partials on their own cache lines: threads write them concurrently.
-            partialStride = (hiddenLength + 15) / 16 * 16
-            partials = .allocate(capacity: max(1, threads * partialStride))
             gateValues = .allocate(capacity: max(1, neuronCount))
             upValues = .allocate(capacity: max(1, neuronCount))
             activations = (0..<threads).map { _ in ActivationBuffers() }
         }
 
         deinit {
-            partials.deallocate()
             gateValues.deallocate()
             upValues.deallocate()
         }
-
-        fileprivate func partial(_ thread: Int) -> UnsafeMutablePointer<Float> { partials + thread * partialStride }
 
         /// `input` converted to activation format `type` in thread `thread`'s own buffer.
         fileprivate func convert(_ input: UnsafePointer<Float>, to type: TensorType, thread: Int) -> UnsafeRawPointer {
@@ -202,8 +193,6 @@ enum SparseFeedForward {
                      && workspace.neuronCount >= count, "SparseFeedForward: workspace too small")
         pool.run { thread in
             let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
-            let y = thread == 0 ? output : workspace.partial(thread)
-            y.initialize(repeating: 0, count: d)
             guard !share.isEmpty else { return }
             let rows = active + share.lowerBound, n = share.count
             let g = workspace.gateValues + share.lowerBound, u = workspace.upValues + share.lowerBound
@@ -220,9 +209,8 @@ enum SparseFeedForward {
             } else {
                 VectorKernels.gatedActivation(activation, gate: u, up: nil, g, n)
             }
-            down.accumulate(rows: rows, coefficients: g, count: n, into: y)
         }
-        reducePartials(pool: pool, output: output, length: d, workspace: workspace)
+        runDown(pool: pool, down: down, rows: active, coefficients: workspace.gateValues, count: count, output: output)
     }
 
     /// values[k] += bias[rows[k]] for k < count.
@@ -251,22 +239,31 @@ enum SparseFeedForward {
 
     /// The down projection alone, sparse over given neurons: output[0..<hidden) =
     /// Σ_k coefficients[k] · down row rows[k] (gate, up and the activation done elsewhere).
+    /// Threads own slices of the output columns (see the type's comment).
     static func runDown(pool: ThreadPool, down: NeuronMajorMatrix, rows: UnsafePointer<Int32>,
-                               coefficients: UnsafePointer<Float>, count: Int,
-                               output: UnsafeMutablePointer<Float>, workspace: Workspace) {
-        let d = down.columns
-        precondition(workspace.threadCount >= pool.threadCount && workspace.hiddenLength == d,
-                     "SparseFeedForward: workspace too small")
+                        coefficients: UnsafePointer<Float>, count: Int, output: UnsafeMutablePointer<Float>) {
+        let w = down.weights
         pool.run { thread in
-            let share = ThreadPool.share(of: count, thread: thread, threads: pool.threadCount)
-            let y = thread == 0 ? output : workspace.partial(thread)
-            y.initialize(repeating: 0, count: d)
-            if !share.isEmpty {
-                down.accumulate(rows: rows + share.lowerBound, coefficients: coefficients + share.lowerBound,
-                                count: share.count, into: y)
-            }
+            let columns = ThreadPool.share(of: w.columns, thread: thread, threads: pool.threadCount,
+                                           granularity: columnGranularity(w.type))
+            guard !columns.isEmpty else { return }
+            let y = output + columns.lowerBound
+            y.initialize(repeating: 0, count: columns.count)
+            ember_axpy_gather(Int32(w.type.rawValue), Int64(columns.count), columnSlice(w, from: columns.lowerBound),
+                              w.rowBytes, rows, coefficients, Int64(count), y)
         }
-        reducePartials(pool: pool, output: output, length: d, workspace: workspace)
+    }
+
+    /// Column shares start on quant-block boundaries, at least 64 floats apart (a cache line of
+    /// output per 16 floats, whole SIMD stretches of 32).
+    private static func columnGranularity(_ type: TensorType) -> Int {
+        let block = type.blockSize
+        return block >= 64 ? block : (64 + block - 1) / block * block
+    }
+
+    /// Row 0's bytes from column `column` (a block boundary) on; later rows `rowBytes` apart.
+    private static func columnSlice(_ w: WeightMatrix, from column: Int) -> UnsafeRawPointer {
+        w.data + column / w.type.blockSize * w.type.blockBytes
     }
 
     /// The dense down projection of a neuron-major matrix: output[t] = Σ_i activations[t][i] ·
@@ -279,13 +276,13 @@ enum SparseFeedForward {
     static func dense(pool: ThreadPool, down: NeuronMajorMatrix, neurons: UnsafePointer<Int32>,
                       activations: UnsafePointer<Float>, activationStride: Int, tokens: Int,
                       output: UnsafeMutablePointer<Float>, outputStride: Int) {
-        let w = down.weights, block = w.type.blockSize
-        let granularity = block >= 64 ? block : (64 + block - 1) / block * block
+        let w = down.weights
         let type = Int32(w.type.rawValue), tile = 64
         pool.run { thread in
-            let columns = ThreadPool.share(of: w.columns, thread: thread, threads: pool.threadCount, granularity: granularity)
+            let columns = ThreadPool.share(of: w.columns, thread: thread, threads: pool.threadCount,
+                                           granularity: columnGranularity(w.type))
             guard !columns.isEmpty else { return }
-            let slice = w.data + columns.lowerBound / block * w.type.blockBytes
+            let slice = columnSlice(w, from: columns.lowerBound)
             for t in 0..<tokens {
                 (output + t * outputStride + columns.lowerBound).initialize(repeating: 0, count: columns.count)
             }
@@ -298,18 +295,6 @@ enum SparseFeedForward {
                                       output + t * outputStride + columns.lowerBound)
                 }
                 first += count
-            }
-        }
-    }
-
-    /// output += the partials of threads 1..., each thread summing its own slice of the hidden
-    /// dimension (thread 0's partial is `output` itself).
-    private static func reducePartials(pool: ThreadPool, output: UnsafeMutablePointer<Float>, length: Int,
-                                       workspace: Workspace) {
-        guard pool.threadCount > 1 else { return }
-        pool.parallelFor(length, granularity: 16) { range in
-            for t in 1..<pool.threadCount {
-                VectorKernels.add(workspace.partial(t) + range.lowerBound, into: output + range.lowerBound, range.count)
             }
         }
     }

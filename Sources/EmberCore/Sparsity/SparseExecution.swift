@@ -343,7 +343,7 @@ final class SparseDecoder {
                 for k in 0..<count { coefficients[k] = a[Int(ids[k])] }
             }
             SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
-                                      output: output, workspace: workspace)
+                                      output: output)
         case .down:
             pass.linear(inputs, [(gate!, pass.gate), (up, pass.up)])
             pass.addBias(w.gate!.bias, to: pass.gate)
@@ -357,7 +357,7 @@ final class SparseDecoder {
             }
             count = selected
             SparseFeedForward.runDown(pool: pool, down: downs[layer], rows: ids, coefficients: coefficients, count: count,
-                                      output: output, workspace: workspace)
+                                      output: output)
         }
         if let bias = w.down.bias { VectorKernels.add(bias.pointer, into: output, bias.count) }
         return count
