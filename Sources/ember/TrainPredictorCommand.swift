@@ -17,7 +17,8 @@ enum TrainPredictorCommand {
         .init(names: ["--epochs"], takesValue: true, help: "passes over the training tokens per rank tried (default 12)"),
         .init(names: ["--seed"], takesValue: true, help: "random seed (default 1)"),
         .init(names: ["--layers"], takesValue: true, help: "comma-separated layers to train (default all; the others run dense)"),
-        .init(names: ["--f32"], takesValue: false, help: "store weights as F32 (default F16: half the bytes read per token)"),
+        .init(names: ["--weight-type"], takesValue: true, help: "f16 | f32 | q8_0 | q4_0: how the weights are stored (default f16; q8_0 reads half its bytes per token)"),
+        .init(names: ["--f32"], takesValue: false, help: "the same as --weight-type f32"),
     ]
 
     static let summary = "train per-layer activation predictors (PowerInfer's form) on a text"
@@ -33,6 +34,12 @@ enum TrainPredictorCommand {
         options.maxRank = try arguments.int("--max-rank", default: 0, range: options.minRank...65536)
         options.epochs = try arguments.int("--epochs", default: options.epochs, range: 1...10_000)
         options.weightType = arguments.has("--f32") ? .f32 : .f16
+        if let name = arguments.string("--weight-type") {
+            guard let type = PredictorTrainingOptions.weightTypes.first(where: { $0.description.lowercased() == name.lowercased() }) else {
+                throw UsageError("--weight-type takes \(PredictorTrainingOptions.weightTypes.map { $0.description.lowercased() }.joined(separator: ", ")), not \"\(name)\"")
+            }
+            options.weightType = type
+        }
         if let seed = try arguments.seed() { options.seed = seed }
         let context = try arguments.int("--ctx", default: 256, range: 2...1 << 20)
         let tokenLimit = try arguments.int("--tokens", default: Int.max, range: 1...Int.max)

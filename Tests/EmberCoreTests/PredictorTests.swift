@@ -335,4 +335,55 @@ final class PredictorTests: XCTestCase {
         XCTAssertGreaterThan(count, 0)
         XCTAssertLessThan(count, 1536)
     }
+    /// Q8_0 predictors: ranks step by the quant block, the weights are stored quantized, and
+    /// the inference path (which also quantizes its input to Q8_0) keeps the recall the trainer
+    /// measured on held-out tokens with the stored weights.
+    func testQ8_0PredictorsKeepTheirRecallThroughTheInferencePath() throws {
+        let model = try TestData.model(.smolLM2)
+        let tokenizer = try Tokenizer(file: model.file)
+        let text = try String(contentsOfFile: Self.evalTextPath(), encoding: .utf8)
+        let tokens = Array(tokenizer.encode(text, addSpecial: false, parseSpecial: false).prefix(1024))
+        let session = Context(model: model, threads: 2, contextLength: 128)
+        let stats = try Self.calibrate(session: session, tokens: tokens, context: 128, sparsities: [0.5])
+        let l = 20
+        let data = try PredictorTrainingData.collect(session: session, tokens: tokens, context: 128, layers: [l],
+                                                     thresholds: stats.layers.map { $0.gateThresholds[0] }, relu: false)
+        var options = PredictorTrainingOptions()
+        options.weightType = .q8_0
+        options.minRank = 40  // rounds up to 64: fc2's rows hold whole Q8_0 blocks
+        options.maxRank = 64
+        options.maxAttempts = 1
+        options.epochs = 8
+        options.batchSize = 128
+        let result = PredictorTrainer.train(data: data, layerCount: model.config.layerCount,
+                                            hotShares: stats.layers.map { PredictorTrainer.hotShare(counts: $0.counts[0]) },
+                                            options: options, pool: session.pool, targetSparsity: 0.5)
+        let report = try XCTUnwrap(result.reports.first)
+        let layer = try XCTUnwrap(result.predictors.layers[l])
+        XCTAssertEqual(report.rank, 64)
+        XCTAssertEqual(layer.fc1.type, .q8_0)
+        XCTAssertEqual(layer.fc2.type, .q8_0)
+        // As the F16 end-to-end test: τ chosen for 0.95 on ~100 tokens, kept on ~150 others.
+        XCTAssertGreaterThan(report.recall, 0.88)
+        XCTAssertLessThan(report.predictedShare, 0.97)
+
+        // The same held-out tokens through activeNeurons (Q8_0 activations, the dot kernels).
+        let d = data.inputLength, f = data.neuronCount, words = data.wordsPerToken
+        let labels = data.layers[l]!.labels
+        var active = [Int32](repeating: 0, count: f)
+        var truePositives = 0, positives = 0
+        for t in (data.tokenCount - result.heldOutTokens)..<data.tokenCount {
+            let x = Array(data.layers[l]!.inputs[t * d..<(t + 1) * d])
+            let count = result.predictors.activeNeurons(layer: l, input: x, into: &active)
+            let predicted = Set(active.prefix(count))
+            for i in 0..<f where labels[t * words + i >> 6] >> (i & 63) & 1 == 1 {
+                positives += 1
+                if predicted.contains(Int32(i)) { truePositives += 1 }
+            }
+        }
+        let recall = Float(truePositives) / Float(max(positives, 1))
+        print(String(format: "Q8_0 predictor layer %d: trainer recall %.4f, inference path %.4f", l, report.recall, recall))
+        // Rounding the input to Q8_0 moves scores by ~1e-3 relative: only neurons within that of τ flip.
+        XCTAssertEqual(recall, report.recall, accuracy: 0.01)
+    }
 }

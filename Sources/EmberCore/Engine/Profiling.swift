@@ -247,6 +247,13 @@ extension Session {
         guard let target = statistics.targetIndex(for: chosen) else {
             throw SessionError.invalidOption("the statistics have no threshold for sparsity \(chosen); they have \(statistics.sparsityTargets)")
         }
+        guard PredictorTrainingOptions.weightTypes.contains(options.weightType) else {
+            throw SessionError.invalidOption("predictor weights can be \(PredictorTrainingOptions.weightTypes.map(\.description)), not \(options.weightType)")
+        }
+        guard c.embeddingLength % options.weightType.blockSize == 0 else {
+            throw SessionError.invalidOption("\(options.weightType) predictors need an embedding length that is a multiple of "
+                                             + "\(options.weightType.blockSize); this model's is \(c.embeddingLength)")
+        }
         let layers = layers ?? Array(0..<c.layerCount)
         if let bad = layers.first(where: { !(0..<c.layerCount).contains($0) }) {
             throw SessionError.invalidOption("layer \(bad) is not one of the model's \(c.layerCount)")

@@ -133,11 +133,13 @@ final class PredictorSet {
         self.init(layers: layers, inputLength: d, neuronCount: f, metadata: metadata, owner: file)
     }
 
-    /// Predictors from float weights in memory (the trainer's), stored as `type` (F32 or F16):
-    /// fc1[l] is rank×d row-major, fc2[l] is F×rank row-major.
+    /// Predictors from float weights in memory (the trainer's), stored as `type` (one of
+    /// `PredictorTrainingOptions.weightTypes`): fc1[l] is rank×d row-major, fc2[l] is F×rank
+    /// row-major; d and every rank are multiples of the type's block.
     convenience init(fc1: [[Float]?], fc2: [[Float]?], ranks: [Int], thresholds: [Float],
                             inputLength d: Int, neuronCount f: Int, type: TensorType = .f16, metadata: Metadata = Metadata()) {
-        precondition(type == .f32 || type == .f16)
+        precondition(PredictorTrainingOptions.weightTypes.contains(type) && d % type.blockSize == 0
+                     && ranks.allSatisfy { $0 % type.blockSize == 0 })
         let storage = WeightStorage()
         var layers: [Layer?] = []
         for l in 0..<ranks.count {

@@ -25,8 +25,13 @@ public struct PredictorTrainingOptions: Sendable {
     /// result; the `validationShare` before it chooses τ and the rank; the rest trains.
     public var heldOutShare = 0.15
     public var validationShare = 0.10
-    /// Storage type of the weights: F16 (half the bytes read per token at the same recall) or F32.
+    /// Storage type of the weights: F16 (half F32's bytes read per token at the same recall),
+    /// F32, or Q8_0 / Q4_0 (a quarter / an eighth of F32's bytes; ranks then step by 32, the
+    /// quant block). Thresholds are chosen on the stored weights, so the recall target holds
+    /// for what is written.
     public var weightType: TensorType = .f16
+    /// The types `weightType` may be.
+    public static let weightTypes: [TensorType] = [.f16, .f32, .q8_0, .q4_0]
     public init() {}
 }
 
@@ -132,12 +137,20 @@ public enum PredictorTrainer {
     /// over many neurons needs more directions to tell them apart), F/8 at hot share 1.
     public static func initialRank(hotShare: Float, neurons: Int, options: PredictorTrainingOptions) -> Int {
         let raw = Int((hotShare * Float(neurons) / 8).rounded(.up))
-        return min(options.maxRank, max(options.minRank, (raw + 15) / 16 * 16))
+        let step = rankStep(options.weightType)
+        return min(options.maxRank, roundUp(max(options.minRank, raw), to: step))
     }
+
+    /// Ranks are multiples of this: 16 for float weights, the quant block for quantized ones
+    /// (fc2's rows are `rank` long).
+    static func rankStep(_ type: TensorType) -> Int { max(16, type.blockSize) }
+
+    private static func roundUp(_ x: Int, to step: Int) -> Int { (x + step - 1) / step * step }
 
     /// The largest rank worth trying for inputs of length d and F neurons (see `maxRank`).
     public static func rankLimit(inputLength d: Int, neurons f: Int, options: PredictorTrainingOptions) -> Int {
-        options.maxRank > 0 ? options.maxRank : max(options.minRank, d * f / (3 * (d + f)) / 16 * 16)
+        let step = rankStep(options.weightType)
+        return roundUp(options.maxRank > 0 ? options.maxRank : max(options.minRank, d * f / (3 * (d + f)) / step * step), to: step)
     }
 
     // MARK: one layer
