@@ -43,6 +43,7 @@ enum BenchCommand {
                 "sparsity_mode": result.sparsityMode.description,
                 "ffn_sparsity": result.feedForwardSparsity,
                 "peak_resident_bytes": result.peakResidentBytes,
+                "kv_cache_type": result.kvCacheType.rawValue, "kv_cache_bytes": result.kvCacheBytes,
             ]
             if let hybrid = result.hybrid {
                 object["device"] = hybrid.deviceName
@@ -72,8 +73,9 @@ enum BenchCommand {
             try Terminal.print(String(format: "decode %-9d  %17.1f   %@", generated, decode, spread(result.decode)))
         }
         try Terminal.print(String(format: "weights read per decoded token: %.1f MB; measured read bandwidth: %.1f GB/s; "
-                                    + "median decode uses %.0f %% of it; peak resident memory %@", Double(result.weightBytesPerToken) / 1e6,
-                                  result.readBandwidth / 1e9, result.bandwidthShare * 100, ByteSize.format(result.peakResidentBytes)))
+                                    + "median decode uses %.0f %% of it; peak resident memory %@ (KV cache %@: %@)", Double(result.weightBytesPerToken) / 1e6,
+                                  result.readBandwidth / 1e9, result.bandwidthShare * 100, ByteSize.format(result.peakResidentBytes),
+                                  result.kvCacheType.rawValue, ByteSize.format(result.kvCacheBytes)))
         if let hybrid = result.hybrid, generated > 0 {
             let c = hybrid.counts
             try Terminal.print(String(format: "hybrid: %@ ran the attention of %d layers%@ and computed %.1f %% of the activated neurons "

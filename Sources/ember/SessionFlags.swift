@@ -14,6 +14,9 @@ enum SessionFlags {
                 + "(e.g. 2GiB) and computes them beside the CPU; needs --sparsity predictor and statistics"),
         .init(names: ["--placement"], takesValue: true,
               help: "placement from `ember place` for --vram-budget (default: MODEL.placement.gguf; solved anew when made for other settings)"),
+        .init(names: ["--cache-type"], takesValue: true,
+              help: "how the KV cache stores keys and values: f32 | f16 (half the memory) | q8_0 (about a quarter; head sizes "
+                + "multiples of 32) (default: f32)"),
     ] + DeviceFlags.all
 
     /// The model `--model` names, else the default model (downloaded once); with
@@ -44,6 +47,12 @@ enum SessionFlags {
             options.contextLength = context
         }
         options.batchSize = try arguments.int("--batch", default: 64, range: 1...4096)
+        if let text = arguments.string("--cache-type") {
+            guard let type = KVCacheType(rawValue: text) else {
+                throw UsageError("--cache-type must be " + KVCacheType.allCases.map(\.rawValue).joined(separator: ", ") + ", not \"\(text)\"")
+            }
+            options.kvCacheType = type
+        }
         if let text = arguments.string("--sparsity") {
             guard let mode = SparsityMode(text) else {
                 throw UsageError("--sparsity must be dense, exact, threshold[:S], down[:S] or predictor (0 < S < 1), not \"\(text)\"")

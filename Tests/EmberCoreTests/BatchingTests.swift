@@ -51,7 +51,7 @@ final class BatchingTests: XCTestCase {
     static func batchedDifferences(_ model: LanguageModel, _ references: [Reference], batch: Int,
                                    path: MatmulPath) throws -> (prefill: Float, decode: [Float]) {
         let context = Context(model: model, threads: 2, contextLength: 256, batchSize: max(64, batch))
-        let caches = [context.cache] + (1..<batch).map { _ in KVCache(config: model.config, capacity: 256) }
+        let caches = [context.cache] + (1..<batch).map { _ in KVCache(config: model.config, capacity: 256, type: .f32) }
         let output = Matrix(rows: batch, length: model.config.vocabularySize)
         var prefill: Float = 0
         for (s, reference) in references.prefix(batch).enumerated() {

@@ -130,6 +130,24 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
+    /// `--cache-type`: an unknown type is a usage error; Q8_0 on heads of 16 (the tiny OPT
+    /// model) is an error naming the rule and the other choices; f16 runs.
+    func testCacheTypeFlag() throws {
+        let smolPath = try smol()
+        let unknown = try ember(["run", "-m", smolPath, "-p", "hi", "-n", "1", "--cache-type", "q4_0"])
+        XCTAssertEqual(unknown.status, 2, unknown.stderr)
+        XCTAssertTrue(unknown.stderr.contains("--cache-type must be f32, f16, q8_0, not \"q4_0\""), unknown.stderr)
+        let opt = TestData.localFixtures.appendingPathComponent("opt-tiny/opt-tiny.f16.gguf").path
+        let unsuitable = try ember(["run", "-m", opt, "-p", "hi", "-n", "1", "--cache-type", "q8_0"])
+        XCTAssertEqual(unsuitable.reason, .exit)
+        XCTAssertEqual(unsuitable.status, 1, unsuitable.stderr)
+        XCTAssertTrue(unsuitable.stderr.contains("multiples of 32 (this model has 16 and 16); choose f16 or f32"), unsuitable.stderr)
+        XCTAssertTrue(unsuitable.stdout.isEmpty, unsuitable.stdout)
+        let half = try ember(["run", "-m", smolPath, "-p", "The capital of France is", "-n", "4", "--temp", "0", "--cache-type", "f16"])
+        XCTAssertEqual(half.status, 0, half.stderr)
+        XCTAssertFalse(half.stdout.isEmpty)
+    }
+
     func testRunStreamsTheGreedyContinuation() throws {
         let path = try smol()
         let outcome = try ember(["run", "-m", path, "-p", "The capital of France is", "-n", "12", "--temp", "0", "-t", "2"])

@@ -236,8 +236,15 @@ final class HybridTests: XCTestCase {
         }
         let position = prompt.count
         func row(_ session: Context, key: Bool) -> [Float] {
-            let pointer = key ? session.cache.key(layer: layer, position: position) : session.cache.value(layer: layer, position: position)
-            return Array(UnsafeBufferPointer(start: pointer, count: key ? config.kvLength : config.valueLength))
+            var out = [Float](repeating: .nan, count: key ? config.kvLength : config.valueLength)
+            out.withUnsafeMutableBufferPointer { out in
+                if key {
+                    session.cache.loadKeys(layer: layer, positions: position..<position + 1, into: out.baseAddress!)
+                } else {
+                    session.cache.loadValues(layer: layer, positions: position..<position + 1, into: out.baseAddress!)
+                }
+            }
+            return out
         }
         // Same 8-bit input blocks and integer sums; norm, rope, softmax and float sums in
         // another order: relative differences of a few float roundings (measured 1.7e-7 key,

@@ -17,7 +17,8 @@ import Synchronization
 /// run`), whatever else shares the batch: rows are computed with the same kernels, and matrix
 /// products have two kernel paths that round differently (MatmulPath), so each row's path is
 /// pinned to the one the single sequence takes: decoding rows the matrix-vector tiles, prompt
-/// rows the path of their prompt's chunk (chunks of `promptChunk` tokens from the start). Greedy
+/// rows the path of their prompt's chunk (chunks of `promptChunk` tokens from the start); so is
+/// each row's attention (`BatchRow.splitsKeys`). Greedy
 /// generations thus give `ember run`'s text at any batch size (dense FFN; the sparse FFN of a
 /// batch of several rows runs another computation than a single token's, see SparseExecution).
 final class BatchScheduler: @unchecked Sendable {
@@ -47,9 +48,9 @@ final class BatchScheduler: @unchecked Sendable {
 
     private struct Slot {
         let cache: KVCache
-        /// The tokens the cache holds, in order, and the kernel path each was computed with.
+        /// The tokens the cache holds, in order, and the kernels each was computed with.
         var tokens: [Int32] = []
-        var paths: [MatmulPath] = []
+        var kernels: [RowKernels] = []
         var job: Job?
     }
 
@@ -96,7 +97,7 @@ final class BatchScheduler: @unchecked Sendable {
         contextLength = context.contextLength
         stepTokens = context.pass.maxTokens
         self.slots = [Slot(cache: context.cache)] + (1..<slots).map { _ in
-            Slot(cache: KVCache(config: model.language.config, capacity: context.contextLength))
+            Slot(cache: KVCache(config: model.language.config, capacity: context.contextLength, type: context.cache.type))
         }
         logits = Matrix(rows: slots, length: model.language.config.vocabularySize)
         published.slots = slots
@@ -233,7 +234,7 @@ final class BatchScheduler: @unchecked Sendable {
             func shared(_ index: Int) -> Int {
                 let slot = slots[index]
                 return zip(slot.tokens.indices, prompt).prefix { p, token in
-                    slot.tokens[p] == token && slot.paths[p] == path(position: p, promptLength: prompt.count)
+                    slot.tokens[p] == token && slot.kernels[p] == kernels(position: p, promptLength: prompt.count)
                 }.count
             }
             let index = free.max { shared($0) < shared($1) }!
@@ -241,7 +242,7 @@ final class BatchScheduler: @unchecked Sendable {
             let kept = min(shared(index), prompt.count - 1)
             slots[index].cache.truncate(to: kept)
             slots[index].tokens.removeSubrange(kept...)
-            slots[index].paths.removeSubrange(kept...)
+            slots[index].kernels.removeSubrange(kept...)
             let settings = request.settings
             var job = Job(request: request, order: admissions, sampler: Sampler(settings.sampling),
                           decoder: StreamingDecoder(tokenizer: model.tokenizer), stops: StopStringFilter(stops: settings.stop),
@@ -265,7 +266,8 @@ final class BatchScheduler: @unchecked Sendable {
             guard let job = slots[index].job, let token = job.pending else { continue }
             logitSlots.append(index)
             logitRows.append(rows.count)
-            rows.append(BatchRow(token: token, cache: slots[index].cache, position: slots[index].cache.count, path: .tiles))
+            rows.append(BatchRow(token: token, cache: slots[index].cache, position: slots[index].cache.count,
+                                 path: RowKernels.decode.path, splitsKeys: RowKernels.decode.splitsKeys))
         }
         var budget = stepTokens - rows.count
         let reading = slots.indices.filter { slots[$0].job != nil && slots[$0].job!.pending == nil }
@@ -276,8 +278,9 @@ final class BatchScheduler: @unchecked Sendable {
             let count = min(budget, job.request.prompt.count - job.promptDone)
             for k in 0..<count {
                 let p = job.promptDone + k
+                let pinned = kernels(position: p, promptLength: job.request.prompt.count)
                 rows.append(BatchRow(token: job.request.prompt[p], cache: slots[index].cache, position: p,
-                                     path: path(position: p, promptLength: job.request.prompt.count)))
+                                     path: pinned.path, splitsKeys: pinned.splitsKeys))
             }
             chunks.append((index, count))
             if job.promptDone + count == job.request.prompt.count {
@@ -303,21 +306,21 @@ final class BatchScheduler: @unchecked Sendable {
                 slots[index].job = nil
                 slots[index].cache.truncate(to: 0)
                 slots[index].tokens.removeAll()
-                slots[index].paths.removeAll()
+                slots[index].kernels.removeAll()
             }
             return
         }
         for (index, token) in zip(logitSlots, logitSlots.map { slots[$0].job!.pending }) {
             if let token {
                 slots[index].tokens.append(token)
-                slots[index].paths.append(.tiles)
+                slots[index].kernels.append(.decode)
                 slots[index].job!.statistics.decodeEvaluations += 1
             }
         }
         for (index, count) in chunks {
             let job = slots[index].job!
             slots[index].tokens += job.request.prompt[job.promptDone..<job.promptDone + count]
-            slots[index].paths += (job.promptDone..<job.promptDone + count).map { path(position: $0, promptLength: job.request.prompt.count) }
+            slots[index].kernels += (job.promptDone..<job.promptDone + count).map { kernels(position: $0, promptLength: job.request.prompt.count) }
             slots[index].job!.promptDone += count
         }
         for (i, index) in logitSlots.enumerated() {
@@ -367,12 +370,22 @@ final class BatchScheduler: @unchecked Sendable {
         slots[index].job = job
     }
 
-    /// The kernel path of prompt position `p` when a single sequence reads the prompt: that of
-    /// its chunk's product (chunks of `promptChunk` from the start; a one-row chunk is a
-    /// matrix-vector product, the tiles).
-    private func path(position p: Int, promptLength: Int) -> MatmulPath {
+    /// The kernels of prompt position `p` when a single sequence reads the prompt: those of its
+    /// chunk (chunks of `promptChunk` from the start): the product path of the chunk's row
+    /// count (a one-row chunk is a matrix-vector product, the tiles), and a one-row chunk's
+    /// attention splits its keys.
+    private func kernels(position p: Int, promptLength: Int) -> RowKernels {
         let start = p / promptChunk * promptChunk
-        return MatmulPath.automatic(columns: min(promptChunk, promptLength - start))
+        let rows = min(promptChunk, promptLength - start)
+        return RowKernels(path: MatmulPath.automatic(columns: rows), splitsKeys: rows == 1)
+    }
+
+    /// How a row was (or is to be) computed: the rounding-relevant kernel choices of `BatchRow`.
+    struct RowKernels: Equatable {
+        var path: MatmulPath
+        var splitsKeys: Bool
+        /// A decoding row, as a single sequence's one-row step computes it.
+        static let decode = RowKernels(path: .tiles, splitsKeys: true)
     }
 
     /// Ends a generation whose slot is already free; the load says so before its consumer hears.

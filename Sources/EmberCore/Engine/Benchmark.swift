@@ -18,6 +18,9 @@ public struct BenchmarkResult: Sendable {
     public var hybrid: HybridReport?
     /// The most resident memory the process held by the end of the timed runs, in bytes.
     public var peakResidentBytes: Int
+    /// The KV cache: how it stores keys and values, and the bytes it takes.
+    public var kvCacheType: KVCacheType
+    public var kvCacheBytes: Int
 
     /// Decode at the median speed as a share of what the bandwidth allows.
     public var bandwidthShare: Double {
@@ -84,7 +87,7 @@ extension Context {
                                weightBytesPerToken: sparse?.weightBytesPerToken(model) ?? model.bytesPerToken,
                                readBandwidth: bandwidth, sparsityMode: sparse?.mode ?? .dense,
                                feedForwardSparsity: sparse?.reachedSparsity ?? 0, hybrid: hybridReport,
-                               peakResidentBytes: peak)
+                               peakResidentBytes: peak, kvCacheType: cache.type, kvCacheBytes: cache.byteCount)
     }
 
     /// The device's part of a hybrid run so far, or nil when there is no device.

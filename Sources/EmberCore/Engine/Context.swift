@@ -20,13 +20,14 @@ final class Context {
         didSet { pass.offload = denseBlocks }
     }
 
-    /// `contextLength` positions of KV cache (at most the model's own context); prompts are
-    /// evaluated `batchSize` tokens at a time as matrix products.
-    init(model: LanguageModel, threads: Int, contextLength: Int? = nil, batchSize: Int = 64) {
+    /// `contextLength` positions of KV cache of `cacheType` (at most the model's own context;
+    /// the type checked with `KVCache.check`); prompts are evaluated `batchSize` tokens at a
+    /// time as matrix products.
+    init(model: LanguageModel, threads: Int, contextLength: Int? = nil, batchSize: Int = 64, cacheType: KVCacheType = .f32) {
         self.model = model
         let context = max(1, min(contextLength ?? 2048, model.config.contextLength))
         pool = ThreadPool(threads: threads)
-        cache = KVCache(config: model.config, capacity: context)
+        cache = KVCache(config: model.config, capacity: context, type: cacheType)
         pass = ForwardPass(config: model.config, ropes: model.ropes, pool: pool, cache: cache, maxTokens: max(1, batchSize))
         lastLogits = Matrix(rows: 1, length: model.config.vocabularySize)
     }

@@ -26,7 +26,7 @@ final class DeviceDenseBlocks: DenseOffload {
         let queryBias, keyBias, valueBias, outputBias: OpenCLBuffer?
         let queryNorm, keyNorm: (weight: OpenCLBuffer, epsilon: Float)?
         let keys, values: OpenCLBuffer
-        /// Rows 0..<synced of the device cache equal the CPU's.
+        /// Rows 0..<synced of the device cache hold the CPU's (as floats; the CPU may keep them rounded).
         var synced = 0
     }
     private var state: [Layer?]
@@ -158,13 +158,16 @@ final class DeviceDenseBlocks: DenseOffload {
     private func run(_ a: Attention, _ s: inout Layer, layer: Int, position: Int, input: UnsafePointer<Float>,
                      output: UnsafeMutablePointer<Float>, pass: ForwardPass) throws {
         let c = config, d = c.embeddingLength, cache = pass.cache
-        // Rows the CPU wrote since the device last matched it.
+        // Rows the CPU wrote since the device last matched it, as floats (the CPU's cache may
+        // hold them rounded to F16 or Q8_0; the device's holds floats).
         if s.synced < position {
-            let rows = position - s.synced
-            try device.write(UnsafeRawBufferPointer(start: cache.key(layer: layer, position: s.synced), count: rows * c.kvLength * 4),
-                             to: s.keys, offset: s.synced * c.kvLength * 4)
-            try device.write(UnsafeRawBufferPointer(start: cache.value(layer: layer, position: s.synced), count: rows * c.valueLength * 4),
-                             to: s.values, offset: s.synced * c.valueLength * 4)
+            let rows = s.synced..<position
+            var keys = [Float](repeating: 0, count: rows.count * c.kvLength)
+            var values = [Float](repeating: 0, count: rows.count * c.valueLength)
+            keys.withUnsafeMutableBufferPointer { cache.loadKeys(layer: layer, positions: rows, into: $0.baseAddress!) }
+            values.withUnsafeMutableBufferPointer { cache.loadValues(layer: layer, positions: rows, into: $0.baseAddress!) }
+            try keys.withUnsafeBytes { try device.write($0, to: s.keys, offset: s.synced * c.kvLength * 4) }
+            try values.withUnsafeBytes { try device.write($0, to: s.values, offset: s.synced * c.valueLength * 4) }
             s.synced = position
         }
         try device.write(UnsafeRawBufferPointer(start: input, count: d * 4), to: normed)
@@ -200,11 +203,14 @@ final class DeviceDenseBlocks: DenseOffload {
         try matrices.multiply(s.output, activations: outputInput, into: projected)
         if let bias = s.outputBias { try add(bias, into: projected, count: d) }
 
-        // Read back what the host needs: the key and value first, the output last (so a failure
-        // before it leaves the host as it was).
-        try device.read(k, into: UnsafeMutableRawBufferPointer(start: cache.key(layer: layer, position: position), count: c.kvLength * 4))
-        try device.read(v, into: UnsafeMutableRawBufferPointer(start: cache.value(layer: layer, position: position), count: c.valueLength * 4))
+        // Read back what the host needs: the key and value, then the output; the host's cache
+        // takes them only once every read succeeded (a failure leaves the host as it was).
+        var key = [Float](repeating: 0, count: c.kvLength), value = [Float](repeating: 0, count: c.valueLength)
+        try key.withUnsafeMutableBytes { try device.read(k, into: $0) }
+        try value.withUnsafeMutableBytes { try device.read(v, into: $0) }
         try device.read(projected, into: UnsafeMutableRawBufferPointer(start: output, count: d * 4))
+        cache.storeKey(key, layer: layer, position: position)
+        cache.storeValue(value, layer: layer, position: position)
     }
 
     private func copy(_ source: OpenCLBuffer, into destination: OpenCLBuffer, at offset: Int, count: Int) throws {

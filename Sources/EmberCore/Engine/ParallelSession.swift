@@ -40,9 +40,9 @@ public final class ParallelSession: Sendable {
             notes.append("serving runs attention and the output head on the CPU (the device's KV cache holds one sequence)")
         }
         let config = model.language.config
-        guard let bytes = KVCache.byteCount(config, capacity: context.contextLength).map({ $0 * slots }),
-              bytes <= Int(ProcessInfo.processInfo.physicalMemory) else {
-            throw SessionError.cacheTooLarge(bytes: "\(slots) slots of " + ByteSize.format(KVCache.byteCount(config, capacity: context.contextLength) ?? 0))
+        let slotBytes = KVCache.byteCount(config, capacity: context.contextLength, type: context.cache.type)
+        guard let bytes = slotBytes.map({ $0 * slots }), bytes <= Int(ProcessInfo.processInfo.physicalMemory) else {
+            throw SessionError.cacheTooLarge(bytes: "\(slots) slots of " + ByteSize.format(slotBytes ?? 0))
         }
         self.model = model
         self.options = options

@@ -19,10 +19,16 @@ struct SessionAssembly {
         let trained = model.language.config.contextLength
         let context = options.contextLength ?? min(trained, 2048)
         guard context <= trained else { throw SessionError.contextTooLarge(context: context, model: trained) }
+        do {
+            try KVCache.check(model.language.config, type: options.kvCacheType)
+        } catch {
+            throw SessionError.invalidOption("\(error)")
+        }
         // A crafted or mistaken size must fail here, not in an allocation.
-        guard let bytes = KVCache.byteCount(model.language.config, capacity: context),
+        let type = options.kvCacheType
+        guard let bytes = KVCache.byteCount(model.language.config, capacity: context, type: type),
               bytes <= Int(ProcessInfo.processInfo.physicalMemory) else {
-            throw SessionError.cacheTooLarge(bytes: KVCache.byteCount(model.language.config, capacity: context)
+            throw SessionError.cacheTooLarge(bytes: KVCache.byteCount(model.language.config, capacity: context, type: type)
                 .map { ByteSize.format($0) } ?? "more than 2^63 bytes")
         }
         return context
@@ -32,7 +38,7 @@ struct SessionAssembly {
         try options.validate()
         let contextLength = try contextLength()
         let context = Context(model: model.language, threads: options.threads, contextLength: contextLength,
-                              batchSize: options.batchSize)
+                              batchSize: options.batchSize, cacheType: options.kvCacheType)
         guard let sparse = try sparseExecution(pool: context.pool, contextLength: contextLength) else { return context }
         context.sparse = sparse
         if let hybrid = sparse.hybridPlacement, !hybrid.attentionLayers.isEmpty || hybrid.outputHead {

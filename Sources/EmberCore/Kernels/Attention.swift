@@ -2,42 +2,14 @@ import CEmberKernels
 
 // Causal attention of a batch of query rows over one layer's KV cache (ember_attention.h),
 // with the work split over a thread pool. The C kernel takes one kv head and a range of rows
-// (or, for one row, a range of keys); this file decides those ranges.
-//
-// Wiring into the forward pass (today ForwardPass.attend calls ember_attention_head once per
-// token and query head over an F32 cache):
-//
-//     // ForwardPass.init, once:
-//     attentionShape = AttentionShape(headCount: config.headCount, kvHeadCount: config.kvHeadCount,
-//                                     headDimension: config.headDimension,
-//                                     valueDimension: config.valueDimension, scale: config.attentionScale)
-//     attentionWorkspace = AttentionWorkspace(shape: attentionShape, threads: pool.threadCount)
-//
-//     // ForwardPass.attend(layer:cache:), the whole body:
-//     AttentionKernel.run(pool: pool, shape: attentionShape, cache: cache.attentionView(layer: layer),
-//                   queries: query.pointer, queryStride: query.length, positions: positions,
-//                   window: config.slidingLayers[layer] ? config.slidingWindow : nil,
-//                   output: attention.pointer, outputStride: attention.length,
-//                   workspace: attentionWorkspace)
-//
-//     // ForwardPass.ropeAndStore, instead of the two `update(from:count:)` copies:
-//     cache.type.store(key.row(t), count: config.kvLength, into: cache.keyRow(layer: layer, position: positions[t]))
-//     cache.type.store(value.row(t), count: config.valueLength, into: cache.valueRow(layer: layer, position: positions[t]))
-//
-// where KVCache keeps, per layer, raw rows of `type.rowBytes(elements: kvLength)` bytes per
-// position (same position-major layout as today) and
-//     func attentionView(layer: Int) -> AttentionCacheView {
-//         AttentionCacheView(type: type, keys: keys[layer], values: values[layer],
-//                            keyStride: keyRowBytes, valueStride: valueRowBytes)
-//     }
-// Check `attentionShape.validate(cacheType:)` where the cache type is chosen (a Q8_0 cache
-// needs head and value dimensions that are multiples of 32).
+// (or, for one row, a range of keys); this file decides those ranges. ForwardPass calls it
+// once per sequence's rows of a batch, over that sequence's KVCache.
 
 /// How the KV cache stores keys and values. F16 is what llama.cpp keeps by default.
 public enum KVCacheType: String, Sendable, CaseIterable {
     case f32, f16, q8_0
 
-    public var tensorType: TensorType {
+    var tensorType: TensorType {
         switch self {
         case .f32: return .f32
         case .f16: return .f16
@@ -47,7 +19,7 @@ public enum KVCacheType: String, Sendable, CaseIterable {
 
     /// Bytes of one cache row of `elements` elements; nil when the type cannot hold such a row
     /// (Q8_0 stores blocks of 32).
-    public func rowBytes(elements: Int) -> Int? {
+    func rowBytes(elements: Int) -> Int? {
         let bytes = ember_kv_row_bytes(Int32(tensorType.rawValue), Int64(elements))
         return bytes > 0 ? bytes : nil
     }
@@ -55,7 +27,7 @@ public enum KVCacheType: String, Sendable, CaseIterable {
     /// Stores `count` floats as one cache row at `destination` (`rowBytes(elements: count)`
     /// bytes): F16 rounds to nearest even, Q8_0 quantizes each block of 32 to scale max|x|/127.
     @inline(__always)
-    public func store(_ x: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer) {
+    func store(_ x: UnsafePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer) {
         let status = ember_kv_store(Int32(tensorType.rawValue), x, destination, Int64(count))
         precondition(status == 0, "KVCacheType.store: \(count) elements do not fit a \(rawValue) row")
     }
@@ -64,14 +36,14 @@ public enum KVCacheType: String, Sendable, CaseIterable {
 /// One layer's cached keys and values as the attention kernel reads them: position p's keys
 /// (all kv heads side by side) are one row of `type` at `keys + p * keyStride`, its values at
 /// `values + p * valueStride`.
-public struct AttentionCacheView {
-    public var type: KVCacheType
-    public var keys: UnsafeRawPointer
-    public var values: UnsafeRawPointer
-    public var keyStride: Int
-    public var valueStride: Int
+struct AttentionCacheView {
+    var type: KVCacheType
+    var keys: UnsafeRawPointer
+    var values: UnsafeRawPointer
+    var keyStride: Int
+    var valueStride: Int
 
-    public init(type: KVCacheType, keys: UnsafeRawPointer, values: UnsafeRawPointer, keyStride: Int, valueStride: Int) {
+    init(type: KVCacheType, keys: UnsafeRawPointer, values: UnsafeRawPointer, keyStride: Int, valueStride: Int) {
         self.type = type
         self.keys = keys
         self.values = values
@@ -80,11 +52,11 @@ public struct AttentionCacheView {
     }
 }
 
-public enum AttentionError: Error, CustomStringConvertible {
+enum AttentionError: Error, CustomStringConvertible {
     case unsupportedCache(type: KVCacheType, headDimension: Int, valueDimension: Int)
     case badShape(String)
 
-    public var description: String {
+    var description: String {
         switch self {
         case let .unsupportedCache(type, headDimension, valueDimension):
             return "a \(type.rawValue) KV cache needs head and value sizes that are multiples of 32 "
@@ -96,15 +68,15 @@ public enum AttentionError: Error, CustomStringConvertible {
 }
 
 /// A model's attention heads: query heads `h` share kv head `h / (headCount / kvHeadCount)`.
-public struct AttentionShape: Sendable, Equatable {
-    public var headCount: Int
-    public var kvHeadCount: Int
-    public var headDimension: Int
-    public var valueDimension: Int
+struct AttentionShape: Sendable, Equatable {
+    var headCount: Int
+    var kvHeadCount: Int
+    var headDimension: Int
+    var valueDimension: Int
     /// Scores are scale · q·k.
-    public var scale: Float
+    var scale: Float
 
-    public init(headCount: Int, kvHeadCount: Int, headDimension: Int, valueDimension: Int, scale: Float) {
+    init(headCount: Int, kvHeadCount: Int, headDimension: Int, valueDimension: Int, scale: Float) {
         self.headCount = headCount
         self.kvHeadCount = kvHeadCount
         self.headDimension = headDimension
@@ -112,10 +84,10 @@ public struct AttentionShape: Sendable, Equatable {
         self.scale = scale
     }
 
-    public var groupSize: Int { headCount / kvHeadCount }
+    var groupSize: Int { headCount / kvHeadCount }
 
     /// Throws unless the kernels can run this shape over a cache of `cacheType`.
-    public func validate(cacheType: KVCacheType) throws {
+    func validate(cacheType: KVCacheType) throws {
         guard kvHeadCount > 0, headCount % kvHeadCount == 0, headDimension > 0, valueDimension > 0 else {
             throw AttentionError.badShape("\(headCount) heads, \(kvHeadCount) kv heads, sizes \(headDimension)/\(valueDimension)")
         }
@@ -145,19 +117,26 @@ public struct AttentionShape: Sendable, Equatable {
 
 /// Scratch for `AttentionKernel.run`: one kernel scratch per thread, and the partials of a split
 /// decode. Make one per (pool, shape); not for concurrent calls.
-public final class AttentionWorkspace: @unchecked Sendable {
-    public let shape: AttentionShape
-    public let threadCount: Int
+final class AttentionWorkspace: @unchecked Sendable {
+    let shape: AttentionShape
+    let threadCount: Int
     fileprivate let scratch: [UnsafeMutableRawPointer]
     fileprivate let partials: UnsafeMutablePointer<Float>
 
-    public init(shape: AttentionShape, threads: Int) {
+    init(shape: AttentionShape, threads: Int) {
         self.shape = shape
         threadCount = max(1, threads)
         var a = shape.arguments(cache: nil)
         let bytes = max(64, ember_attention_scratch_bytes(&a))
         scratch = (0..<threadCount).map { _ in .allocate(byteCount: bytes, alignment: 64) }
         partials = .allocate(capacity: AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2))
+    }
+
+    /// Whether this workspace fits calls of `other` (the scale does not change the scratch).
+    func serves(_ other: AttentionShape) -> Bool {
+        var same = other
+        same.scale = shape.scale
+        return same == shape
     }
 
     deinit {
@@ -180,14 +159,18 @@ enum AttentionKernel {
     /// `output + t * outputStride + h * valueDimension`; query row t, head h at
     /// `queries + t * queryStride + h * headDimension`.
     ///
-    /// The split over threads depends only on the rows and positions, and every row's result
-    /// is the same however rows are split (see ember_attention.h), so the output does not
-    /// depend on the pool's thread count.
-    public static func run(pool: ThreadPool, shape: AttentionShape, cache: AttentionCacheView,
-                           queries: UnsafePointer<Float>, queryStride: Int, positions: [Int], window: Int?,
-                           output: UnsafeMutablePointer<Float>, outputStride: Int, workspace: AttentionWorkspace) {
-        precondition(workspace.shape == shape && workspace.threadCount >= pool.threadCount,
+    /// A single row splits its keys over the threads (then merges the partials) when
+    /// `splitsKeys` is true or nil; rows otherwise run in blocks of rows. The two round
+    /// differently, but each gives a row the same bits whatever other rows share the call or
+    /// the thread count: the split over threads depends only on the rows and positions, and a
+    /// row's result is the same however rows are split (see ember_attention.h).
+    static func run(pool: ThreadPool, shape: AttentionShape, cache: AttentionCacheView,
+                    queries: UnsafePointer<Float>, queryStride: Int, positions: [Int], window: Int?,
+                    output: UnsafeMutablePointer<Float>, outputStride: Int, workspace: AttentionWorkspace,
+                    splitsKeys: Bool? = nil) {
+        precondition(workspace.serves(shape) && workspace.threadCount >= pool.threadCount,
                      "AttentionKernel.run: workspace made for another shape or fewer threads")
+        precondition(splitsKeys != true || positions.count == 1, "AttentionKernel.run: only a single row splits its keys")
         guard !positions.isEmpty else { return }
         var args = shape.arguments(cache: cache)
         args.queries = queries
@@ -199,7 +182,7 @@ enum AttentionKernel {
         positions.withUnsafeBufferPointer { raw in
             raw.withMemoryRebound(to: Int64.self) { rebound in
                 args.positions = rebound.baseAddress
-                if positions.count == 1 {
+                if positions.count == 1, splitsKeys ?? true {
                     decode(pool: pool, args: args, position: positions[0], window: window, workspace: workspace)
                 } else {
                     batch(pool: pool, args: args, positions: positions, window: window, workspace: workspace)

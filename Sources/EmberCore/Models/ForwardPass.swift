@@ -18,6 +18,8 @@ final class ForwardPass {
     private(set) var tokenCount = 0
     private(set) var positions: [Int] = []
     private(set) var rowCaches: [KVCache] = []
+    /// Per row, whether its attention splits its keys over the threads (see `BatchRow.splitsKeys`).
+    private(set) var splitsKeys: [Bool] = []
     /// Whether every row of the batch belongs to `cache` (device offload serves only that one).
     private(set) var isSingleSequence = true
     /// Products of a batch of several sequences take each row's kernel path as pinned by its
@@ -39,8 +41,8 @@ final class ForwardPass {
 
     /// 0, 1, … for the dense column gather of a neuron-major down.
     private var allNeurons: [Int32] = []
-    /// Per-thread attention scores (one context's worth each).
-    private let scores: [Matrix]
+    /// Scratch of the attention kernel (per thread, and the partials of a split row).
+    private let attentionWorkspace: AttentionWorkspace
     /// The cos/sin of each rope of the model at the batch's positions (row t: token t).
     private let ropeTables: [(rope: Rope, cos: Matrix, sin: Matrix)]
 
@@ -73,7 +75,7 @@ final class ForwardPass {
         parallel = Matrix(rows: maxTokens, length: d)
         gate = Matrix(rows: maxTokens, length: config.feedForwardLength)
         up = Matrix(rows: maxTokens, length: config.feedForwardLength)
-        scores = (0..<pool.threadCount).map { _ in Matrix(rows: 1, length: cache.capacity) }
+        attentionWorkspace = AttentionWorkspace(shape: KVCache.attentionShape(config, scale: 1), threads: pool.threadCount)
         ropeTables = ropes.map { ($0, Matrix(rows: maxTokens, length: $0.dimensions / 2), Matrix(rows: maxTokens, length: $0.dimensions / 2)) }
         threadActivations = (0..<pool.threadCount).map { _ in ActivationBuffers() }
     }
@@ -97,6 +99,9 @@ final class ForwardPass {
         positions = rows.map(\.position)
         rowCaches = rows.map(\.cache)
         isSingleSequence = rows.allSatisfy { $0.cache === cache }
+        var rowsPerCache: [ObjectIdentifier: Int] = [:]
+        for row in rows { rowsPerCache[ObjectIdentifier(row.cache), default: 0] += 1 }
+        splitsKeys = rows.map { $0.splitsKeys ?? (rowsPerCache[ObjectIdentifier($0.cache)] == 1) }
         if rows.allSatisfy({ $0.path == .automatic }) {
             pinnedTileRows = nil
         } else {
@@ -320,7 +325,7 @@ final class ForwardPass {
     }
 
     /// Rotates q and k of every token by its position (when there is a rope) and stores k and
-    /// v in the cache.
+    /// v in the row's cache (rounded to its type).
     private func rotateAndStore(_ rope: Rope?, layer: Int) {
         let hd = config.headDimension
         let angles = rope.map { ropeAngles($0) }
@@ -333,31 +338,28 @@ final class ForwardPass {
                     rope.rotate(key.row(t) + h * hd, cos: angles.cos.row(t), sin: angles.sin.row(t))
                 }
             }
-            rowCaches[t].key(layer: layer, position: positions[t]).update(from: key.row(t), count: config.kvLength)
-            rowCaches[t].value(layer: layer, position: positions[t]).update(from: value.row(t), count: config.valueLength)
+            rowCaches[t].storeKey(key.row(t), layer: layer, position: positions[t])
+            rowCaches[t].storeValue(value.row(t), layer: layer, position: positions[t])
         }
     }
 
     /// Causal attention of every query head over the cached positions of its row's sequence
-    /// (the last `window` of them when there is a window), written to `attended`.
+    /// (the last `window` of them when there is a window), written to `attended`. Consecutive
+    /// rows of one sequence go to the kernel together; a row that splits its keys goes alone.
     private func attend(layer: Int, window: Int?, scale: Float) {
-        let hd = config.headDimension, vd = config.valueDimension
-        let groupSize = config.headCount / config.kvHeadCount
-        let work = tokenCount * config.headCount
-        pool.run { thread in
-            let s = scores[thread].pointer
-            for item in ThreadPool.share(of: work, thread: thread, threads: pool.threadCount) {
-                let t = item / config.headCount, h = item % config.headCount
-                let position = positions[t]
-                let first = window.map { max(0, position - $0 + 1) } ?? 0
-                let g = h / groupSize
-                let cache = rowCaches[t]
-                ember_attention_head(query.row(t) + h * hd,
-                                     cache.key(layer: layer, position: first) + g * hd, Int64(cache.keyLength),
-                                     cache.value(layer: layer, position: first) + g * vd, Int64(cache.valueLength),
-                                     Int64(position - first + 1), Int64(hd), Int64(vd), scale,
-                                     s, attended.row(t) + h * vd)
+        let shape = KVCache.attentionShape(config, scale: scale)
+        var start = 0
+        while start < tokenCount {
+            let cache = rowCaches[start], split = splitsKeys[start]
+            var end = start + 1
+            if !split {
+                while end < tokenCount, rowCaches[end] === cache, !splitsKeys[end] { end += 1 }
             }
+            AttentionKernel.run(pool: pool, shape: shape, cache: cache.attentionView(layer: layer),
+                                queries: query.row(start), queryStride: query.length, positions: Array(positions[start..<end]),
+                                window: window, output: attended.row(start), outputStride: attended.length,
+                                workspace: attentionWorkspace, splitsKeys: split)
+            start = end
         }
     }
 }
@@ -370,6 +372,12 @@ struct BatchRow {
     let cache: KVCache
     let position: Int
     var path: MatmulPath = .automatic
+    /// How the row's attention runs: alone with its keys split over the threads (true: how a
+    /// sequence alone runs a one-row step), or in blocks of rows with its sequence's other rows
+    /// of the batch (false: a prompt chunk). The two round differently, so a row of a batch of
+    /// several sequences is pinned to what its sequence alone does. nil: split when the row is
+    /// its sequence's only one in the batch.
+    var splitsKeys: Bool? = nil
 }
 
 /// A device that runs some layers' attention for one token at a time, and maybe the output

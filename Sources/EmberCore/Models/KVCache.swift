@@ -1,23 +1,36 @@
-/// Keys and values of every past position, per layer, in float.
-/// Layout per layer: position-major, `keyLength` (`valueLength`) floats per position, all kv
-/// heads side by side.
+import CEmberKernels
+
+/// Keys and values of every past position, per layer, as rows of `type` (F32, F16 or Q8_0).
+/// Layout per layer: position-major, one row of `keyLength` (`valueLength`) elements per
+/// position, all kv heads side by side: the layout the attention kernel reads.
 final class KVCache {
     let layerCount: Int
     let capacity: Int
     let keyLength: Int
     let valueLength: Int
+    let type: KVCacheType
+    /// Bytes of one position's keys (values) in `type`.
+    let keyRowBytes: Int
+    let valueRowBytes: Int
     /// Positions filled so far; the next token goes to position `count`.
     var count = 0
-    private let keys: [UnsafeMutablePointer<Float>]
-    private let values: [UnsafeMutablePointer<Float>]
+    private let keys: [UnsafeMutableRawPointer]
+    private let values: [UnsafeMutableRawPointer]
 
-    init(config: ModelConfig, capacity: Int) {
+    /// A cache of `type`, which must hold the model's rows (`check(_:type:)`).
+    init(config: ModelConfig, capacity: Int, type: KVCacheType) {
+        guard let keyBytes = type.rowBytes(elements: config.kvLength), let valueBytes = type.rowBytes(elements: config.valueLength) else {
+            preconditionFailure("KVCache: a \(type.rawValue) cache cannot hold this model's rows (check(_:type:) first)")
+        }
         layerCount = config.layerCount
         self.capacity = capacity
+        self.type = type
         keyLength = config.kvLength
         valueLength = config.valueLength
-        keys = (0..<config.layerCount).map { _ in .allocate(capacity: capacity * config.kvLength) }
-        values = (0..<config.layerCount).map { _ in .allocate(capacity: capacity * config.valueLength) }
+        keyRowBytes = keyBytes
+        valueRowBytes = valueBytes
+        keys = (0..<config.layerCount).map { _ in .allocate(byteCount: capacity * keyBytes, alignment: 64) }
+        values = (0..<config.layerCount).map { _ in .allocate(byteCount: capacity * valueBytes, alignment: 64) }
     }
 
     deinit {
@@ -25,10 +38,25 @@ final class KVCache {
         values.forEach { $0.deallocate() }
     }
 
-    /// Bytes a cache of `capacity` positions takes, or nil when that overflows.
-    static func byteCount(_ config: ModelConfig, capacity: Int) -> Int? {
-        let perPosition = (config.kvLength + config.valueLength) * MemoryLayout<Float>.size
-        let (perLayer, o1) = perPosition.multipliedReportingOverflow(by: capacity)
+    /// Throws unless a cache of `type` can hold `config`'s rows and its attention runs over it
+    /// (Q8_0 needs head and value sizes that are multiples of 32).
+    static func check(_ config: ModelConfig, type: KVCacheType) throws {
+        try attentionShape(config, scale: 1).validate(cacheType: type)
+    }
+
+    /// The attention kernel's view of `config`'s heads, scores scaled by `scale`.
+    static func attentionShape(_ config: ModelConfig, scale: Float) -> AttentionShape {
+        AttentionShape(headCount: config.headCount, kvHeadCount: config.kvHeadCount, headDimension: config.headDimension,
+                       valueDimension: config.valueDimension, scale: scale)
+    }
+
+    /// Bytes a cache of `capacity` positions of `type` takes, or nil when that overflows (or the
+    /// type cannot hold the rows).
+    static func byteCount(_ config: ModelConfig, capacity: Int, type: KVCacheType) -> Int? {
+        guard let keyBytes = type.rowBytes(elements: config.kvLength), let valueBytes = type.rowBytes(elements: config.valueLength) else {
+            return nil
+        }
+        let (perLayer, o1) = (keyBytes + valueBytes).multipliedReportingOverflow(by: capacity)
         let (all, o2) = perLayer.multipliedReportingOverflow(by: config.layerCount)
         return o1 || o2 ? nil : all
     }
@@ -36,11 +64,38 @@ final class KVCache {
     /// Forgets positions from `position` on (0: a new sequence).
     func truncate(to position: Int) { count = min(count, max(0, position)) }
 
+    /// Stores `keyLength` floats as the keys of `position` in `layer` (rounded to `type`).
     @inline(__always)
-    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { keys[layer] + position * keyLength }
+    func storeKey(_ x: UnsafePointer<Float>, layer: Int, position: Int) {
+        type.store(x, count: keyLength, into: keys[layer] + position * keyRowBytes)
+    }
 
+    /// Stores `valueLength` floats as the values of `position` in `layer`.
     @inline(__always)
-    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { values[layer] + position * valueLength }
+    func storeValue(_ x: UnsafePointer<Float>, layer: Int, position: Int) {
+        type.store(x, count: valueLength, into: values[layer] + position * valueRowBytes)
+    }
 
-    var byteCount: Int { layerCount * capacity * (keyLength + valueLength) * 4 }
+    /// The keys of `positions` in `layer` as floats (as attention reads them), `keyLength` per
+    /// position, into `output`.
+    func loadKeys(layer: Int, positions: Range<Int>, into output: UnsafeMutablePointer<Float>) {
+        for (i, p) in positions.enumerated() {
+            ember_dequantize_row(Int32(type.tensorType.rawValue), keys[layer] + p * keyRowBytes, output + i * keyLength, Int64(keyLength))
+        }
+    }
+
+    /// The values of `positions` in `layer` as floats, `valueLength` per position.
+    func loadValues(layer: Int, positions: Range<Int>, into output: UnsafeMutablePointer<Float>) {
+        for (i, p) in positions.enumerated() {
+            ember_dequantize_row(Int32(type.tensorType.rawValue), values[layer] + p * valueRowBytes, output + i * valueLength,
+                                 Int64(valueLength))
+        }
+    }
+
+    /// `layer` as the attention kernel reads it.
+    func attentionView(layer: Int) -> AttentionCacheView {
+        AttentionCacheView(type: type, keys: keys[layer], values: values[layer], keyStride: keyRowBytes, valueStride: valueRowBytes)
+    }
+
+    var byteCount: Int { layerCount * capacity * (keyRowBytes + valueRowBytes) }
 }
