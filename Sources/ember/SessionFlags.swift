@@ -15,8 +15,8 @@ enum SessionFlags {
         .init(names: ["--placement"], takesValue: true,
               help: "placement from `ember place` for --vram-budget (default: MODEL.placement.gguf; solved anew when made for other settings)"),
         .init(names: ["--cache-type"], takesValue: true,
-              help: "how the KV cache stores keys and values: f32 | f16 (half the memory) | q8_0 (about a quarter; head sizes "
-                + "multiples of 32) (default: f32)"),
+              help: "how the KV cache stores keys and values: f16 | f32 (twice the memory) | q8_0 (about half of f16's; head "
+                + "sizes multiples of 32) (default: f16)"),
     ] + DeviceFlags.all
 
     /// The model `--model` names, else the default model (downloaded once); with
