@@ -98,6 +98,57 @@ final class PowerInferFileTests: XCTestCase {
         }
     }
 
+    /// The four bad inputs of PowerInfer's format through the command line: `ember run` ends
+    /// with status 1 and one error line naming the file and the tensor (or, for the
+    /// architecture, the name it does not know), never a crash or a partial run.
+    func testBadPowerInferFilesEndTheCommandWithOneError() throws {
+        let binary = TestData.packageRoot.appendingPathComponent(".build/release/ember").path
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            return XCTFail("\(binary) is missing: run `swift build -c release` first")
+        }
+        func run(_ model: String, _ extra: [String] = []) throws -> (status: Int32, reason: Process.TerminationReason, stderr: String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["run", "-m", model, "-p", "hi", "-n", "1", "-t", "1"] + extra
+            let err = Pipe()
+            process.standardError = err
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let data = err.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, process.terminationReason, String(decoding: data, as: UTF8.self))
+        }
+        func expectOneError(_ model: String, _ extra: [String] = [], naming words: [String], _ what: String) throws {
+            let outcome = try run(model, extra)
+            XCTAssertEqual(outcome.reason, .exit, what)
+            XCTAssertEqual(outcome.status, 1, "\(what): \(outcome.stderr)")
+            let errors = outcome.stderr.split(separator: "\n").filter { $0.contains("error") }
+            XCTAssertEqual(errors.count, 1, "\(what): \(outcome.stderr)")
+            for word in words { XCTAssertTrue(errors.first?.contains(word) == true, "\(what): \(word) not in \(outcome.stderr)") }
+        }
+
+        let file = try GGUFFile(path: Self.bamboo)
+        let rank = try XCTUnwrap(file.tensorInfo("blk.0.fc1.weight")).dims[1]
+        let narrow = try rewritten(Self.bamboo) { writer, _ in
+            writer.remove(tensors: { $0 == "blk.1.fc2.weight" })
+            writer.addTensor("blk.1.fc2.weight", type: .f16, dims: [rank, 512], bytes: [UInt8](repeating: 0, count: 2 * rank * 512))
+        }
+        try expectOneError(narrow, naming: [narrow, "blk.1.fc2.weight"], "predictor shapes")
+        let noDown = try rewritten(Self.bamboo) { writer, _ in writer.remove(tensors: { $0 == "blk.3.ffn_down_t.weight" }) }
+        try expectOneError(noDown, naming: [noDown, "blk.3.ffn_down_t.weight"], "missing ffn_down_t")
+        let unknown = try rewritten(Self.bamboo) { writer, _ in writer.set("general.architecture", .string("mamba")) }
+        try expectOneError(unknown, naming: [unknown, "mamba"], "unknown architecture")
+
+        // A placement PowerInfer made for another model (11008 neurons a layer, the model has
+        // 1024) beside the file: read only for a hybrid run, which needs an OpenCL device.
+        try TestData.requireOpenCL("PowerInfer's placement through the command line")
+        let copy = try scratchPath("bamboo.powerinfer.gguf")
+        try FileManager.default.copyItem(atPath: Self.bamboo, toPath: copy)
+        try PowerInferReferenceTests.writePowerInferPlacement(to: copy + ".generated.gpuidx", layers: 4, neurons: 11008,
+                                                               capacity: 1 << 20) { _ in [0, 1] }
+        try expectOneError(copy, ["--vram-budget", "64MiB"], naming: [copy + ".generated.gpuidx", "blk.0.gpu_idx"], "gpuidx of another model")
+    }
+
     /// The same tensors with the GGUF magic and no predictors: `ffn_down_t` is still read (there
     /// is no row-major down), and with nothing to predict the active neurons a session is dense.
     func testAPlainGGUFFileWithoutPredictorsRunsDense() throws {
