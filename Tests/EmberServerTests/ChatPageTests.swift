@@ -14,7 +14,7 @@ final class ChatPageTests: XCTestCase {
         defer { server.stop() }
         let script = TestPaths.packageRoot.appendingPathComponent("scripts/browser-client").path
         let result = try runProgram(script, [String(server.port), "sesame"], timeout: 600)
-        XCTAssertEqual(result.status, 0, result.stderr)
+        guard result.status == 0 else { return XCTFail("scripts/browser-client failed: \(result.stderr)") }
         let page = try jsonObject(result.stdout)
         print("chat page driven in Chromium \(page["browser"] ?? "?")")
         XCTAssertEqual(page["title"] as? String, "Ember")
