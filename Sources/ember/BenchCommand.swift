@@ -8,10 +8,10 @@ enum BenchCommand {
         .init(names: ["--n-gen", "-n"], takesValue: true, help: "tokens decoded after the prompt (default 128)"),
         .init(names: ["--repetitions", "-r"], takesValue: true, help: "repetitions (default 3)"),
         .init(names: ["--json"], takesValue: false, help: "print one JSON object instead of a table"),
-        .init(names: ["--batch"], takesValue: true,
+        .init(names: ["--sequences"], takesValue: true,
               help: "decode N sequences together, one token each per step, for each N of a list (e.g. 1,2,4,8): "
                   + "sparse batched (always, and by the measured rule) against dense batched, and the union's growth"),
-        .init(names: ["--steps"], takesValue: true, help: "with --batch: decoding steps per repetition (default 4)"),
+        .init(names: ["--steps"], takesValue: true, help: "with --sequences: decoding steps per repetition (default 4)"),
         .init(names: ["--batch-ffn"], takesValue: true,
               help: "time one layer's batched sparse FFN against the dense products at union shares 5-100 %, for each "
                   + "row count of a list (e.g. 2,4,8,16,32): where sparse stops paying"),
@@ -21,7 +21,7 @@ enum BenchCommand {
     static let summary = "measure prefill and decode tokens/s against the machine's read bandwidth"
 
     static func main(_ arguments: Arguments) async throws {
-        if arguments.has("--batch") || arguments.has("--batch-ffn") { return try await batched(arguments) }
+        if arguments.has("--sequences") || arguments.has("--batch-ffn") { return try await batched(arguments) }
         let promptTokens = try arguments.int("--prompt-tokens", default: 64, range: 1...1 << 16)
         let generated = try arguments.int("--n-gen", default: 128, range: 0...1 << 16)
         let repetitions = try arguments.int("--repetitions", default: 3, range: 1...1000)
@@ -104,7 +104,7 @@ enum BenchCommand {
         return counts.map { $0! }
     }
 
-    /// `--batch` and `--batch-ffn`: batched sparsity, printed as tables with the load average
+    /// `--sequences` and `--batch-ffn`: batched sparsity, printed as tables with the load average
     /// beside them (the cores may be shared).
     static func batched(_ arguments: Arguments) async throws {
         let model = try SessionFlags.model(arguments)
@@ -133,8 +133,8 @@ enum BenchCommand {
                                + report.crossovers.map { String(format: "%d rows %.2f", $0.rows, $0.fraction) }.joined(separator: ", "))
             try Terminal.print("load average after: \(load())")
         }
-        if let list = arguments.string("--batch") {
-            let rows = try rowCounts(list, flag: "--batch")
+        if let list = arguments.string("--sequences") {
+            let rows = try rowCounts(list, flag: "--sequences")
             let promptTokens = try arguments.int("--prompt-tokens", default: 16, range: 1...1 << 16)
             let steps = try arguments.int("--steps", default: 4, range: 1...1 << 16)
             let repetitions = try arguments.int("--repetitions", default: 2, range: 1...1000)

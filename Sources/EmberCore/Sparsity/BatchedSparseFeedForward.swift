@@ -360,9 +360,16 @@ final class BatchedSparseFeedForward {
 }
 
 /// When the union of a batch's active sets is read sparsely and when densely: sparse while the
-/// union's share of the neurons is at most the crossover of the batch's row count, measured by
-/// `ember sparse-bench --batch-ffn` (the batched sparse FFN against the dense products of as
-/// many rows, on a 7B-shaped layer).
+/// union's share of the neurons is at most the crossover of the batch's row count.
+///
+/// Measured with `ember bench -m synthetic-7b-relu-0.9-q4_0.gguf -t 2 --batch-ffn ROWS
+/// --row-share S -r 3` (one 7B layer's batched sparse FFN against the dense products with the
+/// same masks, alternating, over rotating layers; 2 shared cores, load average 11):
+/// - rows with 10 % of the neurons each (the synthetic model's activity): sparse was faster at
+///   every union share up to 100 % for 2-128 rows (1.2-1.4x at 100 % for 8-128 rows: each
+///   row's down still reads only its own neurons), except 4 rows, even at 94 %;
+/// - rows with 50 % each: crossovers at a union of 77 % (4 rows), 90 % (32) and 94 % (128).
+/// The rule takes the 50 % crossovers (the costlier rows), 4 rows' for 2 rows too.
 struct SparseBatchRule: Sendable, Equatable {
     /// (rows, largest union share at which sparse is still faster), ascending in rows; a row
     /// count between two entries takes the smaller one's, beyond the last the last's.
@@ -373,8 +380,8 @@ struct SparseBatchRule: Sendable, Equatable {
         var fraction: Double
     }
 
-    /// PROVISIONAL until measured.
-    static let measured = SparseBatchRule(crossovers: [.init(rows: 2, fraction: 0.5), .init(rows: 32, fraction: 0.3)])
+    static let measured = SparseBatchRule(crossovers: [.init(rows: 2, fraction: 0.77), .init(rows: 32, fraction: 0.90),
+                                                       .init(rows: 128, fraction: 0.94)])
     /// Always sparse / always dense (tests and benchmarks of the two paths).
     static let alwaysSparse = SparseBatchRule(crossovers: [.init(rows: 1, fraction: 1)])
     static let alwaysDense = SparseBatchRule(crossovers: [.init(rows: 1, fraction: -1)])
