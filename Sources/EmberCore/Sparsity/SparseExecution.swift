@@ -67,9 +67,10 @@ struct HybridPlacement {
 }
 
 /// Runs the FFN with the neurons `mode` selects. Every mode has one meaning, whatever the
-/// batch: a neuron left out contributes exactly zero. Prompt batches compute gate and up
-/// densely and zero the left-out neurons before the down projection (matrix products pay
-/// little for sparsity); single-token decode computes only the selected neurons.
+/// batch: a neuron left out contributes exactly zero. Single-token decode computes only the
+/// selected neurons (SparseDecoder); batches of several rows (sequences decoded together,
+/// prompt chunks) read the union of their rows' sets, or run the dense products with the
+/// left-out neurons zeroed when the union is too large (BatchedSparseFeedForward).
 final class SparseExecution: FeedForwardSparsity {
     let mode: SparsityMode
     private let config: ModelConfig
