@@ -84,7 +84,16 @@ AVX2 static void gated_avx2(int act, const float *gate, const float *up, float *
         if (up) a = _mm256_mul_ps(a, _mm256_loadu_ps(up + i));
         _mm256_storeu_ps(out + i, a);
     }
-    for (; i < n; i++) out[i] = activation_portable(act, gate[i]) * (up ? up[i] : 1.0f);
+    // The tail through the same 8-wide code, so an element's value does not depend on where a
+    // call's range starts or ends (callers split neurons over threads by count).
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0}, o[8];
+        for (int64_t k = i; k < n; k++) { g[k - i] = gate[k]; u[k - i] = up ? up[k] : 0; }
+        __m256 a = activation8(act, _mm256_loadu_ps(g));
+        if (up) a = _mm256_mul_ps(a, _mm256_loadu_ps(u));
+        _mm256_storeu_ps(o, a);
+        for (int64_t k = i; k < n; k++) out[k] = o[k - i];
+    }
 }
 
 AVX2 static void softmax_avx2(float *x, int64_t n) {

@@ -30,9 +30,9 @@ final class SparseExecutionTests: XCTestCase {
 
     /// A real FFN input: the normed residual of a prompt's last token at `layer`, with the pass
     /// as at that layer's FFN.
-    func passAtLayer(_ layer: Int, model: LanguageModel) throws -> (pass: ForwardPass, input: Matrix) {
+    func passAtLayer(_ layer: Int, model: LanguageModel, prompt given: [Int32]? = nil) throws -> (pass: ForwardPass, input: Matrix) {
         let session = Context(model: model, threads: 2, contextLength: 64, batchSize: 1)
-        let prompt = try ReferenceTests.greedyCases()[1].promptIDs
+        let prompt = try given ?? ReferenceTests.greedyCases()[1].promptIDs
         let input = try FeedForwardInputCapture.input(of: layer, context: session, prompt: prompt)
         retained.append(session)
         return (session.pass, input)
@@ -83,6 +83,74 @@ final class SparseExecutionTests: XCTestCase {
                 let (decode, masked) = bothPaths(execution, layer: layer, at: point, model: model)
                 assertSameFFN(decode, masked, "\(mode) at layer \(layer)")
                 XCTAssertGreaterThan(execution.reachedSparsity, 0.2, "\(mode) at layer \(layer)")
+            }
+        }
+    }
+
+    /// A batch of rows from several sequences (a continuous-batching step) reads the union of
+    /// the rows' active sets, yet each row gets exactly its own sparse FFN: the single-token
+    /// path's output for that row, bit for bit (same selection through matrix-vector tiles,
+    /// same gathered values, same down sums in the same order and thread shares). Sent to the
+    /// dense products by the rule, the rows get the masked dense FFN, which the single-token
+    /// path equals within 3 % (the down projection's Q8_0 neuron-major copy, as above).
+    func testRowsOfSeveralSequencesGetTheirOwnSparseFFN() throws {
+        let model = try TestData.model(.smolLM2)
+        let statistics = try Self.statistics.get()
+        let config = model.config
+        let d = config.embeddingLength, f = config.feedForwardLength, r = 8
+        var random = SplitMix64(seed: 7)
+        func weights(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -0.1...0.1, using: &random) } }
+        let predictor = PredictorSet(fc1: (0..<config.layerCount).map { _ in weights(r * d) },
+                                     fc2: (0..<config.layerCount).map { _ in weights(f * r) },
+                                     ranks: Array(repeating: r, count: config.layerCount),
+                                     thresholds: Array(repeating: 0, count: config.layerCount), inputLength: d, neuronCount: f)
+        let layer = 9, rows = 5
+        let w = model.architecture.feedForward(layer)
+        // Real FFN inputs, each the last token of another prompt.
+        let cases = try ReferenceTests.greedyCases()
+        let points = try (0..<rows).map { try passAtLayer(layer, model: model, prompt: cases[$0 % cases.count].promptIDs + [Int32($0 + 10)]) }
+        // The batch: one decoding row per sequence, each with its own cache, on the tiles path
+        // as the scheduler pins them.
+        let context = Context(model: model, threads: 2, contextLength: 64, batchSize: 8)
+        retained.append(context)
+        let caches = (0..<rows).map { _ in KVCache(config: config, capacity: 64) }
+        let pass = context.pass
+        pass.begin(rows: caches.map { BatchRow(token: 1, cache: $0, position: 0, path: .tiles) }, embedding: model.architecture.embedding)
+        let input = Matrix(rows: rows, length: d)
+        for (t, point) in points.enumerated() {
+            input.row(t).update(from: point.input.row(0), count: d)
+            pass.x.row(t).update(from: point.pass.x.row(0), count: d)
+        }
+        for mode in [SparsityMode.threshold(0.5), .down(0.7), .predictor] {
+            var single: [[Float]] = [], singleActive = 0
+            for point in points {
+                let execution = try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor,
+                                                    pool: point.pass.pool)
+                execution.feedForward(w, layer: layer, input: point.input, into: point.pass.projected, pass: point.pass)
+                single.append(point.pass.projected.array(row: 0))
+                singleActive += execution.activeNeurons
+            }
+            for rule in [SparseBatchRule.alwaysSparse, .alwaysDense] {
+                let dense = rule == .alwaysDense
+                let execution = try SparseExecution(mode: mode, model: model, statistics: statistics, predictor: predictor,
+                                                    pool: pass.pool)
+                execution.batchRule = rule
+                execution.feedForward(w, layer: layer, input: input, into: pass.projected, pass: pass)
+                XCTAssertEqual(execution.activeNeurons, singleActive, "\(mode): each row selects what it selects alone")
+                let counts = try XCTUnwrap(execution.batchCounts[rows])
+                XCTAssertEqual(counts.passes, 1)
+                XCTAssertEqual(counts.densePasses, dense ? 1 : 0)
+                XCTAssertGreaterThanOrEqual(counts.unionNeurons * rows, singleActive, "the union holds every row's set")
+                XCTAssertLessThanOrEqual(counts.unionNeurons, singleActive)
+                XCTAssertLessThan(counts.unionNeurons, f, "\(mode): a union that leaves nothing out tests little")
+                for t in 0..<rows {
+                    let batched = pass.projected.array(row: t)
+                    if dense {
+                        assertSameFFN(batched, single[t], "\(mode), row \(t), dense products")
+                    } else {
+                        XCTAssertEqual(batched, single[t], "\(mode), row \(t): bit for bit the single token's")
+                    }
+                }
             }
         }
     }

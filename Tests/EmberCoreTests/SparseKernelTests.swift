@@ -460,4 +460,44 @@ final class SparseKernelTests: XCTestCase {
             XCTAssertEqual(y, expected, "\(threads) threads")
         }
     }
+    /// The whole sparse FFN (gate and up gathered by neuron shares, SiLU/GELU, down by column
+    /// shares) gives the same bits at 1, 2 and 3 threads: the activations' vector code covers
+    /// the tails of the shares too, so a neuron's value does not depend on where a share ends.
+    func testSparseFeedForwardIsTheSameAtAnyThreadCount() throws {
+        var rng = Rng(state: 12)
+        for (type, activation) in [(Int32(EMBER_TYPE_Q4_0), VectorKernels.Activation.silu), (Int32(EMBER_TYPE_Q8_0), .gelu)] {
+            let ffn = try FFN(type: type, d: 256, f: 512, rng: &rng, pool: ThreadPool(threads: 1))
+            let x = rng.vector(256)
+            // 93 neurons: shares of 93, 47/46 and 31 each, none a multiple of 8.
+            let active = Array((0..<Int32(512)).shuffled().prefix(93)).sorted()
+            let one = ffn.run(pool: ThreadPool(threads: 1), x: x, active: active, activation: activation, gated: true)
+            for threads in 2...3 {
+                XCTAssertEqual(ffn.run(pool: ThreadPool(threads: threads), x: x, active: active, activation: activation, gated: true),
+                               one, "\(activation) at \(threads) threads")
+            }
+        }
+    }
+
+    /// An activation's value for an element does not depend on the range it is computed in.
+    func testGatedActivationIsTheSameWhereverARangeEnds() {
+        var rng = Rng(state: 13)
+        let gate = rng.vector(37), up = rng.vector(37)
+        for activation in [VectorKernels.Activation.silu, .gelu, .relu] {
+            var whole = [Float](repeating: 0, count: 37)
+            VectorKernels.gatedActivation(activation, gate: gate, up: up, &whole, 37)
+            for split in [1, 5, 8, 13, 30] {
+                var pieces = [Float](repeating: 0, count: 37)
+                gate.withUnsafeBufferPointer { g in
+                    up.withUnsafeBufferPointer { u in
+                        pieces.withUnsafeMutableBufferPointer { o in
+                            VectorKernels.gatedActivation(activation, gate: g.baseAddress!, up: u.baseAddress!, o.baseAddress!, split)
+                            VectorKernels.gatedActivation(activation, gate: g.baseAddress! + split, up: u.baseAddress! + split,
+                                                          o.baseAddress! + split, 37 - split)
+                        }
+                    }
+                }
+                XCTAssertEqual(pieces, whole, "\(activation) split at \(split)")
+            }
+        }
+    }
 }

@@ -28,6 +28,14 @@ void ember_matvec_gather(int type, int64_t n, const void *w, size_t row_bytes,
 void ember_axpy_gather(int type, int64_t n, const void *w, size_t row_bytes,
                        const int32_t *rows, const float *coef, int64_t count, float *y);
 
+/// Row gather against several activation columns (a batch of sequences): y[c * ldy + k] =
+/// dot(row rows[k], act + c * act_stride) for k < count, c < ncols. Each row is read from
+/// memory once for all columns, and each y is bit-identical to what ember_matvec gives for
+/// that row and column.
+void ember_matmul_gather(int type, int64_t n, const void *w, size_t row_bytes, const void *act,
+                         size_t act_stride, int64_t ncols, const int32_t *rows, int64_t count,
+                         float *y, int64_t ldy);
+
 #ifdef __cplusplus
 }
 #endif

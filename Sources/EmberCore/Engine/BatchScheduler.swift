@@ -18,9 +18,12 @@ import Synchronization
 /// products have two kernel paths that round differently (MatmulPath), so each row's path is
 /// pinned to the one the single sequence takes: decoding rows the matrix-vector tiles, prompt
 /// rows the path of their prompt's chunk (chunks of `promptChunk` tokens from the start); so is
-/// each row's attention (`BatchRow.splitsKeys`). Greedy
-/// generations thus give `ember run`'s text at any batch size (dense FFN; the sparse FFN of a
-/// batch of several rows runs another computation than a single token's, see SparseExecution).
+/// each row's attention (`BatchRow.splitsKeys`). Greedy generations thus give `ember run`'s text
+/// at any batch size with the dense FFN. A sparse FFN reads the union of the rows' active sets
+/// (BatchedSparseFeedForward): a decoding row still gets its single token's result bit for bit
+/// while the step's union is read sparsely, but when the union is large enough for the dense
+/// products to be faster, the step's rows get the masked dense FFN, which rounds otherwise (so
+/// near-ties may go another way).
 final class BatchScheduler: @unchecked Sendable {
     // Shared with other threads: requests handed in, the stop flag and the load, all behind
     // `condition`'s lock. Everything below `Engine state` belongs to the scheduler thread.

@@ -6,8 +6,9 @@ protocol ActiveNeuronPredictor: AnyObject {
     /// neuron) and returns how many there are; `pool` (nil: the calling thread) shares the work.
     func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>, pool: ThreadPool?) -> Int
     /// For `count` tokens (rows of `inputs`): masks[t][i] = 1 when neuron i is predicted
-    /// active for token t, else 0; returns how many are active in all.
-    func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int
+    /// active for token t, else 0; returns how many are active in all. `path`: the products'
+    /// kernels (`.tiles`: each row's scores exactly those of `activeNeurons`).
+    func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?, path: MatmulPath) -> Int
     /// Bytes of predictor weights read per token.
     var byteCount: Int { get }
 }
@@ -66,9 +67,10 @@ struct HybridPlacement {
 }
 
 /// Runs the FFN with the neurons `mode` selects. Every mode has one meaning, whatever the
-/// batch: a neuron left out contributes exactly zero. Prompt batches compute gate and up
-/// densely and zero the left-out neurons before the down projection (matrix products pay
-/// little for sparsity); single-token decode computes only the selected neurons.
+/// batch: a neuron left out contributes exactly zero. Single-token decode computes only the
+/// selected neurons (SparseDecoder); batches of several rows (sequences decoded together,
+/// prompt chunks) read the union of their rows' sets, or run the dense products with the
+/// left-out neurons zeroed when the union is too large (BatchedSparseFeedForward).
 final class SparseExecution: FeedForwardSparsity {
     let mode: SparsityMode
     private let config: ModelConfig
@@ -84,6 +86,14 @@ final class SparseExecution: FeedForwardSparsity {
     private let decoder: SparseDecoder?
     /// Scratch for the predictor's masks of a batch.
     private var predictorMasks: Matrix?
+    /// Batches of several rows (sequences decoded together, prompts): the union of their
+    /// rows' sets, made at the first such batch.
+    private var batched: BatchedSparseFeedForward?
+    /// When such a batch's union is read sparsely, when densely.
+    var batchRule = SparseBatchRule.measured
+
+    /// What batches of several rows did, by row count (empty when none ran).
+    var batchCounts: [Int: SparseBatchCounts] { batched?.counts ?? [:] }
 
     /// Neurons computed and neuron slots seen, over all layers and tokens so far.
     private(set) var activeNeurons = 0
@@ -176,6 +186,18 @@ final class SparseExecution: FeedForwardSparsity {
             neuronSlots += config.feedForwardLength
             return
         }
+        if let decoder {
+            // Several rows (sequences decoded together, a prompt chunk): their union, or the
+            // dense products when the union is too large (`batchRule`).
+            if batched == nil || batched!.maxRows < pass.maxTokens {
+                batched = BatchedSparseFeedForward(mode: mode, activation: config.activation, pool: pass.pool, downs: decoder.downs,
+                                                   config: config, maxRows: pass.maxTokens)
+            }
+            activeNeurons += batched!.run(f, layer: layer, input: input, into: output, pass: pass,
+                                          threshold: thresholds[layer], predictor: predictor, rule: batchRule)
+            neuronSlots += config.feedForwardLength * pass.tokenCount
+            return
+        }
         maskedFeedForward(f, layer: layer, input: input, into: output, pass: pass)
     }
 
@@ -200,7 +222,7 @@ final class SparseExecution: FeedForwardSparsity {
         if mode == .predictor {
             if predictorMasks?.rows ?? 0 < pass.tokenCount { predictorMasks = Matrix(rows: pass.maxTokens, length: n) }
             masks = predictorMasks
-            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: pass.tokenCount, into: masks!, pool: pass.pool)
+            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: pass.tokenCount, into: masks!, pool: pass.pool, path: .automatic)
         }
         counts.withUnsafeMutableBufferPointer { counts in
             pass.forEachToken { t in
@@ -254,7 +276,8 @@ final class SparseDecoder {
     private let mode: SparsityMode
     private let activation: VectorKernels.Activation
     private let pool: ThreadPool
-    private let downs: [NeuronMajorMatrix]
+    /// Each layer's down projection, neuron-major (shared with batches of several sequences).
+    let downs: [NeuronMajorMatrix]
     private let workspace: SparseFeedForward.Workspace
     private let ids: UnsafeMutablePointer<Int32>
     private let coefficients: UnsafeMutablePointer<Float>
