@@ -53,7 +53,7 @@ final class BatchedSparsityTests: XCTestCase {
                 let context = try PowerInferReferenceTests.context(model, sparsity: sparsity)
                 let execution = try XCTUnwrap(context.sparse)
                 execution.batchRule = .alwaysSparse
-                let caches = prompts.map { _ in KVCache(config: config, capacity: context.contextLength) }
+                let caches = prompts.map { _ in KVCache(config: config, capacity: context.contextLength, type: context.cache.type) }
                 let logits = Matrix(rows: prompts.count, length: config.vocabularySize)
                 for (s, prompt) in prompts.enumerated() {
                     try model.language.forward(batch: prompt.enumerated().map { BatchRow(token: $1, cache: caches[s], position: $0) },
@@ -128,7 +128,7 @@ final class BatchedSparsityTests: XCTestCase {
         var results: [[[Float]]] = []
         for context in [hybrid, cpu] {
             context.sparse!.batchRule = .alwaysSparse
-            let caches = prompts.map { _ in KVCache(config: config, capacity: context.contextLength) }
+            let caches = prompts.map { _ in KVCache(config: config, capacity: context.contextLength, type: context.cache.type) }
             let logits = Matrix(rows: prompts.count, length: config.vocabularySize)
             var firsts: [Int32] = []
             for (s, prompt) in prompts.enumerated() {

@@ -113,7 +113,7 @@ final class SparseExecutionTests: XCTestCase {
         // as the scheduler pins them.
         let context = Context(model: model, threads: 2, contextLength: 64, batchSize: 8)
         retained.append(context)
-        let caches = (0..<rows).map { _ in KVCache(config: config, capacity: 64) }
+        let caches = (0..<rows).map { _ in KVCache(config: config, capacity: 64, type: context.cache.type) }
         let pass = context.pass
         pass.begin(rows: caches.map { BatchRow(token: 1, cache: $0, position: 0, path: .tiles) }, embedding: model.architecture.embedding)
         let input = Matrix(rows: rows, length: d)

@@ -94,7 +94,7 @@ extension Context {
         defer { pass.sparsity = previous }
         pass.sparsity = execution
         var random = SplitMix64(seed: 11)
-        let caches = (0..<most).map { _ in KVCache(config: config, capacity: 1) }
+        let caches = (0..<most).map { _ in KVCache(config: config, capacity: 1, type: cache.type) }
         // Inputs at the scale of a normed residual (unit variance).
         let input = Matrix(rows: most, length: d)
         for i in 0..<most * d { input.pointer[i] = Float.random(in: -1.7...1.7, using: &random) }
@@ -163,7 +163,7 @@ extension Context {
         var report: [BatchedDecodeReport.Row] = []
         var done = 0
         for rows in rowCounts {
-            let caches = (0..<rows).map { _ in KVCache(config: config, capacity: promptTokens + steps) }
+            let caches = (0..<rows).map { _ in KVCache(config: config, capacity: promptTokens + steps, type: cache.type) }
             var firsts: [Int32] = []
             pass.sparsity = nil  // prompts are not what is measured
             for cache in caches {
