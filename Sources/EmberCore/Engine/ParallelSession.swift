@@ -10,9 +10,10 @@ import Foundation
 /// for try await event in parallel.generate(.text("Once upon a time"), GenerationSettings(maxTokens: 32)) { ... }
 /// ```
 ///
-/// Greedy generations give the text a `Session` gives when they run alone; batched with others,
-/// their rows go through matrix products instead of matrix-vector products, whose float sums
-/// may round differently, so a near-tie between two tokens can go the other way.
+/// Each sequence's rows are computed bit for bit as a `Session` computes them alone, whatever
+/// else shares the step (see BatchScheduler), so greedy generations give its text. The one
+/// exception: a sparse FFN whose batch union is large enough to run the masked dense products
+/// rounds otherwise, so a near-tie between two tokens can go the other way.
 public final class ParallelSession: Sendable {
     public let model: Model
     public let options: SessionOptions

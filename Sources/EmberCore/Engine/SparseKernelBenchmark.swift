@@ -62,7 +62,6 @@ public struct SparseKernelBenchmark: Sendable {
         downActivations.store(x, at: 0)
         let y = UnsafeMutablePointer<Float>.allocate(capacity: max(rows, columns))
         defer { y.deallocate() }
-        let workspace = SparseFeedForward.Workspace(threads: threads, hiddenLength: columns, neuronCount: rows)
 
         // Decode reads each layer's weights once per token, from DRAM: the whole model is far
         // larger than the last-level cache. Each timed run starts after reading a buffer twice
