@@ -111,4 +111,15 @@ struct PreNormLayer: LayerParts {
     let attention: Attention
     let feedForwardNorm: Norm
     let feedForward: FeedForward
+
+    /// The pre-norm block: x += attention(norm(x)); x += FFN(norm(x)).
+    func run(layer l: Int, _ p: ForwardPass) {
+        p.norm(attentionNorm, p.x, into: p.normed)
+        p.attention(attention, layer: l, input: p.normed, into: p.projected)
+        p.addResidual(p.projected)
+
+        p.norm(feedForwardNorm, p.x, into: p.normed)
+        p.feedForward(feedForward, layer: l, input: p.normed, into: p.projected)
+        p.addResidual(p.projected)
+    }
 }

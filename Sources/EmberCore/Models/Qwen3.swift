@@ -34,14 +34,5 @@ struct Qwen3: Architecture {
         config = c
     }
 
-    func block(_ l: Int, _ p: ForwardPass) {
-        let w = layers[l]
-        p.norm(w.attentionNorm, p.x, into: p.normed)
-        p.attention(w.attention, layer: l, input: p.normed, into: p.projected)
-        p.addResidual(p.projected)
-
-        p.norm(w.feedForwardNorm, p.x, into: p.normed)
-        p.feedForward(w.feedForward, layer: l, input: p.normed, into: p.projected)
-        p.addResidual(p.projected)
-    }
+    func block(_ l: Int, _ p: ForwardPass) { layers[l].run(layer: l, p) }
 }
