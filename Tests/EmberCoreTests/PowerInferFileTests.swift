@@ -95,6 +95,7 @@ final class PowerInferFileTests: XCTestCase {
             XCTAssertEqual(p, path)
             XCTAssertEqual(architecture, "mamba")
             XCTAssertTrue(["llama", "bamboo", "falcon", "opt"].allSatisfy(supported.contains), "\(supported)")
+            XCTAssertTrue("\($0)".contains("\"general.architecture\""), "the message names the key: \($0)")
         }
     }
 

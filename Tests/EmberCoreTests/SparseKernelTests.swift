@@ -16,6 +16,8 @@ import XCTest
 ///   3 · Σ|c_k| · max|row_k| (Q4_1: |q·d| + |m| ≤ 3 · the block's largest value), so
 ///   8u · (count + 4) · (|y0| + Σ_k |c_k| · max|row_k|) bounds the difference with margin.
 ///   One wrong row changes an element by about |c · x|, orders of magnitude more.
+///   Q4_0 on AVX2 also rounds each group's products c · block scale to 8-bit steps of the
+///   group's largest (ember_sparse.h): `coefficientRounding` adds that rounding's bound.
 final class SparseKernelTests: XCTestCase {
     typealias Rng = KernelTests.Rng
     static let u = Double(Float.ulpOfOne) / 2
@@ -148,6 +150,35 @@ final class SparseKernelTests: XCTestCase {
 
     // MARK: Column gather
 
+    /// The bound, per output element, of the AVX2 Q4_0 column gather's coefficient rounding
+    /// (nothing for other types and paths): within each group of ember_axpy_group rows from the
+    /// first and each 32-column block, c_k · d_k is rounded to a multiple of step =
+    /// max_k |c_k · d_k| / 127, off by at most half a step (plus a few u from the float
+    /// quotient and step) for each of the row's nibbles (|value| / d_k after the -8).
+    static func coefficientRounding(_ m: Matrix, ids: [Int32], coef: [Float], path: String) -> [Double] {
+        var bound = [Double](repeating: 0, count: m.n)
+        guard m.type == Int32(EMBER_TYPE_Q4_0), path == "AVX2" else { return bound }
+        let group = Int(ember_axpy_group(m.type))
+        func scale(_ row: Int32, _ block: Int) -> Double {
+            let at = Int(row) * m.rowBytes + block * 18
+            return Double(Float(Float16(bitPattern: UInt16(m.bytes[at]) | UInt16(m.bytes[at + 1]) << 8)))
+        }
+        for start in Swift.stride(from: 0, to: ids.count, by: group) {
+            let members = start..<min(ids.count, start + group)
+            for block in 0..<m.n / 32 {
+                let step = members.map { abs(Double(coef[$0]) * scale(ids[$0], block)) }.max()! / 127
+                for k in members {
+                    let d = abs(scale(ids[k], block))  // Q4_0 scales carry the sign of the block's extreme
+                    guard d != 0 else { continue }
+                    for i in block * 32..<(block + 1) * 32 {
+                        bound[i] += 0.5 * (1 + 1e-5) * step * abs(Double(m.floats[Int(ids[k])][i])) / d
+                    }
+                }
+            }
+        }
+        return bound
+    }
+
     /// Checks y0 + Σ coef[k] · row ids[k] against a double sum, on both paths.
     func checkAxpy(_ m: Matrix, ids: [Int32], coef: [Float], y0: [Float], label: String) {
         let n = m.n
@@ -164,8 +195,9 @@ final class SparseKernelTests: XCTestCase {
             var y = y0
             ember_axpy_gather(m.type, Int64(n), m.bytes, m.rowBytes, ids, coef, Int64(ids.count), &y)
             let bound = 8 * Self.u * Double(ids.count + 4)
-            for i in 0..<n where abs(Double(y[i]) - reference[i]) > bound * magnitude[i] {
-                XCTFail("\(label) \(path): y[\(i)] = \(y[i]), reference \(reference[i]), bound \(bound * magnitude[i])")
+            let rounding = Self.coefficientRounding(m, ids: ids, coef: coef, path: path)
+            for i in 0..<n where abs(Double(y[i]) - reference[i]) > bound * magnitude[i] + rounding[i] {
+                XCTFail("\(label) \(path): y[\(i)] = \(y[i]), reference \(reference[i]), bound \(bound * magnitude[i] + rounding[i])")
                 return
             }
         }
@@ -420,6 +452,10 @@ final class SparseKernelTests: XCTestCase {
                 let down = NeuronMajorMatrix(inPlace: source.weightMatrix(raw.baseAddress!))
                 let ids = Array(0..<Int32(f)), flat = activations.flatMap { $0 }
                 let largest = source.floats.map { Double($0.map(abs).max()!) }
+                // Tiles of 64 neurons, a multiple of the group: the groups of one call over all.
+                let rounding = activations.map {
+                    Self.coefficientRounding(source, ids: ids, coef: $0, path: ember_has_avx2() != 0 ? "AVX2" : "portable")
+                }
                 for pool in pools {
                     var y = [Float](repeating: .nan, count: tokens * (d + 8))
                     SparseFeedForward.dense(pool: pool, down: down, neurons: ids, activations: flat, activationStride: f,
@@ -431,7 +467,7 @@ final class SparseKernelTests: XCTestCase {
                                 reference += Double(activations[t][j]) * Double(source.floats[j][i])
                                 magnitude += abs(Double(activations[t][j])) * largest[j]
                             }
-                            let bound = 8 * Self.u * Double(f + 4) * magnitude
+                            let bound = 8 * Self.u * Double(f + 4) * magnitude + rounding[t][i]
                             if !(abs(Double(y[t * (d + 8) + i]) - reference) <= bound) {
                                 XCTFail("type \(type) threads \(pool.threadCount) token \(t): y[\(i)] = \(y[t * (d + 8) + i]), "
                                         + "reference \(reference)")

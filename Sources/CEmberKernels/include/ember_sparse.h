@@ -23,10 +23,16 @@ extern "C" {
 void ember_matvec_gather(int type, int64_t n, const void *w, size_t row_bytes,
                          const void *act, const int32_t *rows, int64_t count, float *y);
 
-/// Column gather (neuron-major down projection): y[0..n) += Σ_k coef[k] · row rows[k], each
-/// row of `n` elements of `type` expanded to floats.
+/// Column gather (neuron-major down projection): y[0..n) += Σ_k coef[k] · row rows[k]. Rows
+/// go in groups of ember_axpy_group(type) from the first: float types and Q4_1/Q8_0 expand
+/// each row to floats; Q4_0 on AVX2 rounds each group's coef[k] · block scale to 8-bit steps
+/// of the group's largest (the rounding the row kernels make on activations).
 void ember_axpy_gather(int type, int64_t n, const void *w, size_t row_bytes,
                        const int32_t *rows, const float *coef, int64_t count, float *y);
+
+/// Rows ember_axpy_gather takes per pass: a caller that splits one list over several calls
+/// gets the bits of a single call when every call but the last takes a multiple of this.
+int ember_axpy_group(int type);
 
 /// Row gather against several activation columns (a batch of sequences): y[c * ldy + k] =
 /// dot(row rows[k], act + c * act_stride) for k < count, c < ncols. Each row is read from

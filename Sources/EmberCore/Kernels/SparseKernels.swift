@@ -277,7 +277,7 @@ enum SparseFeedForward {
                       activations: UnsafePointer<Float>, activationStride: Int, tokens: Int,
                       output: UnsafeMutablePointer<Float>, outputStride: Int) {
         let w = down.weights
-        let type = Int32(w.type.rawValue), tile = 64
+        let type = Int32(w.type.rawValue), tile = 64  // a multiple of ember_axpy_group: the groups of one call
         pool.run { thread in
             let columns = ThreadPool.share(of: w.columns, thread: thread, threads: pool.threadCount,
                                            granularity: columnGranularity(w.type))

@@ -10,7 +10,8 @@ public enum ModelError: Error, Equatable, LocalizedError, CustomStringConvertibl
     public var description: String {
         switch self {
         case .unsupportedArchitecture(let path, let architecture, let supported):
-            return "\(path): architecture \(SafeText.quoted(architecture)) is not supported (Ember runs \(supported.joined(separator: ", ")))"
+            return "\(path): architecture \(SafeText.quoted(architecture)) (metadata \"general.architecture\") is not supported "
+                + "(Ember runs \(supported.joined(separator: ", ")))"
         case .badHyperparameter(let path, let key, let value, let expected):
             return "\(path): metadata \(SafeText.quoted(key)) is \(SafeText.escaped(value)), expected \(expected)"
         case .contextOverflow(let needed, let context):

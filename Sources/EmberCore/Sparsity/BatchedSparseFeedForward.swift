@@ -263,10 +263,6 @@ final class BatchedSparseFeedForward {
     /// to every row while they sit in L2: 64 rows of a 4096-wide Q8_0 slice on two threads
     /// are 139 KB.
     private static let downTile = 64
-    /// Rows the column gather takes per pass over y (ember_axpy_gather's AXPY_NR): a row's
-    /// neurons go to it in groups of this many from its first, as in a single token's one call,
-    /// so the float sums group exactly as there.
-    private static let axpyGroup = 4
 
     /// output[t] = Σ over row t's neurons of coefficient · down row, plus down's bias. Threads
     /// split the hidden dimension as a single token's down does (SparseFeedForward.runDown: each
@@ -276,7 +272,9 @@ final class BatchedSparseFeedForward {
         let down = downs[layer].weights, n = neuronCount, threads = pool.threadCount
         let block = down.type.blockSize
         let granularity = block >= 64 ? block : (64 + block - 1) / block * block
-        let type = Int32(down.type.rawValue), tile = Self.downTile, group = Self.axpyGroup
+        // A row's neurons go to the column gather in whole groups of the rows it takes per pass,
+        // from its first, as in a single token's one call, so the sums group exactly as there.
+        let type = Int32(down.type.rawValue), tile = Self.downTile, group = Int(ember_axpy_group(type))
         let union = union, rowIDs = rowIDs, coefficients = coefficients
         rowCounts.withUnsafeBufferPointer { rowCounts in
             pool.run { thread in
