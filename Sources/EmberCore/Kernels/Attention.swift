@@ -121,7 +121,11 @@ final class AttentionWorkspace: @unchecked Sendable {
     let shape: AttentionShape
     let threadCount: Int
     fileprivate let scratch: [UnsafeMutableRawPointer]
-    fileprivate let partials: UnsafeMutablePointer<Float>
+    /// Room for the key-split partials of `partialRows` rows (grown by `partials(rows:)`).
+    private var partialStorage: UnsafeMutablePointer<Float>
+    private var partialRows = 1
+    /// Floats of one row's partials: every kv head's chunks, a value and two statistics per head.
+    fileprivate var rowPartials: Int { AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2) }
 
     init(shape: AttentionShape, threads: Int) {
         self.shape = shape
@@ -129,7 +133,18 @@ final class AttentionWorkspace: @unchecked Sendable {
         var a = shape.arguments(cache: nil)
         let bytes = max(64, ember_attention_scratch_bytes(&a))
         scratch = (0..<threadCount).map { _ in .allocate(byteCount: bytes, alignment: 64) }
-        partials = .allocate(capacity: AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2))
+        partialStorage = .allocate(capacity: AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2))
+    }
+
+    /// Partials for `rows` rows, row r's at `r * rowPartials` (one caller at a time: the
+    /// workspace belongs to one forward pass).
+    fileprivate func partials(rows: Int) -> UnsafeMutablePointer<Float> {
+        if rows > partialRows {
+            partialStorage.deallocate()
+            partialStorage = .allocate(capacity: rows * rowPartials)
+            partialRows = rows
+        }
+        return partialStorage
     }
 
     /// Whether this workspace fits calls of `other` (the scale does not change the scratch).
@@ -141,7 +156,7 @@ final class AttentionWorkspace: @unchecked Sendable {
 
     deinit {
         scratch.forEach { $0.deallocate() }
-        partials.deallocate()
+        partialStorage.deallocate()
     }
 }
 
@@ -183,7 +198,7 @@ enum AttentionKernel {
             raw.withMemoryRebound(to: Int64.self) { rebound in
                 args.positions = rebound.baseAddress
                 if positions.count == 1, splitsKeys ?? true {
-                    decode(pool: pool, args: args, position: positions[0], window: window, workspace: workspace)
+                    decode(pool: pool, rows: [args], window: window, workspace: workspace)
                 } else {
                     batch(pool: pool, args: args, positions: positions, window: window, workspace: workspace)
                 }
@@ -226,34 +241,77 @@ enum AttentionKernel {
         }
     }
 
-    /// One row: (kv head, chunk of keys) items shared evenly, then each head's partials merged.
-    /// Chunks are 64·k keys at multiples of their size, k chosen from the key count alone.
-    private static func decode(pool: ThreadPool, args: ember_attention_args, position: Int, window: Int?,
+    /// One decode row of a batch of sequences: its sequence's cache, its query, its position
+    /// and where its output goes.
+    struct DecodeRow {
+        var cache: AttentionCacheView
+        var query: UnsafePointer<Float>
+        var position: Int
+        var output: UnsafeMutablePointer<Float>
+    }
+
+    /// Single rows, each over its own cache, each splitting its keys (what a sequence alone
+    /// does for a one-row step), all in two runs of the pool rather than two per row.
+    static func decode(pool: ThreadPool, shape: AttentionShape, rows: [DecodeRow], window: Int?,
+                       workspace: AttentionWorkspace) {
+        precondition(workspace.serves(shape) && workspace.threadCount >= pool.threadCount,
+                     "AttentionKernel.decode: workspace made for another shape or fewer threads")
+        guard !rows.isEmpty else { return }
+        let positions = UnsafeMutablePointer<Int64>.allocate(capacity: rows.count)
+        defer { positions.deallocate() }
+        let args = rows.enumerated().map { r, row in
+            positions[r] = Int64(row.position)
+            var a = shape.arguments(cache: row.cache)
+            a.queries = row.query
+            a.out = row.output
+            a.window = Int64(window ?? 0)
+            a.positions = UnsafePointer(positions + r)
+            precondition(ember_attention_check(&a) == 0, "AttentionKernel.decode: \(row.cache.type) cache cannot hold this shape")
+            return a
+        }
+        decode(pool: pool, rows: args, window: window, workspace: workspace)
+    }
+
+    /// Rows, each with its own arguments (row 0 of each): every row's (kv head, chunk of keys)
+    /// items shared evenly over the threads, then every row's heads merged. Chunks are 64·k keys
+    /// at multiples of their size, k chosen from the row's key count alone, and each item and
+    /// merge is computed whole by one thread: a row gets the same bits whatever rows share the
+    /// call and however many threads run it.
+    private static func decode(pool: ThreadPool, rows: [ember_attention_args], window: Int?,
                                workspace: AttentionWorkspace) {
-        let seen = keys(position: position, window: window)
+        struct Split { var firstChunk: Int, chunk: Int, chunks: Int, firstItem: Int }
         let block = Int(EMBER_ATTENTION_KEY_BLOCK)
-        let chunk = block * ((seen.count + (maxChunks - 1) * block - 1) / ((maxChunks - 1) * block))
-        let firstChunk = seen.lowerBound / chunk, chunks = (seen.upperBound - 1) / chunk - firstChunk + 1
-        let kvHeads = Int(args.kv_head_count), group = Int(args.head_count) / kvHeads
-        let floats = Int(args.value_dim) + 2
-        let partials = workspace.partials
+        let kvHeads = Int(rows[0].kv_head_count), heads = Int(rows[0].head_count), group = heads / kvHeads
+        let floats = Int(rows[0].value_dim) + 2
+        var splits: [Split] = [], items = 0
+        for a in rows {
+            let seen = keys(position: Int(a.positions[0]), window: window)
+            let chunk = block * ((seen.count + (maxChunks - 1) * block - 1) / ((maxChunks - 1) * block))
+            let firstChunk = seen.lowerBound / chunk, chunks = (seen.upperBound - 1) / chunk - firstChunk + 1
+            splits.append(Split(firstChunk: firstChunk, chunk: chunk, chunks: chunks, firstItem: items))
+            items += kvHeads * chunks
+        }
+        let partials = workspace.partials(rows: rows.count), rowPartials = workspace.rowPartials
         pool.run { thread in
-            var a = args
-            for item in ThreadPool.share(of: kvHeads * chunks, thread: thread, threads: pool.threadCount) {
-                let g = item / chunks, c = item % chunks
-                let k0 = (firstChunk + c) * chunk
-                ember_attention_partial(&a, Int64(g), 0, Int64(k0), Int64(k0 + chunk),
-                                        partials + (g * chunks + c) * group * floats, workspace.scratch[thread])
+            var r = 0
+            for item in ThreadPool.share(of: items, thread: thread, threads: pool.threadCount) {
+                while item >= splits[r].firstItem + kvHeads * splits[r].chunks { r += 1 }
+                let split = splits[r], local = item - split.firstItem
+                let g = local / split.chunks, c = local % split.chunks
+                let k0 = (split.firstChunk + c) * split.chunk
+                var a = rows[r]
+                ember_attention_partial(&a, Int64(g), 0, Int64(k0), Int64(k0 + split.chunk),
+                                        partials + r * rowPartials + (g * split.chunks + c) * group * floats,
+                                        workspace.scratch[thread])
             }
         }
-        let valueDim = args.value_dim, out = args.out!
-        pool.parallelFor(Int(args.head_count)) { heads in
-            for h in heads {
-                let g = h / group, j = h % group
-                ember_attention_merge(partials + (g * chunks * group + j) * floats, Int64(chunks),
-                                      Int64(group * floats), valueDim, out + h * Int(valueDim))
+        pool.parallelFor(rows.count * heads) { range in
+            for index in range {
+                let r = index / heads, h = index % heads, g = h / group, j = h % group
+                let a = rows[r], chunks = splits[r].chunks
+                ember_attention_merge(partials + r * rowPartials + (g * chunks * group + j) * floats, Int64(chunks),
+                                      Int64(group * floats), a.value_dim, a.out! + h * Int(a.value_dim))
             }
         }
     }
-
 }

@@ -345,22 +345,29 @@ final class ForwardPass {
 
     /// Causal attention of every query head over the cached positions of its row's sequence
     /// (the last `window` of them when there is a window), written to `attended`. Consecutive
-    /// rows of one sequence go to the kernel together; a row that splits its keys goes alone.
+    /// rows of one sequence go to the kernel together; the rows that split their keys (decode
+    /// steps of a batch of sequences) go together in one call.
     private func attend(layer: Int, window: Int?, scale: Float) {
         let shape = KVCache.attentionShape(config, scale: scale)
+        var decodeRows: [AttentionKernel.DecodeRow] = []
         var start = 0
         while start < tokenCount {
-            let cache = rowCaches[start], split = splitsKeys[start]
-            var end = start + 1
-            if !split {
-                while end < tokenCount, rowCaches[end] === cache, !splitsKeys[end] { end += 1 }
+            let cache = rowCaches[start]
+            if splitsKeys[start] {
+                decodeRows.append(.init(cache: cache.attentionView(layer: layer), query: UnsafePointer(query.row(start)),
+                                        position: positions[start], output: attended.row(start)))
+                start += 1
+                continue
             }
+            var end = start + 1
+            while end < tokenCount, rowCaches[end] === cache, !splitsKeys[end] { end += 1 }
             AttentionKernel.run(pool: pool, shape: shape, cache: cache.attentionView(layer: layer),
                                 queries: query.row(start), queryStride: query.length, positions: Array(positions[start..<end]),
                                 window: window, output: attended.row(start), outputStride: attended.length,
-                                workspace: attentionWorkspace, splitsKeys: split)
+                                workspace: attentionWorkspace, splitsKeys: false)
             start = end
         }
+        AttentionKernel.decode(pool: pool, shape: shape, rows: decodeRows, window: window, workspace: attentionWorkspace)
     }
 }
 
