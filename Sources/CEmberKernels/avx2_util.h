@@ -59,9 +59,13 @@ INLINE __m256 exp8(__m256 x) {
 }
 
 // 16 bytes of packed nibbles -> 32 bytes 0..15: low nibbles first (elements 0-15), then high.
+// The bytes are loaded into both lanes (a load, no shuffle) and the high lane shifted by 4:
+// one op fewer than shifting a copy and inserting it, and none on the shuffle ports, which the
+// tiles keep busy: the 4096-wide Q4_0 matvec went from 1.37 to 1.17 ns per row block from
+// cache and from 1.62 to 1.32-1.42 from memory (Zen3, one thread).
 INLINE __m256i nibbles32(const uint8_t *qs) {
-    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    __m256i v = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     return _mm256_and_si256(v, _mm256_set1_epi8(15));
 }
 
