@@ -213,8 +213,9 @@ final class BatchedSparseFeedForward {
                 }
             }
         }
-        // Coefficients: the single-token path's values, in its order and shares (an activation
-        // over a share's values at once, as the single token's thread does).
+        // Coefficients: the single-token path's values, in its order. The activation gives a
+        // neuron the same bits wherever a range of values starts or ends (its vector code covers
+        // the tails), so one call per row stands for the single token's per-thread shares.
         let mode = mode, activation = activation, gated = gate != nil, dense = pass.gate
         rowCounts.withUnsafeBufferPointer { rowCounts in
             pool.parallelFor(rows) { range in
@@ -228,15 +229,10 @@ final class BatchedSparseFeedForward {
                             uc[k] = u[place]
                             if gated { c[k] = g[place] }
                         }
-                        for s in 0..<threads {
-                            let share = ThreadPool.share(of: count, thread: s, threads: threads)
-                            guard !share.isEmpty else { continue }
-                            let lo = share.lowerBound
-                            if gated {
-                                VectorKernels.gatedActivation(activation, gate: c + lo, up: uc + lo, c + lo, share.count)
-                            } else {
-                                VectorKernels.gatedActivation(activation, gate: uc + lo, up: nil, c + lo, share.count)
-                            }
+                        if gated {
+                            VectorKernels.gatedActivation(activation, gate: c, up: uc, c, count)
+                        } else {
+                            VectorKernels.gatedActivation(activation, gate: uc, up: nil, c, count)
                         }
                     case .exact, .threshold:
                         let selected = dense.row(t), u = upValues.row(t), rectify = activation.rectifiesUp
