@@ -125,7 +125,7 @@ final class AttentionWorkspace: @unchecked Sendable {
     private var partialStorage: UnsafeMutablePointer<Float>
     private var partialRows = 1
     /// Floats of one row's partials: every kv head's chunks, a value and two statistics per head.
-    fileprivate var rowPartials: Int { AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2) }
+    fileprivate let rowPartials: Int
 
     init(shape: AttentionShape, threads: Int) {
         self.shape = shape
@@ -133,7 +133,8 @@ final class AttentionWorkspace: @unchecked Sendable {
         var a = shape.arguments(cache: nil)
         let bytes = max(64, ember_attention_scratch_bytes(&a))
         scratch = (0..<threadCount).map { _ in .allocate(byteCount: bytes, alignment: 64) }
-        partialStorage = .allocate(capacity: AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2))
+        rowPartials = AttentionKernel.maxChunks * shape.headCount * (shape.valueDimension + 2)
+        partialStorage = .allocate(capacity: rowPartials)
     }
 
     /// Partials for `rows` rows, row r's at `r * rowPartials` (one caller at a time: the
