@@ -93,7 +93,8 @@ INLINE void bytes_to_floats(__m256i q, __m256 f[4]) {
 }
 
 // y[0 .. 32*(n/32)) += Σ_i c[i] · row i for nr rows. `next` are the rows of the following
-// pass, prefetched block by block alongside (NULL entries: nothing to prefetch).
+// pass, prefetched block by block alongside (the row itself where no row follows: a prefetch
+// of a line being read costs less than a branch per block and row).
 INLINE void axpy_rows(const int kind, const int nr, int64_t n, const uint8_t *const *w,
                       const float *c, const uint8_t *const *next, float *y) {
     const int bytes = kind == A_Q4_0 ? 18 : kind == A_Q4_1 ? 20 : kind == A_Q8_0 ? 34
@@ -107,7 +108,7 @@ INLINE void axpy_rows(const int kind, const int nr, int64_t n, const uint8_t *co
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w[i] + b * bytes;
-            if (next[i]) prefetch_block(next[i] + b * bytes, bytes);
+            prefetch_block(next[i] + b * bytes, bytes);
             __m256 f[4], scale;
             switch (kind) {
             case A_Q4_0:
@@ -173,7 +174,7 @@ static AVX2 void axpy_q4_0_int(int64_t n, const uint8_t *const *w, const float *
         UNROLL
         for (int i = 0; i < AXPY_Q4_0_NR; i++) {
             memcpy(&h[i], w[i] + at, 2);
-            if (next[i]) prefetch_block(next[i] + at, 18);
+            prefetch_block(next[i] + at, 18);
         }
         __m128i halves = _mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
         __m256 s = _mm256_and_ps(_mm256_mul_ps(_mm256_cvtph_ps(halves), coefficients), used);
@@ -241,7 +242,7 @@ static AVX2 int axpy_gather_avx2(int type, int64_t n, const uint8_t *w, size_t r
             for (int i = 0; i < AXPY_Q4_0_NR; i++) {
                 cur[i] = w + (size_t)rows[k + (i < m ? i : 0)] * row_bytes;
                 int64_t t = k + AXPY_Q4_0_NR + i;
-                next[i] = t < count ? w + (size_t)rows[t] * row_bytes : NULL;
+                next[i] = t < count ? w + (size_t)rows[t] * row_bytes : cur[i];
             }
             axpy_q4_0_int(n, cur, coef + k, m, next, y);
         }
@@ -265,7 +266,7 @@ static AVX2 int axpy_gather_avx2(int type, int64_t n, const uint8_t *w, size_t r
         for (int i = 0; i < nr; i++) {
             cur[i] = w + (size_t)rows[k + i] * row_bytes;
             int64_t t = k + nr + i;
-            next[i] = t < count ? w + (size_t)rows[t] * row_bytes : NULL;
+            next[i] = t < count ? w + (size_t)rows[t] * row_bytes : cur[i];
         }
         (nr == AXPY_NR ? f4 : f1)(n, cur, coef + k, next, y);
         if (floats)
