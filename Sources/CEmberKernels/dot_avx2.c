@@ -14,7 +14,7 @@
 // ---------------------------------------------------------------------------------------
 enum { K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0 };
 
-INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *const *w,
+INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, int64_t n, const uint8_t *const *w,
                      const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int has_min = kind == K_Q4_1 || kind == K_Q5_1;  // unsigned quants + offset m
     const int wbytes = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : kind == K_Q5_0 ? 22
@@ -26,24 +26,13 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, int64_t n, cons
     for (int i = 0; i < nr; i++)
         UNROLL
         for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
-    // Short rows (a Gemma 3 or SmolLM2 matrix) that lie end to end with the next tile's rows
-    // (a dense matvec): the next rows are prefetched as one run, a line at a time, rather
-    // than as nr interleaved row streams of a few lines each, which the memory system served
-    // at two thirds of the speed (Q8_0 × 640 from memory, one core: 10 -> 15 GB/s; no gain
-    // from 2 KB rows on, a loss for 4096-wide Q4_0, hence the bound).
-    const int64_t row_bytes = nr > 1 ? w[1] - w[0] : 0;
-    int run = nr > 1 && row_bytes <= LINEAR_PREFETCH_MAX_ROW && next[0] == w[0] + nr * row_bytes;
-    UNROLL
-    for (int i = 2; i < nr; i++) run = run && w[i] == w[0] + i * row_bytes;
-    // Two blocks' bytes per step (a line at most) cover the next tile by mid-tile.
-    const int64_t run_step = 2 * wbytes < 64 ? 2 * wbytes : 64;
 
     for (int64_t b = 0; b < n / 32; b++) {
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w[i] + b * wbytes;
             if (run)
-                _mm_prefetch((const char *)next[0] + (b * nr + i) * run_step, PF_HINT);
+                prefetch_block(next[0] + (b * nr + i) * 2 * wbytes, 2 * wbytes);
             else
                 prefetch_block(next[i] + b * wbytes, wbytes);
             // Q4_0/Q5_0 stay unsigned (0..15, 0..31); their offset of 8 or 16 is taken off
@@ -120,7 +109,7 @@ INLINE void unpack_k_scales(const uint8_t *p, uint64_t *sc, uint64_t *mn) {
 
 // Loop order: block, row, then each 32-weight chunk is decoded once and dotted with all the
 // tile's columns (integer sums per column in sumi[]), then one float update per column.
-INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *const *w,
+INLINE void k_tile(const int kind, const int nr, const int nc, const int run, int64_t n, const uint8_t *const *w,
                    const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int wbytes = kind == K_Q4_K ? 144 : kind == K_Q5_K ? 176 : 210;
     const __m256i m4 = _mm256_set1_epi8(15);
@@ -135,7 +124,10 @@ INLINE void k_tile(const int kind, const int nr, const int nc, int64_t n, const 
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w[i] + b * wbytes;
-            prefetch_block(next[i] + b * wbytes, wbytes);
+            if (run)
+                prefetch_block(next[0] + (b * nr + i) * 2 * wbytes, 2 * wbytes);
+            else
+                prefetch_block(next[i] + b * wbytes, wbytes);
             const block_q8_K *a[4];
             __m256i sumi[4];
             UNROLL
@@ -266,7 +258,7 @@ INLINE float load1(const int kind, const uint8_t *p) {
     }
 }
 
-INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const uint8_t *const *w,
+INLINE void f_tile(const int kind, const int nr, const int nc, const int run, int64_t n, const uint8_t *const *w,
                    const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int eb = kind == K_F32 ? 4 : 2;
     __m256 acc[4][4];
@@ -278,7 +270,10 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
     for (; j + 8 <= n; j += 8)
         UNROLL
         for (int i = 0; i < nr; i++) {
-            _mm_prefetch((const char *)next[i] + j * eb, PF_HINT);  // 2 (F32) or 4 (16-bit) per line
+            if (run)  // 16 elements per step
+                prefetch_block(next[0] + ((j / 8) * nr + i) * 16 * eb, 16 * eb);
+            else
+                _mm_prefetch((const char *)next[i] + j * eb, PF_HINT);  // 2 (F32) or 4 (16-bit) per line
             __m256 wv = load8(kind, w[i] + j * eb);
             UNROLL
             for (int c = 0; c < nc; c++) {
@@ -310,7 +305,10 @@ INLINE void f_tile(const int kind, const int nr, const int nc, int64_t n, const 
 #define DEFINE_TILE(name, impl, kind, NR, NC)                                                 \
     static AVX2 void name##_##NR##x##NC(int64_t n, const uint8_t *const *w, const uint8_t *const *next, \
                                         const uint8_t *act, size_t as, float *y, int64_t ldy) { \
-        impl(kind, NR, NC, n, w, next, act, as, y, ldy);                                     \
+        if (prefetches_run(NR, w, next))  /* two loops: a test inside cost 7 % */             \
+            impl(kind, NR, NC, 1, n, w, next, act, as, y, ldy);                              \
+        else                                                                                 \
+            impl(kind, NR, NC, 0, n, w, next, act, as, y, ldy);                              \
     }
 #define TILE_ENTRY(name, impl, kind, NR, NC) [NR - 1][NC - 1] = name##_##NR##x##NC,
 

@@ -135,8 +135,8 @@ enum { EMBER_MAX_NR = 4, EMBER_MAX_NC = 4 };
 #endif
 
 // Rows up to this many bytes are prefetched as one run when a tile's rows and the next
-// tile's lie end to end (dense drivers); see b32_tile. Measured crossover on Zen3: Q8_0 ×
-// 2048 (2176 bytes) gains, Q4_0 × 4096 (2304 bytes) loses.
+// tile's lie end to end (dense drivers); see prefetches_run in avx2_util.h. Measured
+// crossover on Zen3: Q8_0 × 2048 (2176 bytes) gains, Q4_0 × 4096 (2304 bytes) loses.
 #define LINEAR_PREFETCH_MAX_ROW 2200
 
 // tiles[nr-1][nc-1]; entries may be NULL when a shape is not provided (1x1 always is).
