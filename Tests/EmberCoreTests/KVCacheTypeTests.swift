@@ -119,3 +119,43 @@ final class KVCacheTypeTests: XCTestCase {
         XCTAssertNil(KVCache.byteCount(odd, capacity: 100, type: .q8_0))
     }
 }
+
+/// A context sized for many positions holds resident memory only for the positions it used:
+/// the cache is allocated up front but its pages are touched only as positions are written.
+final class KVCacheMemoryTests: XCTestCase {
+    /// This process's resident bytes now (not the peak), from /proc/self/statm.
+    static func residentBytes() throws -> Int {
+        let fields = try String(contentsOfFile: "/proc/self/statm", encoding: .utf8).split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { throw CocoaError(.fileReadCorruptFile) }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    func testUnusedPositionsTakeNoResidentMemory() throws {
+        let model = try TestData.model(.smolLM2)
+        // The weights are mapped from the file: page them in first, so they are not counted.
+        _ = try Context(model: model, threads: 2, contextLength: 64, cacheType: .f16).evaluate(Array(repeating: 1, count: 32))
+        let before = try Self.residentBytes()
+        let context = Context(model: model, threads: 2, contextLength: 8192, cacheType: .f16)
+        let capacity = context.cache.capacity
+        let cacheBytes = context.cache.byteCount
+        XCTAssertGreaterThan(cacheBytes, 150 << 20, "the cache must dwarf the measurement's noise")
+        _ = try context.evaluate(Array(repeating: 1, count: 32))
+        let used = try Self.residentBytes() - before
+        // 32 positions of keys and values are 0.8 MB; the pass's scratch rows a few MB more.
+        // A quarter of the cache is far above both and far below the whole.
+        XCTAssertLessThan(used, cacheBytes / 4, "a 32-token evaluation made \(used >> 20) MiB resident of a \(cacheBytes >> 20) MiB cache")
+
+        // Control: writing every position makes the whole cache resident, so the measurement sees it.
+        let cache = context.cache
+        let row = [Float](repeating: 0.5, count: max(cache.keyLength, cache.valueLength))
+        for layer in 0..<cache.layerCount {
+            for position in 0..<capacity {
+                cache.storeKey(row, layer: layer, position: position)
+                cache.storeValue(row, layer: layer, position: position)
+            }
+        }
+        let filled = try Self.residentBytes() - before
+        XCTAssertGreaterThan(filled, cacheBytes * 3 / 4, "filling the cache made only \(filled >> 20) MiB resident")
+        withExtendedLifetime(context) {}
+    }
+}
