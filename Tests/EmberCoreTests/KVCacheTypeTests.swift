@@ -121,7 +121,9 @@ final class KVCacheTypeTests: XCTestCase {
 }
 
 /// A context sized for many positions holds resident memory only for the positions it used:
-/// the cache is allocated up front but its pages are touched only as positions are written.
+/// the cache maps its own pages up front, and they become resident only as positions are
+/// written. (Heap memory would not do: a block the process freed earlier may come back already
+/// resident, which is what this test saw inside the full suite before the cache used mmap.)
 final class KVCacheMemoryTests: XCTestCase {
     /// This process's resident bytes now (not the peak), from /proc/self/statm.
     static func residentBytes() throws -> Int {

@@ -1,4 +1,9 @@
 import CEmberKernels
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Keys and values of every past position, per layer, as rows of `type` (F32, F16 or Q8_0).
 /// Layout per layer: position-major, one row of `keyLength` (`valueLength`) elements per
@@ -29,13 +34,25 @@ final class KVCache {
         valueLength = config.valueLength
         keyRowBytes = keyBytes
         valueRowBytes = valueBytes
-        keys = (0..<config.layerCount).map { _ in .allocate(byteCount: capacity * keyBytes, alignment: 64) }
-        values = (0..<config.layerCount).map { _ in .allocate(byteCount: capacity * valueBytes, alignment: 64) }
+        keys = (0..<config.layerCount).map { _ in Self.mapZeroPages(capacity * keyBytes) }
+        values = (0..<config.layerCount).map { _ in Self.mapZeroPages(capacity * valueBytes) }
     }
 
     deinit {
-        keys.forEach { $0.deallocate() }
-        values.forEach { $0.deallocate() }
+        keys.forEach { munmap($0, max(capacity * keyRowBytes, 1)) }
+        values.forEach { munmap($0, max(capacity * valueRowBytes, 1)) }
+    }
+
+    /// Fresh pages of its own, not heap memory: only the positions written become resident,
+    /// whatever the process freed before (a reused heap block may already be resident), and
+    /// the memory goes back to the system when the cache goes. Sizes were checked by callers
+    /// (`byteCount`), so a failed mapping is out of memory.
+    private static func mapZeroPages(_ byteCount: Int) -> UnsafeMutableRawPointer {
+        let address = mmap(nil, max(byteCount, 1), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let address, address != MAP_FAILED else {
+            fatalError("KVCache: cannot map \(byteCount) bytes: " + String(cString: strerror(errno)))
+        }
+        return address
     }
 
     /// Throws unless a cache of `type` can hold `config`'s rows and its attention runs over it
