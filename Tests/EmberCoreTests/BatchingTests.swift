@@ -149,6 +149,48 @@ final class BatchingTests: XCTestCase {
         }
     }
 
+    /// With the fast arithmetic, a sequence alone in the scheduler is still computed as a Session
+    /// computes it, so its tokens are equal. Eight sequences decode through the repacked kernels:
+    /// each greedy generation may part from its sequence alone only at a near-tie, a step where
+    /// the alone run's two best logits are closer than the largest logit difference the two
+    /// arithmetics give on the same inputs (measured here teacher-forced, as in the test above;
+    /// a wrong row, or a row mixed with another sequence's, moves logits by far more). Up to that
+    /// step the tokens are equal.
+    func testFastArithmeticPartsFromTheSequenceAloneOnlyAtANearTie() async throws {
+        let model = try Model(path: try TestData.modelPath(.smolLM2))
+        let language = model.language
+        var options = SessionOptions()
+        options.contextLength = 256
+        options.threads = 2
+        options.kvCacheType = .f32
+        let steps = 16
+        let settings = { var settings = Self.greedy(steps); settings.ignoresEndOfGeneration = true; return settings }()
+        let references = try Self.references(language, model.tokenizer, steps: steps)
+        let bound = try Self.batchedDifferences(language, references, batch: 8, path: .automatic).decode.max()!
+        XCTAssertGreaterThan(bound, 0, "the repacked kernels round otherwise than the tiles")
+        for slots in [1, 8] {
+            let parallel = try ParallelSession(model: model, options: options, slots: slots, arithmetic: .fast)
+            let results = try await withThrowingTaskGroup(of: (Int, [Int32]).self) { group in
+                for (i, reference) in references.enumerated() {
+                    group.addTask { (i, try await Self.collect(parallel.generate(.tokens(reference.prompt), settings)).ids) }
+                }
+                var all: [(Int, [Int32])] = []
+                for try await result in group { all.append(result) }
+                return all
+            }
+            for (i, ids) in results {
+                let reference = references[i]
+                guard let step = zip(ids, reference.tokens).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset else {
+                    XCTAssertEqual(ids, reference.tokens, "slots \(slots), prompt \(i)")
+                    continue
+                }
+                XCTAssertGreaterThan(slots, 1, "prompt \(i): one sequence alone parted from a Session at step \(step)")
+                let best = reference.logits[step].sorted(by: >)
+                XCTAssertLessThan(best[0] - best[1], bound, "slots \(slots), prompt \(i): parted at step \(step), not a near-tie")
+            }
+        }
+    }
+
     /// A second request that starts with what a slot's cache holds reads only the rest, and
     /// still gives a single sequence's tokens.
     func testARepeatedPrefixIsReadOnce() async throws {

@@ -24,6 +24,10 @@ import Synchronization
 /// while the step's union is read sparsely, but when the union is large enough for the dense
 /// products to be faster, the step's rows get the masked dense FFN, which rounds otherwise (so
 /// near-ties may go another way).
+///
+/// With `BatchArithmetic.fast` rows are not pinned: every product of a step takes the kernels
+/// its whole row count calls for (many decoding rows: the repacked matrix-matrix kernels, about
+/// twice as fast per row as the tiles), and a row's logits then depend on what shares its step.
 final class BatchScheduler: @unchecked Sendable {
     // Shared with other threads: requests handed in, the stop flag and the load, all behind
     // `condition`'s lock. Everything below `Engine state` belongs to the scheduler thread.
@@ -39,6 +43,7 @@ final class BatchScheduler: @unchecked Sendable {
     let stepTokens: Int
     /// The chunk length a single sequence reads its prompt in (`SessionOptions.batchSize`).
     let promptChunk: Int
+    let arithmetic: BatchArithmetic
     let model: Model
 
     // MARK: engine state (scheduler thread only)
@@ -91,9 +96,10 @@ final class BatchScheduler: @unchecked Sendable {
 
     /// `context`: the engine, its cache being slot 0's; its pass takes a step's rows (at least
     /// one per slot). `promptChunk`: the chunk a single sequence reads prompts in.
-    init(model: Model, context: Context, slots: Int, promptChunk: Int) {
+    init(model: Model, context: Context, slots: Int, promptChunk: Int, arithmetic: BatchArithmetic) {
         precondition(slots >= 1 && context.pass.maxTokens >= slots && promptChunk >= 1)
         self.promptChunk = promptChunk
+        self.arithmetic = arithmetic
         self.model = model
         self.context = context
         slotCount = slots
@@ -233,11 +239,13 @@ final class BatchScheduler: @unchecked Sendable {
             guard !free.isEmpty else { return }
             let request = waiting.removeFirst()
             let prompt = request.prompt
-            // A cached position is reused only if it was computed as this prompt read alone computes it.
+            // A cached position is reused only if it was computed as this prompt read alone
+            // computes it (any way will do with the fast arithmetic).
             func shared(_ index: Int) -> Int {
                 let slot = slots[index]
                 return zip(slot.tokens.indices, prompt).prefix { p, token in
-                    slot.tokens[p] == token && slot.kernels[p] == kernels(position: p, promptLength: prompt.count)
+                    slot.tokens[p] == token
+                        && (arithmetic == .fast || slot.kernels[p] == kernels(position: p, promptLength: prompt.count))
                 }.count
             }
             let index = free.max { shared($0) < shared($1) }!
@@ -269,8 +277,7 @@ final class BatchScheduler: @unchecked Sendable {
             guard let job = slots[index].job, let token = job.pending else { continue }
             logitSlots.append(index)
             logitRows.append(rows.count)
-            rows.append(BatchRow(token: token, cache: slots[index].cache, position: slots[index].cache.count,
-                                 path: RowKernels.decode.path, splitsKeys: RowKernels.decode.splitsKeys))
+            rows.append(pinned(BatchRow(token: token, cache: slots[index].cache, position: slots[index].cache.count), to: .decode))
         }
         var budget = stepTokens - rows.count
         let reading = slots.indices.filter { slots[$0].job != nil && slots[$0].job!.pending == nil }
@@ -281,9 +288,8 @@ final class BatchScheduler: @unchecked Sendable {
             let count = min(budget, job.request.prompt.count - job.promptDone)
             for k in 0..<count {
                 let p = job.promptDone + k
-                let pinned = kernels(position: p, promptLength: job.request.prompt.count)
-                rows.append(BatchRow(token: job.request.prompt[p], cache: slots[index].cache, position: p,
-                                     path: pinned.path, splitsKeys: pinned.splitsKeys))
+                rows.append(pinned(BatchRow(token: job.request.prompt[p], cache: slots[index].cache, position: p),
+                                   to: kernels(position: p, promptLength: job.request.prompt.count)))
             }
             chunks.append((index, count))
             if job.promptDone + count == job.request.prompt.count {
@@ -381,6 +387,15 @@ final class BatchScheduler: @unchecked Sendable {
         let start = p / promptChunk * promptChunk
         let rows = min(promptChunk, promptLength - start)
         return RowKernels(path: MatmulPath.automatic(columns: rows), splitsKeys: rows == 1)
+    }
+
+    /// `row` pinned to `kernels`; left to the step's choice with the fast arithmetic.
+    private func pinned(_ row: BatchRow, to kernels: RowKernels) -> BatchRow {
+        guard arithmetic == .asAlone else { return row }
+        var row = row
+        row.path = kernels.path
+        row.splitsKeys = kernels.splitsKeys
+        return row
     }
 
     /// How a row was (or is to be) computed: the rounding-relevant kernel choices of `BatchRow`.

@@ -25,8 +25,9 @@ public final class EngineBackend: CompletionBackend {
 
     /// Loads the model at `path` and its sessions, then answers requests. Throws (and stays
     /// loading) when the model or the options are wrong.
-    public func load(path: String, options: SessionOptions, parallel: Int) throws -> [String] {
-        let engine = try Engine(model: try Model(path: path), options: options, parallel: parallel)
+    public func load(path: String, options: SessionOptions, parallel: Int,
+                     arithmetic: BatchArithmetic = .asAlone) throws -> [String] {
+        let engine = try Engine(model: try Model(path: path), options: options, parallel: parallel, arithmetic: arithmetic)
         state.withLock { $0 = .ready(engine) }
         return engine.notes
     }
@@ -100,9 +101,9 @@ final class Engine: Sendable {
     let notes: [String]
     private let session: ParallelSession
 
-    init(model: Model, options: SessionOptions, parallel: Int) throws {
+    init(model: Model, options: SessionOptions, parallel: Int, arithmetic: BatchArithmetic) throws {
         self.model = model
-        session = try ParallelSession(model: model, options: options, slots: parallel)
+        session = try ParallelSession(model: model, options: options, slots: parallel, arithmetic: arithmetic)
         contextLength = session.contextLength
         notes = session.notes
     }
