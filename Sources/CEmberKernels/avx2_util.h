@@ -28,6 +28,38 @@ INLINE float hsum(__m256 v) {
 
 INLINE float h2f(const void *p) { uint16_t h; memcpy(&h, p, 2); return _cvtsh_ss(h); }
 static inline uint32_t load_u32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline int load_u16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+// Lane i (i < nr) of the result: the sum of v[i]'s eight lanes (exact, in integers). The
+// matrix-vector tiles reduce each block's dot to one number per row this way, so that their
+// float steps are the repacked kernels' (gemm_avx2.c) and both give the same bits.
+INLINE __m128i row_totals(const int nr, const __m256i *v) {
+    const __m256i z = _mm256_setzero_si256();
+    __m256i a = v[0], b = nr > 1 ? v[1] : z, c = nr > 2 ? v[2] : z, d = nr > 3 ? v[3] : z;
+    __m256i ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    __m256i cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+    __m256i s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+// Lane i (i < nr): the half-precision number at w[i] + offset, as a float.
+INLINE __m128 row_halves(const int nr, const uint8_t *const *w, int64_t offset) {
+    __m128i h = _mm_cvtsi32_si128(load_u16(w[0] + offset));
+    if (nr > 1) h = _mm_insert_epi16(h, load_u16(w[1] + offset), 1);
+    if (nr > 2) h = _mm_insert_epi16(h, load_u16(w[2] + offset), 2);
+    if (nr > 3) h = _mm_insert_epi16(h, load_u16(w[3] + offset), 3);
+    return _mm_cvtph_ps(h);
+}
+
+// The two half-precision numbers at w[i] + offset: the first in lane i, the second in lane
+// 4 + i (a block's d and its m or dmin).
+INLINE __m256 row_half_pairs(const int nr, const uint8_t *const *w, int64_t offset) {
+    __m128i h = _mm_cvtsi32_si128((int)load_u32(w[0] + offset));
+    if (nr > 1) h = _mm_insert_epi32(h, (int)load_u32(w[1] + offset), 1);
+    if (nr > 2) h = _mm_insert_epi32(h, (int)load_u32(w[2] + offset), 2);
+    if (nr > 3) h = _mm_insert_epi32(h, (int)load_u32(w[3] + offset), 3);
+    return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(h), _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
 
 // Software prefetch of a weight block of the row a tile will read next in the same slot. A
 // tile reads several short rows at once, which the hardware prefetchers follow poorly;

@@ -5,6 +5,10 @@
 // vpmaddwd (int16 pairs -> int32). Signed weights use the sign trick: |w| * (x * sign(w)).
 // Every tile shape keeps one accumulator per (row, column) and performs the same operations
 // on it in the same order, so any tile shape gives bit-identical results to the 1x1 tile.
+// Quantized tiles reduce each block's (or super-block's) integer dot to one number per row
+// and then take the float steps of the repacked matrix-matrix kernels (gemm_avx2.c) in their
+// order, so a product gives the same bits whichever path computes it: a sequence decoding
+// alone and the same sequence among many in one batch get the same logits.
 #include "avx2_util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -21,13 +25,12 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
                      : kind == K_Q5_1 ? 24 : 34;
     const int abytes = has_min ? (int)sizeof(block_q8_1) : (int)sizeof(block_q8_0);
     const int aqs = has_min ? 4 : 2;  // offset of qs in the activation block
-    __m256 acc[4][4];
+    __m128 acc[4];  // lane i: row i
     UNROLL
-    for (int i = 0; i < nr; i++)
-        UNROLL
-        for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
+    for (int c = 0; c < nc; c++) acc[c] = _mm_setzero_ps();
 
     for (int64_t b = 0; b < n / 32; b++) {
+        __m256i sumi[4][4];
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w[i] + b * wbytes;
@@ -36,8 +39,8 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
             else
                 prefetch_block(next[i] + b * wbytes, wbytes);
             // Q4_0/Q5_0 stay unsigned (0..15, 0..31); their offset of 8 or 16 is taken off
-            // afterwards as offset * sum(x), which costs one op per column instead of the sign
-            // trick's two per (row, column).
+            // as offset * x in the same int16 pairs, which costs one op per column instead
+            // of the sign trick's two per (row, column).
             __m256i q;
             switch (kind) {
             case K_Q4_0: case K_Q4_1: q = nibbles32(wb + (kind == K_Q4_0 ? 2 : 4)); break;
@@ -51,14 +54,9 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
             }
             const int offset = kind == K_Q4_0 ? 8 : kind == K_Q5_0 ? 16 : 0;
             __m256i qabs = kind == K_Q8_0 ? _mm256_sign_epi8(q, q) : q;
-            // Blocks start with half d (Q4_1/Q5_1: d, m; Q8_1: d, s). Converting the first two
-            // halves of weight and activation blocks at once and multiplying gives
-            // [d_w*d_a, m*s] (lane 1 is junk for the other kinds and unused).
-            __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(wb)));
             UNROLL
             for (int c = 0; c < nc; c++) {
-                const uint8_t *ab = act + c * as + b * abytes;
-                __m256i x = _mm256_loadu_si256((const __m256i *)(ab + aqs));
+                __m256i x = _mm256_loadu_si256((const __m256i *)(act + c * as + b * abytes + aqs));
                 __m256i p16;
                 if (kind == K_Q8_0) {
                     p16 = _mm256_maddubs_epi16(qabs, _mm256_sign_epi8(x, q));
@@ -67,19 +65,38 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
                     if (offset)  // pairs of offset * x, same int16 layout as p16
                         p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8((char)offset), x));
                 }
-                __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-                __m128 p = _mm_mul_ps(dm, _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(ab))));
-                acc[i][c] = _mm256_fmadd_ps(_mm256_broadcastss_ps(p), s, acc[i][c]);
-                if (has_min)  // m * (d_a * sum(x)) goes into lane 1
-                    acc[i][c] = _mm256_add_ps(acc[i][c], _mm256_zextps128_ps256(
-                                                  _mm_blend_ps(_mm_setzero_ps(), p, 2)));
+                sumi[i][c] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
             }
+        }
+        // The float steps of the repacked kernel (gemm8_tile), lane i for row i: the block's
+        // exact integer dot, then acc += (d_w·d_a)·dot, or for Q4_1/Q5_1
+        // acc += m·s + (d_w·d_a)·dot.
+        // Each row's d in lane i (Q4_1/Q5_1: m in d's place in m).
+        __m256 dm = has_min ? row_half_pairs(nr, w, b * wbytes) : _mm256_setzero_ps();
+        __m128 d = has_min ? _mm256_castps256_ps128(dm) : row_halves(nr, w, b * wbytes);
+        __m128 m = _mm256_extractf128_ps(dm, 1);
+        UNROLL
+        for (int c = 0; c < nc; c++) {
+            // The activation block's d and (Q8_1) s; movd leaves no false dependency on acc.
+            __m128 ds = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(act + c * as + b * abytes)));
+            __m256i rows[4];
+            UNROLL
+            for (int i = 0; i < nr; i++) rows[i] = sumi[i][c];
+            __m128 dot = _mm_cvtepi32_ps(row_totals(nr, rows));
+            __m128 dd = _mm_mul_ps(d, _mm_permute_ps(ds, 0x00));
+            if (has_min)  // the block's value first: one add on the accumulator's chain
+                acc[c] = _mm_add_ps(acc[c], _mm_fmadd_ps(m, _mm_permute_ps(ds, 0x55), _mm_mul_ps(dd, dot)));
+            else
+                acc[c] = _mm_fmadd_ps(dd, dot, acc[c]);
         }
     }
     UNROLL
-    for (int i = 0; i < nr; i++)
+    for (int c = 0; c < nc; c++) {
+        float lanes[4];
+        _mm_storeu_ps(lanes, acc[c]);
         UNROLL
-        for (int c = 0; c < nc; c++) y[c * ldy + i] = hsum(acc[i][c]);
+        for (int i = 0; i < nr; i++) y[c * ldy + i] = lanes[i];
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -108,19 +125,22 @@ INLINE void unpack_k_scales(const uint8_t *p, uint64_t *sc, uint64_t *mn) {
     2*(b), 2*(b)+1, 2*(b), 2*(b)+1, 2*(b), 2*(b)+1)
 
 // Loop order: block, row, then each 32-weight chunk is decoded once and dotted with all the
-// tile's columns (integer sums per column in sumi[]), then one float update per column.
+// tile's columns (integer sums per column in sumi[]); then per column the super-block's
+// totals and the float steps of the repacked kernel (gemm8k_tile), so both give the same bits.
 INLINE void k_tile(const int kind, const int nr, const int nc, const int run, int64_t n, const uint8_t *const *w,
                    const uint8_t *const *next, const uint8_t *act, size_t as, float *y, int64_t ldy) {
     const int wbytes = kind == K_Q4_K ? 144 : kind == K_Q5_K ? 176 : 210;
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc[4][4];
+    __m128 acc[4];  // lane i: row i
     UNROLL
-    for (int i = 0; i < nr; i++)
-        UNROLL
-        for (int c = 0; c < nc; c++) acc[i][c] = _mm256_setzero_ps();
+    for (int c = 0; c < nc; c++) acc[c] = _mm_setzero_ps();
     const block_q8_K *a0 = (const block_q8_K *)act;
 
     for (int64_t b = 0; b < n / QK_K; b++) {
+        __m256i dots[4][4], mins[4][4];  // [column][row]: integer sums of the min / offset term
+        const block_q8_K *a[4];
+        UNROLL
+        for (int c = 0; c < nc; c++) a[c] = (const block_q8_K *)((const uint8_t *)a0 + c * as) + b;
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w[i] + b * wbytes;
@@ -128,10 +148,7 @@ INLINE void k_tile(const int kind, const int nr, const int nc, const int run, in
                 prefetch_block(next[0] + (b * nr + i) * 2 * wbytes, 2 * wbytes);
             else
                 prefetch_block(next[i] + b * wbytes, wbytes);
-            const block_q8_K *a[4];
             __m256i sumi[4];
-            UNROLL
-            for (int c = 0; c < nc; c++) a[c] = (const block_q8_K *)((const uint8_t *)a0 + c * as) + b;
 
             if (kind == K_Q6_K) {
                 const block_q6_K *q6 = (const block_q6_K *)wb;
@@ -172,11 +189,8 @@ INLINE void k_tile(const int kind, const int nr, const int nc, const int run, in
                         }
                     }
                 }
-                float dw = h2f(&q6->d);
                 UNROLL
-                for (int c = 0; c < nc; c++)
-                    acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a[c]->d),
-                                                _mm256_cvtepi32_ps(sumi[c]), acc[i][c]);
+                for (int c = 0; c < nc; c++) dots[c][i] = sumi[c];
                 continue;
             }
 
@@ -216,20 +230,32 @@ INLINE void k_tile(const int kind, const int nr, const int nc, const int run, in
             // Min term: sum_j m_j * (bsum[2j] + bsum[2j+1]), with the mins paired up as int16.
             __m128i mn8 = _mm_cvtsi64_si128((long long)mn);
             __m256i mn_pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
-            float d = h2f(&q4->d), dmin = h2f(&q4->dmin);
             UNROLL
             for (int c = 0; c < nc; c++) {
-                __m256i bs = _mm256_loadu_si256((const __m256i *)a[c]->bsums);
-                __m256i msum = _mm256_madd_epi16(bs, mn_pairs);
-                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[c]->d), _mm256_cvtepi32_ps(sumi[c]), acc[i][c]);
-                acc[i][c] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * a[c]->d), _mm256_cvtepi32_ps(msum), acc[i][c]);
+                dots[c][i] = sumi[c];
+                mins[c][i] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a[c]->bsums), mn_pairs);
             }
+        }
+        // The float steps of the repacked kernel (gemm8k_tile), lane i for row i:
+        // acc += (d·d_a)·dot, then acc -= (dmin·d_a)·mins for Q4_K/Q5_K.
+        __m256 dd = kind == K_Q6_K ? _mm256_castps128_ps256(row_halves(nr, w, b * wbytes + (int64_t)offsetof(block_q6_K, d)))
+                                   : row_half_pairs(nr, w, b * wbytes);
+        UNROLL
+        for (int c = 0; c < nc; c++) {
+            __m128 da = _mm_set1_ps(a[c]->d);
+            acc[c] = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), da), _mm_cvtepi32_ps(row_totals(nr, dots[c])), acc[c]);
+            if (kind != K_Q6_K)
+                acc[c] = _mm_fnmadd_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), da),
+                                       _mm_cvtepi32_ps(row_totals(nr, mins[c])), acc[c]);
         }
     }
     UNROLL
-    for (int i = 0; i < nr; i++)
+    for (int c = 0; c < nc; c++) {
+        float lanes[4];
+        _mm_storeu_ps(lanes, acc[c]);
         UNROLL
-        for (int c = 0; c < nc; c++) y[c * ldy + i] = hsum(acc[i][c]);
+        for (int i = 0; i < nr; i++) y[c * ldy + i] = lanes[i];
+    }
 }
 
 // ---------------------------------------------------------------------------------------

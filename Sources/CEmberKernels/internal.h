@@ -123,8 +123,8 @@ static inline int ember_nearest_int(float x) {
 // AVX2 tiles prefetch that run in order instead, see prefetches_run). ember_dot, ember_matvec
 // and ember_matvec_gather go through tiles, and every (row, column) pair uses the same
 // summation order whatever the tile shape, so they agree bit for bit. ember_matmul uses tiles
-// too, except for the repacked 8-row AVX2 paths declared at the end (same integer sums, float
-// steps in another order).
+// too, except for the repacked 8-row AVX2 paths declared at the end, which give the same bits
+// (same integer sums per block, same float steps in the same order).
 // ---------------------------------------------------------------------------------------
 typedef void (*ember_tile_fn)(int64_t n, const uint8_t *const *w, const uint8_t *const *next,
                               const uint8_t *act, size_t act_stride, float *y, int64_t ldy);

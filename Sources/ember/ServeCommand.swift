@@ -14,9 +14,6 @@ enum ServeCommand {
         .init(names: ["--host"], takesValue: true, help: "address to listen on (default 127.0.0.1; 0.0.0.0 serves every interface)"),
         .init(names: ["--port"], takesValue: true, help: "TCP port (default 8080; 0 picks a free one, printed on stderr)"),
         .init(names: ["--parallel", "-np"], takesValue: true, help: "sequences generated at once, each with its own KV cache (default 4)"),
-        .init(names: ["--batch-arithmetic"], takesValue: true,
-              help: "alone: every sequence computed bit for bit as `ember run` computes it, whatever shares its steps (default); "
-                + "fast: many sequences through the matrix-matrix kernels, faster, but a sequence's text may then depend on the others"),
         .init(names: ["--api-key"], takesValue: true, help: "require `Authorization: Bearer KEY` (default: $EMBER_API_KEY, else none)"),
         .init(names: ["--alias"], takesValue: true, help: "the model name clients see (default: the file name without .gguf)"),
         .init(names: ["--metrics-prefix"], takesValue: true, help: "prefix of /metrics names: ember (default), or vllm for routers expecting vLLM's"),
@@ -30,12 +27,6 @@ enum ServeCommand {
         let options = try SessionFlags.options(arguments)
         let parallel = try arguments.int("--parallel", default: 4, range: 1...256)
         let port = try arguments.int("--port", default: 8080, range: 0...65535)
-        let arithmetic = try arguments.string("--batch-arithmetic").map { text in
-            guard let value = BatchArithmetic(rawValue: text) else {
-                throw UsageError("--batch-arithmetic must be " + BatchArithmetic.allCases.map(\.rawValue).joined(separator: " or ") + ", not \"\(text)\"")
-            }
-            return value
-        } ?? .asAlone
         let grace = try arguments.int("--grace", default: 10, range: 0...3600)
         var http = HTTPServerConfiguration(host: arguments.string("--host") ?? "127.0.0.1", port: port)
         http.maxConnections = try arguments.int("--max-connections", default: 64, range: 1...4096)
@@ -62,7 +53,7 @@ enum ServeCommand {
         let loader = Thread {
             do {
                 let path = try modelPath ?? ModelStore.ensure(KnownModel.defaultModel) { Terminal.note("ember: \($0)") }
-                let notes = try backend.load(path: path, options: options, parallel: parallel, arithmetic: arithmetic)
+                let notes = try backend.load(path: path, options: options, parallel: parallel)
                 for note in notes { Terminal.note("ember: " + note) }
                 Terminal.note("ember serve: ready: \(parallel) slot\(parallel == 1 ? "" : "s") of \(backend.contextLength) positions")
             } catch {

@@ -36,7 +36,7 @@ final class BatchedSparsityTests: XCTestCase {
     /// Prompts read one sequence at a time into caches of their own (the batch path of a
     /// prompt), then one step decodes a token of every sequence in one forward pass. With the
     /// union read sparsely, every row's logits are bit for bit those of its sequence alone:
-    /// the decoding rows take the matrix-vector tiles (BatchScheduler pins them so), and the
+    /// every product gives a row the bits it gets alone whatever the batch's kernel path, and the
     /// batched sparse FFN keeps each row's own neurons and summation order. Sent to the dense
     /// products instead, the rows get the masked dense FFN: the same neurons, other sums, so
     /// within the tolerance the PowerInfer reference tests allow against PowerInfer's logits.
@@ -61,7 +61,7 @@ final class BatchedSparsityTests: XCTestCase {
                     XCTAssertEqual(logits.array(row: 0), expected[s].prompt, "\(label): prompt \(s) read into its own cache")
                 }
                 let step = prompts.indices.map {
-                    BatchRow(token: argmax(expected[$0].prompt), cache: caches[$0], position: prompts[$0].count, path: .tiles)
+                    BatchRow(token: argmax(expected[$0].prompt), cache: caches[$0], position: prompts[$0].count)
                 }
                 let before = execution.batchCounts[prompts.count] ?? SparseBatchCounts()  // a prompt may be as long
                 for rule in [SparseBatchRule.alwaysSparse, .alwaysDense] {
@@ -138,7 +138,7 @@ final class BatchedSparsityTests: XCTestCase {
             }
             let before = execution.hybrid
             try model.language.forward(batch: prompts.indices.map {
-                BatchRow(token: firsts[$0], cache: caches[$0], position: prompts[$0].count, path: .tiles)
+                BatchRow(token: firsts[$0], cache: caches[$0], position: prompts[$0].count)
             }, pass: context.pass, logitRows: Array(prompts.indices), into: logits)
             XCTAssertEqual(execution.hybrid, before, "batches leave the device alone")
             results.append(prompts.indices.map { logits.array(row: $0) })

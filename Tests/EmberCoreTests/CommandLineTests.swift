@@ -76,7 +76,6 @@ final class CommandLineTests: XCTestCase {
             (["run", "-p", "hi", "-t", "256"], "--threads must be an integer in 1..."),
             (["devices", "--gpu", "maybe"], "--gpu must be on or off"),
             (["devices", "--device", "-1"], "--device must be a device number"),
-            (["serve", "--batch-arithmetic", "quick"], "--batch-arithmetic must be alone or fast"),
         ]
         for (arguments, message) in cases {
             let outcome = try ember(arguments)

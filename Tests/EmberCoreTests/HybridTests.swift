@@ -107,7 +107,7 @@ final class HybridTests: XCTestCase {
             for (k, i) in active[layer].enumerated() { ids[k] = i }
             return active[layer].count
         }
-        func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?, path: MatmulPath) -> Int {
+        func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int {
             for t in 0..<count {
                 masks.row(t).update(repeating: 0, count: neuronCount)
                 for i in active[layer] { masks.row(t)[Int(i)] = 1 }

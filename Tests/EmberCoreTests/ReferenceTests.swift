@@ -39,9 +39,13 @@ final class ReferenceTests: XCTestCase {
         static let klDivergence = 0.02
     }
 
-    /// Two tokens whose llama.cpp logits are closer than this can legitimately swap (the
-    /// top-token differences spread by up to 0.57, above); any other divergence is a bug.
-    static let flipMargin = 0.6
+    /// Two tokens whose llama.cpp logits are closer than this can legitimately swap; any other
+    /// divergence is a bug. Teacher-forced along llama.cpp's tokens, Ember's own equally exact
+    /// arithmetics (AVX2 or portable kernels, F16 or F32 cache) put the gap between llama.cpp's
+    /// top two tokens at step 10 of "Once upon a time, in a small village," anywhere from -0.07
+    /// to 0.57 where llama.cpp's is 0.63: valid roundings move a top-two gap by up to 0.70 (the
+    /// 0.57 spread above was measured on the prompts' last positions only), hence 0.75.
+    static let flipMargin = 0.75
 
     static func klDivergence(_ p: [Float], _ q: [Float]) -> Double {
         func logSoftmax(_ x: [Float]) -> [Double] {

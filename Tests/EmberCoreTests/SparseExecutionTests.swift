@@ -89,7 +89,7 @@ final class SparseExecutionTests: XCTestCase {
 
     /// A batch of rows from several sequences (a continuous-batching step) reads the union of
     /// the rows' active sets, yet each row gets exactly its own sparse FFN: the single-token
-    /// path's output for that row, bit for bit (same selection through matrix-vector tiles,
+    /// path's output for that row, bit for bit (same selection, the same bits from every product path,
     /// same gathered values, same down sums in the same order and thread shares). Sent to the
     /// dense products by the rule, the rows get the masked dense FFN, which the single-token
     /// path equals within 3 % (the down projection's Q8_0 neuron-major copy, as above).
@@ -109,13 +109,13 @@ final class SparseExecutionTests: XCTestCase {
         // Real FFN inputs, each the last token of another prompt.
         let cases = try ReferenceTests.greedyCases()
         let points = try (0..<rows).map { try passAtLayer(layer, model: model, prompt: cases[$0 % cases.count].promptIDs + [Int32($0 + 10)]) }
-        // The batch: one decoding row per sequence, each with its own cache, on the tiles path
-        // as the scheduler pins them.
+        // The batch: one decoding row per sequence, each with its own cache (5 rows: the
+        // products take the repacked kernels).
         let context = Context(model: model, threads: 2, contextLength: 64, batchSize: 8)
         retained.append(context)
         let caches = (0..<rows).map { _ in KVCache(config: config, capacity: 64, type: context.cache.type) }
         let pass = context.pass
-        pass.begin(rows: caches.map { BatchRow(token: 1, cache: $0, position: 0, path: .tiles) }, embedding: model.architecture.embedding)
+        pass.begin(rows: caches.map { BatchRow(token: 1, cache: $0, position: 0) }, embedding: model.architecture.embedding)
         let input = Matrix(rows: rows, length: d)
         for (t, point) in points.enumerated() {
             input.row(t).update(from: point.input.row(0), count: d)

@@ -14,20 +14,16 @@ import Synchronization
 /// each token goes to its generation's stream at once.
 ///
 /// Every row is computed bit for bit as it is when its sequence runs alone (`Session`, `ember
-/// run`), whatever else shares the batch: rows are computed with the same kernels, and matrix
-/// products have two kernel paths that round differently (MatmulPath), so each row's path is
-/// pinned to the one the single sequence takes: decoding rows the matrix-vector tiles, prompt
-/// rows the path of their prompt's chunk (chunks of `promptChunk` tokens from the start); so is
-/// each row's attention (`BatchRow.splitsKeys`). Greedy generations thus give `ember run`'s text
+/// run`), whatever else shares the batch: a matrix product gives each row the same bits whether
+/// the row is alone (matrix-vector tiles) or one of many (repacked matrix-matrix kernels), see
+/// ember_kernels.h, and each row's attention is pinned to the way its sequence alone runs it
+/// (`BatchRow.splitsKeys`: decoding rows and one-row prompt chunks split their keys over the
+/// threads, chunks of `promptChunk` tokens from the start do not). Greedy generations thus give `ember run`'s text
 /// at any batch size with the dense FFN. A sparse FFN reads the union of the rows' active sets
 /// (BatchedSparseFeedForward): a decoding row still gets its single token's result bit for bit
 /// while the step's union is read sparsely, but when the union is large enough for the dense
 /// products to be faster, the step's rows get the masked dense FFN, which rounds otherwise (so
 /// near-ties may go another way).
-///
-/// With `BatchArithmetic.fast` rows are not pinned: every product of a step takes the kernels
-/// its whole row count calls for (many decoding rows: the repacked matrix-matrix kernels, about
-/// twice as fast per row as the tiles), and a row's logits then depend on what shares its step.
 final class BatchScheduler: @unchecked Sendable {
     // Shared with other threads: requests handed in, the stop flag and the load, all behind
     // `condition`'s lock. Everything below `Engine state` belongs to the scheduler thread.
@@ -43,7 +39,6 @@ final class BatchScheduler: @unchecked Sendable {
     let stepTokens: Int
     /// The chunk length a single sequence reads its prompt in (`SessionOptions.batchSize`).
     let promptChunk: Int
-    let arithmetic: BatchArithmetic
     let model: Model
 
     // MARK: engine state (scheduler thread only)
@@ -56,9 +51,9 @@ final class BatchScheduler: @unchecked Sendable {
 
     private struct Slot {
         let cache: KVCache
-        /// The tokens the cache holds, in order, and the kernels each was computed with.
+        /// The tokens the cache holds, in order, and whether each one's attention split its keys.
         var tokens: [Int32] = []
-        var kernels: [RowKernels] = []
+        var splitsKeys: [Bool] = []
         var job: Job?
     }
 
@@ -96,10 +91,9 @@ final class BatchScheduler: @unchecked Sendable {
 
     /// `context`: the engine, its cache being slot 0's; its pass takes a step's rows (at least
     /// one per slot). `promptChunk`: the chunk a single sequence reads prompts in.
-    init(model: Model, context: Context, slots: Int, promptChunk: Int, arithmetic: BatchArithmetic) {
+    init(model: Model, context: Context, slots: Int, promptChunk: Int) {
         precondition(slots >= 1 && context.pass.maxTokens >= slots && promptChunk >= 1)
         self.promptChunk = promptChunk
-        self.arithmetic = arithmetic
         self.model = model
         self.context = context
         slotCount = slots
@@ -239,13 +233,11 @@ final class BatchScheduler: @unchecked Sendable {
             guard !free.isEmpty else { return }
             let request = waiting.removeFirst()
             let prompt = request.prompt
-            // A cached position is reused only if it was computed as this prompt read alone
-            // computes it (any way will do with the fast arithmetic).
+            // A cached position is reused only if it was computed as this prompt read alone computes it.
             func shared(_ index: Int) -> Int {
                 let slot = slots[index]
                 return zip(slot.tokens.indices, prompt).prefix { p, token in
-                    slot.tokens[p] == token
-                        && (arithmetic == .fast || slot.kernels[p] == kernels(position: p, promptLength: prompt.count))
+                    slot.tokens[p] == token && slot.splitsKeys[p] == splitsKeys(position: p, promptLength: prompt.count)
                 }.count
             }
             let index = free.max { shared($0) < shared($1) }!
@@ -253,7 +245,7 @@ final class BatchScheduler: @unchecked Sendable {
             let kept = min(shared(index), prompt.count - 1)
             slots[index].cache.truncate(to: kept)
             slots[index].tokens.removeSubrange(kept...)
-            slots[index].kernels.removeSubrange(kept...)
+            slots[index].splitsKeys.removeSubrange(kept...)
             let settings = request.settings
             var job = Job(request: request, order: admissions, sampler: Sampler(settings.sampling),
                           decoder: StreamingDecoder(tokenizer: model.tokenizer), stops: StopStringFilter(stops: settings.stop),
@@ -277,7 +269,7 @@ final class BatchScheduler: @unchecked Sendable {
             guard let job = slots[index].job, let token = job.pending else { continue }
             logitSlots.append(index)
             logitRows.append(rows.count)
-            rows.append(pinned(BatchRow(token: token, cache: slots[index].cache, position: slots[index].cache.count), to: .decode))
+            rows.append(BatchRow(token: token, cache: slots[index].cache, position: slots[index].cache.count, splitsKeys: true))
         }
         var budget = stepTokens - rows.count
         let reading = slots.indices.filter { slots[$0].job != nil && slots[$0].job!.pending == nil }
@@ -288,8 +280,8 @@ final class BatchScheduler: @unchecked Sendable {
             let count = min(budget, job.request.prompt.count - job.promptDone)
             for k in 0..<count {
                 let p = job.promptDone + k
-                rows.append(pinned(BatchRow(token: job.request.prompt[p], cache: slots[index].cache, position: p),
-                                   to: kernels(position: p, promptLength: job.request.prompt.count)))
+                rows.append(BatchRow(token: job.request.prompt[p], cache: slots[index].cache, position: p,
+                                     splitsKeys: splitsKeys(position: p, promptLength: job.request.prompt.count)))
             }
             chunks.append((index, count))
             if job.promptDone + count == job.request.prompt.count {
@@ -300,12 +292,6 @@ final class BatchScheduler: @unchecked Sendable {
         }
         guard !rows.isEmpty else { return }
 
-        // Tiles rows first, then repacked ones (ForwardPass.linear runs each group as one product).
-        let order = rows.indices.filter { rows[$0].path == .tiles } + rows.indices.filter { rows[$0].path != .tiles }
-        var position = Array(repeating: 0, count: rows.count)
-        for (i, original) in order.enumerated() { position[original] = i }
-        rows = order.map { rows[$0] }
-        logitRows = logitRows.map { position[$0] }
         do {
             try model.language.forward(batch: rows, pass: context.pass, logitRows: logitRows, into: logits)
         } catch {
@@ -315,21 +301,21 @@ final class BatchScheduler: @unchecked Sendable {
                 slots[index].job = nil
                 slots[index].cache.truncate(to: 0)
                 slots[index].tokens.removeAll()
-                slots[index].kernels.removeAll()
+                slots[index].splitsKeys.removeAll()
             }
             return
         }
         for (index, token) in zip(logitSlots, logitSlots.map { slots[$0].job!.pending }) {
             if let token {
                 slots[index].tokens.append(token)
-                slots[index].kernels.append(.decode)
+                slots[index].splitsKeys.append(true)
                 slots[index].job!.statistics.decodeEvaluations += 1
             }
         }
         for (index, count) in chunks {
             let job = slots[index].job!
             slots[index].tokens += job.request.prompt[job.promptDone..<job.promptDone + count]
-            slots[index].kernels += (job.promptDone..<job.promptDone + count).map { kernels(position: $0, promptLength: job.request.prompt.count) }
+            slots[index].splitsKeys += (job.promptDone..<job.promptDone + count).map { splitsKeys(position: $0, promptLength: job.request.prompt.count) }
             slots[index].job!.promptDone += count
         }
         for (i, index) in logitSlots.enumerated() {
@@ -379,31 +365,11 @@ final class BatchScheduler: @unchecked Sendable {
         slots[index].job = job
     }
 
-    /// The kernels of prompt position `p` when a single sequence reads the prompt: those of its
-    /// chunk (chunks of `promptChunk` from the start): the product path of the chunk's row
-    /// count (a one-row chunk is a matrix-vector product, the tiles), and a one-row chunk's
-    /// attention splits its keys.
-    private func kernels(position p: Int, promptLength: Int) -> RowKernels {
+    /// Whether prompt position `p`'s attention splits its keys when a single sequence reads the
+    /// prompt: when its chunk (chunks of `promptChunk` from the start) is one row long.
+    private func splitsKeys(position p: Int, promptLength: Int) -> Bool {
         let start = p / promptChunk * promptChunk
-        let rows = min(promptChunk, promptLength - start)
-        return RowKernels(path: MatmulPath.automatic(columns: rows), splitsKeys: rows == 1)
-    }
-
-    /// `row` pinned to `kernels`; left to the step's choice with the fast arithmetic.
-    private func pinned(_ row: BatchRow, to kernels: RowKernels) -> BatchRow {
-        guard arithmetic == .asAlone else { return row }
-        var row = row
-        row.path = kernels.path
-        row.splitsKeys = kernels.splitsKeys
-        return row
-    }
-
-    /// How a row was (or is to be) computed: the rounding-relevant kernel choices of `BatchRow`.
-    struct RowKernels: Equatable {
-        var path: MatmulPath
-        var splitsKeys: Bool
-        /// A decoding row, as a single sequence's one-row step computes it.
-        static let decode = RowKernels(path: .tiles, splitsKeys: true)
+        return min(promptChunk, promptLength - start) == 1
     }
 
     /// Ends a generation whose slot is already free; the load says so before its consumer hears.

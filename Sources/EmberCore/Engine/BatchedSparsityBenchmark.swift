@@ -69,7 +69,7 @@ private final class PlantedMasks: ActiveNeuronPredictor {
         return count
     }
 
-    func activeMasks(layer: Int, inputs: Matrix, count: Int, into: Matrix, pool: ThreadPool?, path: MatmulPath) -> Int {
+    func activeMasks(layer: Int, inputs: Matrix, count: Int, into: Matrix, pool: ThreadPool?) -> Int {
         into.pointer.update(from: masks.pointer, count: count * masks.length)
         return (0..<count * masks.length).reduce(0) { $0 + (masks.pointer[$1] != 0 ? 1 : 0) }
     }
@@ -101,7 +101,7 @@ extension Context {
         var points: [BatchCrossoverReport.Point] = []
         var layer = 0
         for rows in rowCounts {
-            pass.begin(rows: caches.prefix(rows).map { BatchRow(token: 0, cache: $0, position: 0, path: .tiles) },
+            pass.begin(rows: caches.prefix(rows).map { BatchRow(token: 0, cache: $0, position: 0) },
                        embedding: model.architecture.embedding)
             for fraction in fractions {
                 // A union of the share asked for, covered by the rows' sets of `rowShare` each
@@ -185,7 +185,7 @@ extension Context {
                     let start = DispatchTime.now()
                     for step in 0..<steps {
                         try model.forward(batch: (0..<rows).map {
-                            BatchRow(token: tokens[$0], cache: caches[$0], position: promptTokens + step, path: .tiles)
+                            BatchRow(token: tokens[$0], cache: caches[$0], position: promptTokens + step)
                         }, pass: pass, logitRows: Array(0..<rows), into: logits)
                         tokens = (0..<rows).map { argmax(UnsafeBufferPointer(start: logits.row($0), count: logits.length)) }
                     }

@@ -13,9 +13,7 @@ import Foundation
 /// Each sequence's rows are computed bit for bit as a `Session` computes them alone, whatever
 /// else shares the step (see BatchScheduler), so greedy generations give its text. The one
 /// exception: a sparse FFN whose batch union is large enough to run the masked dense products
-/// rounds otherwise, so a near-tie between two tokens can go the other way. With
-/// `BatchArithmetic.fast` a step's products take the kernels its row count calls for instead:
-/// faster with many sequences, but a sequence's logits then depend on what shares its steps.
+/// rounds otherwise, so a near-tie between two tokens can go the other way.
 public final class ParallelSession: Sendable {
     public let model: Model
     public let options: SessionOptions
@@ -25,13 +23,11 @@ public final class ParallelSession: Sendable {
     public let contextLength: Int
     public let slots: Int
     public let sparsityMode: SparsityMode
-    public let arithmetic: BatchArithmetic
     private let scheduler: BatchScheduler
 
     /// `slots` sequences at once. A step evaluates at most `max(options.batchSize, slots)`
     /// tokens: one per decoding sequence and the rest from prompts.
-    public init(model: Model, options: SessionOptions = SessionOptions(), slots: Int,
-                arithmetic: BatchArithmetic = .asAlone) throws {
+    public init(model: Model, options: SessionOptions = SessionOptions(), slots: Int) throws {
         guard (1...1024).contains(slots) else { throw SessionError.invalidOption("slots must be in 1...1024, not \(slots)") }
         let promptChunk = options.batchSize
         var options = options
@@ -55,8 +51,7 @@ public final class ParallelSession: Sendable {
         self.slots = slots
         contextLength = context.contextLength
         sparsityMode = context.sparse?.mode ?? .dense
-        self.arithmetic = arithmetic
-        scheduler = BatchScheduler(model: model, context: context, slots: slots, promptChunk: promptChunk, arithmetic: arithmetic)
+        scheduler = BatchScheduler(model: model, context: context, slots: slots, promptChunk: promptChunk)
     }
 
     deinit { scheduler.shutdown() }
@@ -75,16 +70,4 @@ public final class ParallelSession: Sendable {
 
     /// Ends every generation (their streams finish with `CancellationError`) and refuses new ones.
     public func shutdown() { scheduler.shutdown() }
-}
-
-/// How the rows of a step of several sequences are computed.
-public enum BatchArithmetic: String, Sendable, CaseIterable {
-    /// Each row bit for bit as its sequence alone computes it (`Session`, `ember run`): greedy
-    /// text does not depend on what else is being generated.
-    case asAlone = "alone"
-    /// Each product with the kernels the step's row count calls for: many decoding sequences go
-    /// through the matrix-matrix kernels, about twice as fast per row, and a row's logits then
-    /// differ from its sequence's alone by float rounding, which the 8-bit activations can
-    /// grow into different greedy choices (as in other batching servers).
-    case fast
 }

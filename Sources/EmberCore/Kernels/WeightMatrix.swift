@@ -35,12 +35,11 @@ struct WeightMatrix: @unchecked Sendable {
 
     /// For each of `count` activation vectors (`stride` bytes apart) and each row r in `rows`:
     /// y[c * ldy + r] = row r · activations[c].
-    /// `path`: which of the product's two kernel paths computes it (see MatmulPath).
     @inline(__always)
     func multiply(_ activations: UnsafeRawPointer, stride: Int, count: Int,
-                  into y: UnsafeMutablePointer<Float>, ldy: Int, rows range: Range<Int>, path: MatmulPath = .automatic) {
-        ember_matmul_path(Int32(type.rawValue), Int64(columns), data, rowBytes, activations, stride, Int64(count),
-                          y, Int64(ldy), Int64(range.lowerBound), Int64(range.upperBound), path.code)
+                  into y: UnsafeMutablePointer<Float>, ldy: Int, rows range: Range<Int>) {
+        ember_matmul(Int32(type.rawValue), Int64(columns), data, rowBytes, activations, stride, Int64(count),
+                     y, Int64(ldy), Int64(range.lowerBound), Int64(range.upperBound))
     }
 
     /// Copies rows `rows` (in that order) one after another into `destination` (room for
@@ -96,26 +95,5 @@ final class ActivationBuffers {
         let b = ActivationBuffer(type: type, length: length, capacity: capacity)
         buffers[key] = b
         return b
-    }
-}
-
-/// The two ways a matrix product is computed, which round differently (ember_matmul_path):
-/// `tiles` gives for each column exactly what a matrix-vector product gives; `repacked` is what
-/// products of `repackMinimumColumns` or more columns use. `automatic` picks by column count.
-enum MatmulPath: Equatable {
-    case automatic, tiles, repacked
-
-    /// Products of this many columns or more take the repacked path when automatic.
-    static let repackMinimumColumns = Int(EMBER_MATMUL_REPACK_MIN_COLUMNS)
-
-    /// The path an automatic product of `columns` columns takes.
-    static func automatic(columns: Int) -> MatmulPath { columns >= repackMinimumColumns ? .repacked : .tiles }
-
-    var code: Int32 {
-        switch self {
-        case .automatic: Int32(EMBER_MATMUL_AUTO)
-        case .tiles: Int32(EMBER_MATMUL_TILES)
-        case .repacked: Int32(EMBER_MATMUL_REPACKED)
-        }
     }
 }

@@ -22,10 +22,6 @@ final class ForwardPass {
     private(set) var splitsKeys: [Bool] = []
     /// Whether every row of the batch belongs to `cache` (device offload serves only that one).
     private(set) var isSingleSequence = true
-    /// Products of a batch of several sequences take each row's kernel path as pinned by its
-    /// `BatchRow`: rows 0..<pinnedTileRows the matrix-vector tiles, the rest the repacked path.
-    /// nil: every product picks its path by its row count (one sequence).
-    private(set) var pinnedTileRows: Int?
 
     // Activations, one row per token.
     let x: Matrix          // residual stream
@@ -102,13 +98,6 @@ final class ForwardPass {
         var rowsPerCache: [ObjectIdentifier: Int] = [:]
         for row in rows { rowsPerCache[ObjectIdentifier(row.cache), default: 0] += 1 }
         splitsKeys = rows.map { $0.splitsKeys ?? (rowsPerCache[ObjectIdentifier($0.cache)] == 1) }
-        if rows.allSatisfy({ $0.path == .automatic }) {
-            pinnedTileRows = nil
-        } else {
-            let tiles = rows.prefix { $0.path == .tiles }.count
-            precondition(rows[tiles...].allSatisfy { $0.path == .repacked }, "pinned rows: tiles first, then repacked, none automatic")
-            pinnedTileRows = tiles
-        }
         let d = config.embeddingLength
         for (t, token) in rows.lazy.map(\.token).enumerated() {
             embedding.tokens.dequantizeRow(Int(token), into: x.row(t))
@@ -249,14 +238,12 @@ final class ForwardPass {
     }
 
     /// output[t] = W · input[t] for each (W, output) pair and the first `count` rows (default:
-    /// the batch); all share the same input, converted once per activation format. Rows of a
-    /// batch of several sequences take their pinned kernel paths; `count` rows (the output
-    /// head's) are then each computed as a single row alone (tiles).
+    /// the batch); all share the same input, converted once per activation format. Whichever
+    /// kernels the row count calls for, each row gets the bits it would get alone.
     func linear(_ input: Matrix, _ products: [(WeightMatrix, Matrix)], count: Int? = nil) {
         let n = input.length
         let tokenCount = count ?? self.tokenCount
-        let tiled = count == nil ? pinnedTileRows : (pinnedTileRows == nil ? nil : tokenCount)
-        if tokenCount == 1, tiled != 0 {
+        if tokenCount == 1 {
             pool.run { thread in
                 var converted: [Int: ActivationBuffer] = [:]
                 for (w, output) in products {
@@ -290,19 +277,8 @@ final class ForwardPass {
                 let activations = buffers.first { $0.type == w.activationType }!
                 let rows = ThreadPool.share(of: w.rows, thread: thread, threads: pool.threadCount, granularity: 16)
                 guard !rows.isEmpty else { continue }
-                if let tiled {
-                    if tiled > 0 {
-                        w.multiply(activations.bytes, stride: activations.stride, count: tiled,
-                                   into: output.pointer, ldy: output.length, rows: rows, path: .tiles)
-                    }
-                    if tokenCount > tiled {
-                        w.multiply(activations.bytes + tiled * activations.stride, stride: activations.stride, count: tokenCount - tiled,
-                                   into: output.row(tiled), ldy: output.length, rows: rows, path: .repacked)
-                    }
-                } else {
-                    w.multiply(activations.bytes, stride: activations.stride, count: tokenCount,
-                               into: output.pointer, ldy: output.length, rows: rows)
-                }
+                w.multiply(activations.bytes, stride: activations.stride, count: tokenCount,
+                           into: output.pointer, ldy: output.length, rows: rows)
             }
         }
     }
@@ -371,14 +347,12 @@ final class ForwardPass {
     }
 }
 
-/// One row of a batch: a token, the cache of its sequence, its position there, and the kernel
-/// path its products take (pinned in batches of several sequences, so that the row is computed
-/// as when its sequence runs alone: see `BatchScheduler.path`).
+/// One row of a batch: a token, the cache of its sequence, its position there, and how its
+/// attention runs.
 struct BatchRow {
     let token: Int32
     let cache: KVCache
     let position: Int
-    var path: MatmulPath = .automatic
     /// How the row's attention runs: alone with its keys split over the threads (true: how a
     /// sequence alone runs a one-row step), or in blocks of rows with its sequence's other rows
     /// of the batch (false: a prompt chunk). The two round differently, so a row of a batch of

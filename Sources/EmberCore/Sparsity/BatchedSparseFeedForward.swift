@@ -10,11 +10,10 @@ import Foundation
 ///
 /// Every row uses only its own active neurons' results, never the union's others, and keeps
 /// the single-token path's summation order: a row's output is bit-identical to what the
-/// single-token sparse FFN (SparseDecoder, CPU only, the same pool) gives for it alone,
-/// provided its selection was computed the same way (matrix-vector tiles, which the decoding
-/// rows of a scheduler step are pinned to; the predictor's scores of a batch always take
-/// them). For exact mode on a ReLU model the union's other neurons are zero for that row
-/// anyway, so using the union or the row's own set would give the same output.
+/// single-token sparse FFN (SparseDecoder, CPU only, the same pool) gives for it alone (its
+/// selection's products give it the same bits in a batch as alone, see ember_kernels.h). For
+/// exact mode on a ReLU model the union's other neurons are zero for that row anyway, so using
+/// the union or the row's own set would give the same output.
 ///
 /// The union grows with the batch; past a measured share of the neurons (`SparseBatchRule`)
 /// the batch runs the dense products instead, with the rows' selections as masks (what
@@ -91,8 +90,8 @@ final class BatchedSparseFeedForward {
         case .dense:
             preconditionFailure("dense runs without a sparse FFN")
         case .predictor:
-            // Matrix-vector tiles: each row's scores are those of the single-token prediction.
-            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: rows, into: masks, pool: pool, path: .tiles)
+            // Each row's scores are those of the single-token prediction.
+            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: rows, into: masks, pool: pool)
         case .exact, .threshold:
             pass.linear(input, [(w.gate?.weight ?? w.up.weight, a)])
             pass.addBias(w.gate != nil ? w.gate!.bias : w.up.bias, to: a)

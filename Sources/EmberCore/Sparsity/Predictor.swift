@@ -247,33 +247,31 @@ final class PredictorSet {
 
     /// Scores of `count` tokens (rows of `inputs`) into rows of `scores` (length F), the rows
     /// of each product split over `pool` (nil: on the calling thread).
-    func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool?, path: MatmulPath = .automatic) {
+    func scores(layer l: Int, inputs: Matrix, count: Int, into scores: Matrix, pool: ThreadPool?) {
         let p = layers[l]!
         precondition(inputs.length == inputLength && scores.length == neuronCount && count <= inputs.rows && count <= scores.rows)
         let hidden = Matrix(rows: count, length: p.rank)
-        Self.multiply(p.fc1, inputs, count: count, into: hidden, pool: pool, path: path)
+        Self.multiply(p.fc1, inputs, count: count, into: hidden, pool: pool)
         ember_relu(hidden.pointer, Int64(count * p.rank))
-        Self.multiply(p.fc2, hidden, count: count, into: scores, pool: pool, path: path)
+        Self.multiply(p.fc2, hidden, count: count, into: scores, pool: pool)
     }
 
     /// Masks for `count` tokens: masks[t][i] = 1 if neuron i is predicted active for token t,
     /// else 0, so multiplying act(gate) by it makes unpredicted neurons contribute nothing.
     /// Layers without a predictor get all ones. Returns the number of active entries.
     @discardableResult
-    func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?,
-                     path: MatmulPath = .automatic) -> Int {
+    func activeMasks(layer l: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int {
         precondition(masks.length == neuronCount && count <= masks.rows)
         guard let p = layers[l] else {
             masks.pointer.update(repeating: 1, count: count * neuronCount)
             return count * neuronCount
         }
-        scores(layer: l, inputs: inputs, count: count, into: masks, pool: pool, path: path)
+        scores(layer: l, inputs: inputs, count: count, into: masks, pool: pool)
         return Int(ember_threshold_mask(masks.pointer, Int64(count * neuronCount), p.threshold))
     }
 
     /// out[t] = W · input[t] for t < count, W's rows split over the pool.
-    private static func multiply(_ w: WeightMatrix, _ input: Matrix, count: Int, into out: Matrix, pool: ThreadPool?,
-                                 path: MatmulPath) {
+    private static func multiply(_ w: WeightMatrix, _ input: Matrix, count: Int, into out: Matrix, pool: ThreadPool?) {
         let act = w.activationType
         var source = UnsafeRawPointer(input.pointer), stride = input.length * 4
         var converted: ActivationBuffer?
@@ -284,7 +282,7 @@ final class PredictorSet {
         }
         withExtendedLifetime(converted) {
             let body = { (rows: Range<Int>) in
-                w.multiply(source, stride: stride, count: count, into: out.pointer, ldy: out.length, rows: rows, path: path)
+                w.multiply(source, stride: stride, count: count, into: out.pointer, ldy: out.length, rows: rows)
             }
             if let pool { pool.parallelFor(w.rows, granularity: 16, body) } else { body(0..<w.rows) }
         }

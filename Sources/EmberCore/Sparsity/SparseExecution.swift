@@ -6,9 +6,9 @@ protocol ActiveNeuronPredictor: AnyObject {
     /// neuron) and returns how many there are; `pool` (nil: the calling thread) shares the work.
     func activeNeurons(layer: Int, input: UnsafePointer<Float>, into: UnsafeMutablePointer<Int32>, pool: ThreadPool?) -> Int
     /// For `count` tokens (rows of `inputs`): masks[t][i] = 1 when neuron i is predicted
-    /// active for token t, else 0; returns how many are active in all. `path`: the products'
-    /// kernels (`.tiles`: each row's scores exactly those of `activeNeurons`).
-    func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?, path: MatmulPath) -> Int
+    /// active for token t, else 0; returns how many are active in all. Each row's scores are
+    /// exactly those `activeNeurons` computes for it alone.
+    func activeMasks(layer: Int, inputs: Matrix, count: Int, into masks: Matrix, pool: ThreadPool?) -> Int
     /// Bytes of predictor weights read per token.
     var byteCount: Int { get }
 }
@@ -222,7 +222,7 @@ final class SparseExecution: FeedForwardSparsity {
         if mode == .predictor {
             if predictorMasks?.rows ?? 0 < pass.tokenCount { predictorMasks = Matrix(rows: pass.maxTokens, length: n) }
             masks = predictorMasks
-            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: pass.tokenCount, into: masks!, pool: pass.pool, path: .automatic)
+            _ = predictor!.activeMasks(layer: layer, inputs: pass.x, count: pass.tokenCount, into: masks!, pool: pass.pool)
         }
         counts.withUnsafeMutableBufferPointer { counts in
             pass.forEachToken { t in

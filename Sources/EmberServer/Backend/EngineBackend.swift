@@ -25,9 +25,8 @@ public final class EngineBackend: CompletionBackend {
 
     /// Loads the model at `path` and its sessions, then answers requests. Throws (and stays
     /// loading) when the model or the options are wrong.
-    public func load(path: String, options: SessionOptions, parallel: Int,
-                     arithmetic: BatchArithmetic = .asAlone) throws -> [String] {
-        let engine = try Engine(model: try Model(path: path), options: options, parallel: parallel, arithmetic: arithmetic)
+    public func load(path: String, options: SessionOptions, parallel: Int) throws -> [String] {
+        let engine = try Engine(model: try Model(path: path), options: options, parallel: parallel)
         state.withLock { $0 = .ready(engine) }
         return engine.notes
     }
@@ -101,9 +100,9 @@ final class Engine: Sendable {
     let notes: [String]
     private let session: ParallelSession
 
-    init(model: Model, options: SessionOptions, parallel: Int, arithmetic: BatchArithmetic) throws {
+    init(model: Model, options: SessionOptions, parallel: Int) throws {
         self.model = model
-        session = try ParallelSession(model: model, options: options, slots: parallel, arithmetic: arithmetic)
+        session = try ParallelSession(model: model, options: options, slots: parallel)
         contextLength = session.contextLength
         notes = session.notes
     }
