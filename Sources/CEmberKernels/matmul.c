@@ -78,9 +78,30 @@ void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
     run_tiles(k, n, w, row_bytes, act, 0, 1, y, 0, r0, r1);
 }
 
-// With enough columns, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 go through the repacked 8-row path (see
-// dot_avx2.c); repacking costs about as much as 4 columns save.
-enum { GEMM8_MIN_COLS = EMBER_MATMUL_REPACK_MIN_COLUMNS };
+// With enough columns the quantized types go through the repacked 8-row paths (gemm_avx2.c).
+// Both paths give the same bits, so the choice is speed alone: the column count from which
+// repacking pays. Measured on Zen3, one thread, ns per row, block and column, tiles against
+// repacked: Q4_0 4096 wide, 4 columns, from memory 1.13 / 0.82; short rows, whose tiles
+// prefetch as one run, pay later (Q8_0 640 wide: 4 columns 1.09 / 1.25, 6 columns 1.13 /
+// 0.99); K-quant super-blocks cost more to repack (Q4_K 2048 wide from cache, 4 columns 0.61 /
+// 0.65, 6: 0.70 / 0.54; Q6_K 2048 wide, 4: 0.71 / 1.03, 8: 0.70 / 0.71).
+static int64_t repack_min_columns(int type, size_t row_bytes) {
+    switch (type) {
+    case EMBER_TYPE_Q6_K: return 8;
+    case EMBER_TYPE_Q4_K: case EMBER_TYPE_Q5_K: return 6;
+    default: return row_bytes <= LINEAR_PREFETCH_MAX_ROW ? 6 : 4;
+    }
+}
+
+// The repacked kernels read a band of 8 rows block by block across the rows, a pattern the
+// hardware prefetchers follow poorly from memory: the next band is prefetched whole as one run
+// while this one is repacked (Gemma 3's head, Q8_0, 640 x 262144, 4 columns, Zen3, one thread:
+// without it 1.75 ns per row, block and column against 1.14 for the tiles).
+static void prefetch_band(const uint8_t *w, size_t row_bytes, int64_t r, int64_t r1) {
+    if (r + 8 > r1) return;
+    const uint8_t *p = w + r * row_bytes;
+    for (size_t o = 0; o < 8 * row_bytes; o += 64) __builtin_prefetch(p + o, 0, 2);
+}
 
 static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
                         const uint8_t *act, size_t act_stride, int64_t ncols,
@@ -102,6 +123,7 @@ static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
     }
     int64_t r = r0;
     for (; r + 8 <= r1; r += 8) {
+        prefetch_band(w, row_bytes, r + 8, r1);
         ember_avx2_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
         ember_avx2_gemm8(type, n, q8, dm, xsum, act, act_stride, ncols, y + r, ldy);
     }
@@ -118,6 +140,7 @@ static int matmul_gemm8_k(int type, int64_t n, const uint8_t *w, size_t row_byte
     if (!packed) return 0;
     int64_t r = r0;
     for (; r + 8 <= r1; r += 8) {
+        prefetch_band(w, row_bytes, r + 8, r1);
         ember_avx2_repack8_k(type, n, w + r * row_bytes, row_bytes, packed);
         ember_avx2_gemm8_k(type, n, packed, act, act_stride, ncols, y + r, ldy);
     }
@@ -140,7 +163,8 @@ void ember_matmul_path(int type, int64_t n, const void *w, size_t row_bytes,
                        float *y, int64_t ldy, int64_t r0, int64_t r1, int path) {
     const ember_kernel_set *k = kernels_for(type);
     if (!k || r1 <= r0 || ncols <= 0) return;
-    int repack = path == EMBER_MATMUL_REPACKED || (path == EMBER_MATMUL_AUTO && ncols >= GEMM8_MIN_COLS);
+    int repack = path == EMBER_MATMUL_REPACKED ||
+                 (path == EMBER_MATMUL_AUTO && ncols >= repack_min_columns(type, row_bytes));
     if (repack && r1 - r0 >= 8 && ember_has_avx2() &&
         (type == EMBER_TYPE_Q4_0 || type == EMBER_TYPE_Q4_1 || type == EMBER_TYPE_Q5_0 ||
          type == EMBER_TYPE_Q5_1 || type == EMBER_TYPE_Q8_0) &&

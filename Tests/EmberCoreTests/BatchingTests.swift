@@ -69,7 +69,7 @@ final class BatchingTests: XCTestCase {
     }
 
     /// Decoding rows give, in a batch of any size, the logits their sequence gives alone, bit
-    /// for bit. Products of 4 or more rows take the repacked matrix-matrix kernels, a single row
+    /// for bit. Products of 4-8 or more rows take the repacked matrix-matrix kernels, a single row
     /// the matrix-vector tiles; both must give a row the same bits (same integer sums per
     /// block, same float steps). Even a last-bit difference would show: activations are
     /// quantized to 8 bits before each product, so it can move a value across a rounding step
