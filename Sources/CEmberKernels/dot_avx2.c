@@ -70,8 +70,7 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
         }
         // The float steps of the repacked kernel (gemm8_tile), lane i for row i: the block's
         // exact integer dot, then acc += (d_w·d_a)·dot, or for Q4_1/Q5_1
-        // acc += m·s + (d_w·d_a)·dot.
-        // Each row's d in lane i (Q4_1/Q5_1: m in d's place in m).
+        // acc += m·s + (d_w·d_a)·dot. Row i's d is lane i of d (its m, lane i of m).
         __m256 dm = has_min ? row_half_pairs(nr, w, b * wbytes) : _mm256_setzero_ps();
         __m128 d = has_min ? _mm256_castps256_ps128(dm) : row_halves(nr, w, b * wbytes);
         __m128 m = _mm256_extractf128_ps(dm, 1);
@@ -238,15 +237,17 @@ INLINE void k_tile(const int kind, const int nr, const int nc, const int run, in
         }
         // The float steps of the repacked kernel (gemm8k_tile), lane i for row i:
         // acc += (d·d_a)·dot, then acc -= (dmin·d_a)·mins for Q4_K/Q5_K.
-        __m256 dd = kind == K_Q6_K ? _mm256_castps128_ps256(row_halves(nr, w, b * wbytes + (int64_t)offsetof(block_q6_K, d)))
-                                   : row_half_pairs(nr, w, b * wbytes);
+        // Row i's d is lane i of d (Q4_K/Q5_K: its dmin, lane i of dmin).
+        __m256 dd = kind == K_Q6_K
+            ? _mm256_castps128_ps256(row_halves(nr, w, b * wbytes + (int64_t)offsetof(block_q6_K, d)))
+            : row_half_pairs(nr, w, b * wbytes);
+        __m128 d = _mm256_castps256_ps128(dd), dmin = _mm256_extractf128_ps(dd, 1);
         UNROLL
         for (int c = 0; c < nc; c++) {
             __m128 da = _mm_set1_ps(a[c]->d);
-            acc[c] = _mm_fmadd_ps(_mm_mul_ps(_mm256_castps256_ps128(dd), da), _mm_cvtepi32_ps(row_totals(nr, dots[c])), acc[c]);
+            acc[c] = _mm_fmadd_ps(_mm_mul_ps(d, da), _mm_cvtepi32_ps(row_totals(nr, dots[c])), acc[c]);
             if (kind != K_Q6_K)
-                acc[c] = _mm_fnmadd_ps(_mm_mul_ps(_mm256_extractf128_ps(dd, 1), da),
-                                       _mm_cvtepi32_ps(row_totals(nr, mins[c])), acc[c]);
+                acc[c] = _mm_fnmadd_ps(_mm_mul_ps(dmin, da), _mm_cvtepi32_ps(row_totals(nr, mins[c])), acc[c]);
         }
     }
     UNROLL

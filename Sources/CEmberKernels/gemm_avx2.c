@@ -92,11 +92,13 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
             if (offset)  // q - offset: subtract offset * sum(x) from every row's sum
                 sumi[c] = _mm256_sub_epi32(sumi[c], _mm256_set1_epi32(offset * xsum[c * (n / 32) + b]));
             __m256 dd = _mm256_mul_ps(d, _mm256_set1_ps(h2f(ab)));
-            if (has_min)  // m·s + (d_w·d_a)·dot, then one add on the accumulator's chain
-                acc[c] = _mm256_add_ps(acc[c], _mm256_fmadd_ps(_mm256_loadu_ps(dm + 16 * b + 8), _mm256_set1_ps(h2f(ab + 2)),
-                                                               _mm256_mul_ps(dd, _mm256_cvtepi32_ps(sumi[c]))));
-            else
-                acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+            __m256 dot = _mm256_cvtepi32_ps(sumi[c]);
+            if (has_min) {  // m·s + (d_w·d_a)·dot, then one add on the accumulator's chain
+                __m256 m = _mm256_loadu_ps(dm + 16 * b + 8);
+                acc[c] = _mm256_add_ps(acc[c], _mm256_fmadd_ps(m, _mm256_set1_ps(h2f(ab + 2)), _mm256_mul_ps(dd, dot)));
+            } else {
+                acc[c] = _mm256_fmadd_ps(dd, dot, acc[c]);
+            }
         }
     }
     UNROLL
