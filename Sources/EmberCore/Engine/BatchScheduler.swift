@@ -18,12 +18,12 @@ import Synchronization
 /// the row is alone (matrix-vector tiles) or one of many (repacked matrix-matrix kernels), see
 /// ember_kernels.h, and each row's attention is pinned to the way its sequence alone runs it
 /// (`BatchRow.splitsKeys`: decoding rows and one-row prompt chunks split their keys over the
-/// threads, chunks of `promptChunk` tokens from the start do not). Greedy generations thus give `ember run`'s text
-/// at any batch size with the dense FFN. A sparse FFN reads the union of the rows' active sets
-/// (BatchedSparseFeedForward): a decoding row still gets its single token's result bit for bit
-/// while the step's union is read sparsely, but when the union is large enough for the dense
-/// products to be faster, the step's rows get the masked dense FFN, which rounds otherwise (so
-/// near-ties may go another way).
+/// threads, chunks of `promptChunk` tokens from the start do not). Greedy generations thus
+/// give `ember run`'s text at any batch size with the dense FFN. A sparse FFN reads the union
+/// of the rows' active sets (BatchedSparseFeedForward): a decoding row still gets its single
+/// token's result bit for bit while the step's union is read sparsely, but when the union is
+/// large enough for the dense products to be faster, the step's rows get the masked dense FFN,
+/// which rounds otherwise (so near-ties may go another way).
 final class BatchScheduler: @unchecked Sendable {
     // Shared with other threads: requests handed in, the stop flag and the load, all behind
     // `condition`'s lock. Everything below `Engine state` belongs to the scheduler thread.
