@@ -30,7 +30,7 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
     for (int c = 0; c < nc; c++) acc[c] = _mm_setzero_ps();
 
     for (int64_t b = 0; b < n / 32; b++) {
-        __m256i sumi[4][4];
+        __m256i sumi[4][4];  // [column][row]: the block's integer dot
         UNROLL
         for (int i = 0; i < nr; i++) {
             const uint8_t *wb = w[i] + b * wbytes;
@@ -65,23 +65,25 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
                     if (offset)  // pairs of offset * x, same int16 layout as p16
                         p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8((char)offset), x));
                 }
-                sumi[i][c] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+                sumi[c][i] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
             }
         }
         // The float steps of the repacked kernel (gemm8_tile), lane i for row i: the block's
         // exact integer dot, then acc += (d_w·d_a)·dot, or for Q4_1/Q5_1
         // acc += m·s + (d_w·d_a)·dot. Row i's d is lane i of d (its m, lane i of m).
-        __m256 dm = has_min ? row_half_pairs(nr, w, b * wbytes) : _mm256_setzero_ps();
-        __m128 d = has_min ? _mm256_castps256_ps128(dm) : row_halves(nr, w, b * wbytes);
-        __m128 m = _mm256_extractf128_ps(dm, 1);
+        __m128 d, m = _mm_setzero_ps();
+        if (has_min) {
+            __m256 dm = row_half_pairs(nr, w, b * wbytes);
+            d = _mm256_castps256_ps128(dm);
+            m = _mm256_extractf128_ps(dm, 1);
+        } else {
+            d = row_halves(nr, w, b * wbytes);
+        }
         UNROLL
         for (int c = 0; c < nc; c++) {
             // The activation block's d and (Q8_1) s; movd leaves no false dependency on acc.
             __m128 ds = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(act + c * as + b * abytes)));
-            __m256i rows[4];
-            UNROLL
-            for (int i = 0; i < nr; i++) rows[i] = sumi[i][c];
-            __m128 dot = _mm_cvtepi32_ps(row_totals(nr, rows));
+            __m128 dot = _mm_cvtepi32_ps(row_totals(nr, sumi[c]));
             __m128 dd = _mm_mul_ps(d, _mm_permute_ps(ds, 0x00));
             if (has_min)  // the block's value first: one add on the accumulator's chain
                 acc[c] = _mm_add_ps(acc[c], _mm_fmadd_ps(m, _mm_permute_ps(ds, 0x55), _mm_mul_ps(dd, dot)));

@@ -80,9 +80,9 @@ void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
 
 /// ember_matmul takes one of two paths: the tiles of ember_matvec, or, from 4 to 8 columns on
 /// (by type and row length, where it is faster), weights repacked 8 rows at a time (types
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K with AVX2, bands of at least 8 rows). Both give each y the bits of ember_matvec's (same integer sums,
-/// same float steps), so a column's result never depends on the path or on how many columns
-/// share the call.
+/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K with AVX2, bands of at least 8 rows). Both
+/// give each y the bits of ember_matvec's (same integer sums, same float steps), so a column's
+/// result never depends on the path or on how many columns share the call.
 /// ember_matmul_path forces a path (for measurements and tests).
 enum { EMBER_MATMUL_AUTO = 0, EMBER_MATMUL_TILES = 1, EMBER_MATMUL_REPACKED = 2 };
 void ember_matmul_path(int type, int64_t n, const void *w, size_t row_bytes,
