@@ -1,14 +1,29 @@
-// Shared helpers of the AVX2 kernel files (dot_avx2.c, gemm_avx2.c). Every function carries
-// the avx2/fma/f16c target attribute; nothing here runs unless ember_has_avx2().
+// Shared helpers of the x86 kernel files (dot_avx2.c, gemm_avx2.c). Those files are compiled
+// twice: on their own for AVX2 + FMA + F16C, and included by x86_vnni.c with EMBER_X86_VNNI
+// defined for AVX-512 VL/BW + VNNI, which only changes the target attribute, the exported
+// names (X86_NAME) and the integer dot steps below. Nothing here runs unless the CPU has the
+// features (ember_kernel_level in matmul.c).
 #ifndef EMBER_AVX2_UTIL_H
 #define EMBER_AVX2_UTIL_H
 
 #include "internal.h"
 
+#ifdef EMBER_X86_VNNI
+#define X86_NAME(name) ember_vnni_##name
+#define X86_VNNI 1
+#else
+#define X86_NAME(name) ember_avx2_##name
+#define X86_VNNI 0
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
+#if X86_VNNI
+#define AVX2 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#else
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
 #define INLINE static inline __attribute__((always_inline)) AVX2
 // Software prefetch of weights into L2 (T1 was ~1.5x faster than T0 for DRAM-bound matvec on
 // Zen3); the distance is the drivers' (PF_ROWS in internal.h, the gather's next rows).
@@ -18,6 +33,27 @@
 // Loops over rows, columns and sub-blocks have constant trip counts after inlining; fully
 // unrolled they keep accumulators in registers and shuffle masks become constants.
 #define UNROLL _Pragma("GCC unroll 16")
+
+// acc + the sums of each four byte products u·s (u unsigned, s signed), lane by lane in
+// 32 bits. VNNI does it in one instruction; AVX2 sums pairs to 16 bits first, which saturates
+// only beyond 2·32767, a range no caller reaches (weights ≤ 63 unsigned or the Q8_0 sign trick's
+// |w| ≤ 128 against |x| ≤ 127), so both give the same integers and the same bits downstream.
+INLINE __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
+#if X86_VNNI
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+// acc + the sums of each two 16-bit products a·b, lane by lane in 32 bits (exact in both).
+INLINE __m256i dot2_add(__m256i acc, __m256i a, __m256i b) {
+#if X86_VNNI
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
 
 INLINE float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -1,14 +1,17 @@
-// AVX2 + FMA + F16C tile kernels. Compiled for those features per function (target attribute)
-// and only called when the CPU has them, so the library still runs on any x86-64.
+// x86 tile kernels: AVX2 + FMA + F16C, and the same code again for AVX-512 VL/BW + VNNI when
+// x86_vnni.c includes this file (see avx2_util.h). Compiled for those features per function
+// (target attribute) and only called when the CPU has them, so the library runs on any x86-64.
 //
-// Integer dots use vpmaddubsw (unsigned 8-bit x signed 8-bit -> pairs summed to int16) then
-// vpmaddwd (int16 pairs -> int32). Signed weights use the sign trick: |w| * (x * sign(w)).
+// Integer dots go through dot4_add (unsigned 8-bit x signed 8-bit, four products summed to
+// int32: vpdpbusd, or vpmaddubsw + vpmaddwd) and dot2_add (int16 pairs: vpdpwssd or vpmaddwd);
+// both forms give the same integers. Signed weights use the sign trick: |w| * (x * sign(w)).
 // Every tile shape keeps one accumulator per (row, column) and performs the same operations
 // on it in the same order, so any tile shape gives bit-identical results to the 1x1 tile.
 // Quantized tiles reduce each block's (or super-block's) integer dot to one number per row
 // and then take the float steps of the repacked matrix-matrix kernels (gemm_avx2.c) in their
 // order, so a product gives the same bits whichever path computes it: a sequence decoding
-// alone and the same sequence among many in one batch get the same logits.
+// alone and the same sequence among many in one batch get the same logits, and the AVX2 and
+// VNNI builds agree bit for bit.
 #include "avx2_util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -29,7 +32,18 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
     UNROLL
     for (int c = 0; c < nc; c++) acc[c] = _mm_setzero_ps();
 
+    const int offset = kind == K_Q4_0 ? 8 : kind == K_Q5_0 ? 16 : 0;
     for (int64_t b = 0; b < n / 32; b++) {
+        __m256i x[4], base[4];  // per column: the activation quants, and where its sums start
+        UNROLL
+        for (int c = 0; c < nc; c++) {
+            x[c] = _mm256_loadu_si256((const __m256i *)(act + c * as + b * abytes + aqs));
+            // Q4_0/Q5_0 stay unsigned (0..15, 0..31); their offset of 8 or 16 is taken off
+            // as -offset·x, once per column, instead of the sign trick per (row, column).
+            base[c] = offset ? _mm256_sub_epi32(_mm256_setzero_si256(), dot4_add(_mm256_setzero_si256(),
+                                                    _mm256_set1_epi8((char)offset), x[c]))
+                             : _mm256_setzero_si256();
+        }
         __m256i sumi[4][4];  // [column][row]: the block's integer dot
         UNROLL
         for (int i = 0; i < nr; i++) {
@@ -38,9 +52,6 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
                 prefetch_block(next[0] + (b * nr + i) * 2 * wbytes, 2 * wbytes);
             else
                 prefetch_block(next[i] + b * wbytes, wbytes);
-            // Q4_0/Q5_0 stay unsigned (0..15, 0..31); their offset of 8 or 16 is taken off
-            // as offset * x in the same int16 pairs, which costs one op per column instead
-            // of the sign trick's two per (row, column).
             __m256i q;
             switch (kind) {
             case K_Q4_0: case K_Q4_1: q = nibbles32(wb + (kind == K_Q4_0 ? 2 : 4)); break;
@@ -52,21 +63,10 @@ INLINE void b32_tile(const int kind, const int nr, const int nc, const int run, 
             }
             default: q = _mm256_loadu_si256((const __m256i *)(wb + 2)); break;  // signed
             }
-            const int offset = kind == K_Q4_0 ? 8 : kind == K_Q5_0 ? 16 : 0;
             __m256i qabs = kind == K_Q8_0 ? _mm256_sign_epi8(q, q) : q;
             UNROLL
-            for (int c = 0; c < nc; c++) {
-                __m256i x = _mm256_loadu_si256((const __m256i *)(act + c * as + b * abytes + aqs));
-                __m256i p16;
-                if (kind == K_Q8_0) {
-                    p16 = _mm256_maddubs_epi16(qabs, _mm256_sign_epi8(x, q));
-                } else {
-                    p16 = _mm256_maddubs_epi16(q, x);
-                    if (offset)  // pairs of offset * x, same int16 layout as p16
-                        p16 = _mm256_sub_epi16(p16, _mm256_maddubs_epi16(_mm256_set1_epi8((char)offset), x));
-                }
-                sumi[c][i] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-            }
+            for (int c = 0; c < nc; c++)
+                sumi[c][i] = dot4_add(base[c], qabs, kind == K_Q8_0 ? _mm256_sign_epi8(x[c], q) : x[c]);
         }
         // The float steps of the repacked kernel (gemm8_tile), lane i for row i: the block's
         // exact integer dot, then acc += (d_w·d_a)·dot, or for Q4_1/Q5_1
@@ -185,8 +185,7 @@ INLINE void k_tile(const int kind, const int nr, const int nc, const int run, in
                         UNROLL
                         for (int c = 0; c < nc; c++) {
                             __m256i xk = _mm256_loadu_si256((const __m256i *)(a[c]->qs + 128 * h + 32 * k));
-                            __m256i p = _mm256_maddubs_epi16(q[k], xk);
-                            sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, s));
+                            sumi[c] = dot2_add(sumi[c], _mm256_maddubs_epi16(q[k], xk), s);
                         }
                     }
                 }
@@ -223,9 +222,8 @@ INLINE void k_tile(const int kind, const int nr, const int nc, const int run, in
                 for (int c = 0; c < nc; c++) {
                     __m256i x0 = _mm256_loadu_si256((const __m256i *)(a[c]->qs + 64 * k));
                     __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[c]->qs + 64 * k + 32));
-                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), s0);
-                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), s1);
-                    sumi[c] = _mm256_add_epi32(sumi[c], _mm256_add_epi32(p0, p1));
+                    sumi[c] = dot2_add(sumi[c], _mm256_maddubs_epi16(lo, x0), s0);
+                    sumi[c] = dot2_add(sumi[c], _mm256_maddubs_epi16(hi, x1), s1);
                 }
             }
             // Min term: sum_j m_j * (bsum[2j] + bsum[2j+1]), with the mins paired up as int16.
@@ -356,12 +354,12 @@ ALL_TYPES(DEFINE_TYPE)
     static const ember_kernel_set name##_set = {{SHAPES(TILE_ENTRY, name, impl, kind)}};
 ALL_TYPES(DEFINE_SET)
 
-const ember_kernel_set *ember_avx2_kernels(int type) {
+const ember_kernel_set *X86_NAME(kernels)(int type) {
 #define CASE_TYPE(code, name, impl, kind) case code: return &name##_set;
     switch (type) { ALL_TYPES(CASE_TYPE) default: return NULL; }
 #undef CASE_TYPE
 }
 
 #else
-const ember_kernel_set *ember_avx2_kernels(int type) { (void)type; return NULL; }
+const ember_kernel_set *X86_NAME(kernels)(int type) { (void)type; return NULL; }
 #endif

@@ -1,7 +1,8 @@
-// AVX2 prefill (matmul) kernels working on 8 rows at a time: the rows' quants are repacked
-// so that row r sits in 32-bit lane r, and one vpmaddubsw against 4 broadcast activation
-// bytes advances all 8 dot products with no horizontal sums. The repack is done once per band
-// of 8 rows per ember_matmul call and reused by every column.
+// x86 prefill (matmul) kernels working on 8 rows at a time: the rows' quants are repacked
+// so that row r sits in 32-bit lane r, and one vpmaddubsw (VNNI: vpdpbusd) against 4 broadcast
+// activation bytes advances all 8 dot products with no horizontal sums. The repack is done
+// once per band of 8 rows per ember_matmul call and reused by every column. Compiled for AVX2
+// and again for AVX-512 VNNI (x86_vnni.c, see avx2_util.h); both give the same bits.
 #include "avx2_util.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -17,8 +18,8 @@
 // Quants (Q4: 0..15, Q5: 0..31 unsigned; Q8_0 signed) of 8 rows, block by block: 256 bytes per block,
 // step s (weights 4s..4s+3) at bytes 32s..32s+31. Scales: d[8] then m[8] (Q4_1/Q5_1 min;
 // 0 for Q4_0/Q5_0, whose offset of 8/16 is applied in integers by the kernel).
-AVX2 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb,
-                             uint8_t *q8, float *dm) {
+AVX2 void X86_NAME(repack8)(int type, int64_t n, const uint8_t *w, size_t rb,
+                            uint8_t *q8, float *dm) {
     const int wbytes = ember_block_bytes(type);
     for (int64_t b = 0; b < n / 32; b++) {
         __m256i rows[8];
@@ -48,9 +49,10 @@ AVX2 void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb,
     }
 }
 
-// y[c*ldy + r] for the 8 repacked rows and NC columns. Integer sums stay in int16 for up to
-// 8 steps for Q4 (8 * 2 * 15 * 127 = 30480 fits) and 4 steps for Q5 (4 * 2 * 31 * 127 =
-// 31496); Q8_0 (2 * 128 * 127 per step) widens to int32 every step.
+// y[c*ldy + r] for the 8 repacked rows and NC columns. On AVX2 integer sums stay in int16 for
+// up to 8 steps for Q4 (8 * 2 * 15 * 127 = 30480 fits) and 4 steps for Q5 (4 * 2 * 31 * 127 =
+// 31496); Q8_0 (2 * 128 * 127 per step) widens to int32 every step. VNNI sums into int32 at
+// every step in one instruction. The integers are the same either way.
 INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q8,
                        const float *dm, const int32_t *xsum, const uint8_t *act, size_t as,
                        float *y, int64_t ldy) {
@@ -78,6 +80,10 @@ INLINE void gemm8_tile(const int type, const int nc, int64_t n, const uint8_t *q
                 const uint8_t *xq = act + c * as + b * abytes + aqs + 4 * s;
                 __m256i x = _mm256_set1_epi32((int)load_u32(xq));
                 if (q8_0) x = _mm256_sign_epi8(x, q);
+                if (X86_VNNI) {
+                    sumi[c] = dot4_add(sumi[c], qabs, x);
+                    continue;
+                }
                 part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(qabs, x));
                 if ((s + 1) % group == 0) {
                     sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], ones16));
@@ -126,7 +132,7 @@ GEMM8(EMBER_TYPE_Q5_0, q5_0) GEMM8(EMBER_TYPE_Q5_1, q5_1) GEMM8(EMBER_TYPE_Q8_0,
 // (4 vectors) or Q6_K scales 2k, 2k+1 (8)); then d[8] and dmin[8] as floats.
 enum { K8_Q = 0, K8_SC = 2048, K8_MN = 2048 + 512, K8_D = 2048 + 512 + 256, K8_BLOCK_BYTES = K8_D + 64 };
 
-AVX2 void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out) {
+AVX2 void X86_NAME(repack8_k)(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out) {
     const int wbytes = ember_block_bytes(type);
     const __m256i m4 = _mm256_set1_epi8(15), b4 = _mm256_set1_epi8(16);
     for (int64_t b = 0; b < n / QK_K; b++) {
@@ -192,8 +198,9 @@ AVX2 void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb,
 
 INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *packed,
                         const uint8_t *act, size_t as, float *y, int64_t ldy) {
-    // int16-safe steps (see gemm8_tile): Q5_K 4 * 2 * 31 * 127, Q6_K 2 * 2 * 63 * 127. Q6_K
-    // also changes scale every 4 steps (groups of 16).
+    // int16-safe steps on AVX2 (see gemm8_tile): Q5_K 4 * 2 * 31 * 127, Q6_K 2 * 2 * 63 * 127.
+    // Q6_K also changes scale every 4 steps (groups of 16). VNNI sums a scale's steps in int32
+    // and multiplies by the scale once (its 16-bit pair's high half, sign-extended).
     const int q6 = type == EMBER_TYPE_Q6_K;
     const int group = type == EMBER_TYPE_Q4_K ? 8 : type == EMBER_TYPE_Q5_K ? 4 : 2;
     __m256 acc[4];
@@ -219,10 +226,18 @@ INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *
                 UNROLL
                 for (int c = 0; c < nc; c++) {
                     __m256i x = _mm256_set1_epi32((int)load_u32(a[c]->qs + 32 * j + 4 * s));
-                    part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(q, x));
-                    if ((s + 1) % group == 0) {
+                    const int last = X86_VNNI ? s == 7 || (q6 && s == 3) : (s + 1) % group == 0;
+                    if (X86_VNNI)
+                        part[c] = dot4_add(part[c], q, x);
+                    else
+                        part[c] = _mm256_add_epi16(part[c], _mm256_maddubs_epi16(q, x));
+                    if (last) {
                         __m256i scv = _mm256_loadu_si256(scp + (q6 && s >= 4));
-                        sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], scv));
+                        if (X86_VNNI)
+                            sumi[c] = _mm256_add_epi32(sumi[c],
+                                                       _mm256_mullo_epi32(part[c], _mm256_srai_epi32(scv, 16)));
+                        else
+                            sumi[c] = _mm256_add_epi32(sumi[c], _mm256_madd_epi16(part[c], scv));
                         part[c] = _mm256_setzero_si256();
                     }
                 }
@@ -273,8 +288,8 @@ INLINE void gemm8k_tile(const int type, const int nc, int64_t n, const uint8_t *
     }
 GEMM8K(EMBER_TYPE_Q4_K, q4_K) GEMM8K(EMBER_TYPE_Q5_K, q5_K) GEMM8K(EMBER_TYPE_Q6_K, q6_K)
 
-AVX2 void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
-                             size_t as, int64_t ncols, float *y, int64_t ldy) {
+AVX2 void X86_NAME(gemm8_k)(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
+                            size_t as, int64_t ncols, float *y, int64_t ldy) {
     for (int64_t c = 0; c < ncols; c += 4) {
         int nc = ncols - c < 4 ? (int)(ncols - c) : 4;
         if (type == EMBER_TYPE_Q4_K) gemm8k_q4_K(nc, n, packed, act + c * as, as, y + c * ldy, ldy);
@@ -283,12 +298,12 @@ AVX2 void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const u
     }
 }
 
-size_t ember_avx2_repack8_k_bytes(int64_t n) { return (size_t)(n / QK_K) * K8_BLOCK_BYTES; }
+size_t X86_NAME(repack8_k_bytes)(int64_t n) { return (size_t)(n / QK_K) * K8_BLOCK_BYTES; }
 
 // 8 rows x ncols through the repacked path (nc up to 4 per pass); 0 if `type` has none.
-AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
-                          const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
-                          float *y, int64_t ldy) {
+AVX2 int X86_NAME(gemm8)(int type, int64_t n, const uint8_t *q8, const float *dm,
+                         const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
+                         float *y, int64_t ldy) {
     void (*f)(int, int64_t, const uint8_t *, const float *, const int32_t *, const uint8_t *,
               size_t, float *, int64_t);
     switch (type) {
@@ -307,23 +322,22 @@ AVX2 int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *d
 }
 
 #else
-int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
-                     const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
-                     float *y, int64_t ldy) {
+int X86_NAME(gemm8)(int type, int64_t n, const uint8_t *q8, const float *dm,
+                    const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
+                    float *y, int64_t ldy) {
     (void)type; (void)n; (void)q8; (void)dm; (void)xsum; (void)act; (void)as; (void)ncols;
     (void)y; (void)ldy;
     return 0;
 }
-void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm) {
+void X86_NAME(repack8)(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm) {
     (void)type; (void)n; (void)w; (void)rb; (void)q8; (void)dm;
 }
-void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out) {
+void X86_NAME(repack8_k)(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out) {
     (void)type; (void)n; (void)w; (void)rb; (void)out;
 }
-void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
-                        size_t as, int64_t ncols, float *y, int64_t ldy) {
+void X86_NAME(gemm8_k)(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
+                       size_t as, int64_t ncols, float *y, int64_t ldy) {
     (void)type; (void)n; (void)packed; (void)act; (void)as; (void)ncols; (void)y; (void)ldy;
 }
-size_t ember_avx2_repack8_k_bytes(int64_t n) { (void)n; return 0; }
-const ember_kernel_set *ember_avx2_kernels(int type) { (void)type; return NULL; }
+size_t X86_NAME(repack8_k_bytes)(int64_t n) { (void)n; return 0; }
 #endif

@@ -146,21 +146,29 @@ typedef struct { ember_tile_fn tiles[EMBER_MAX_NR][EMBER_MAX_NC]; } ember_kernel
 
 // The constant kernel table of a weight type for each path; NULL if the path lacks the type.
 const ember_kernel_set *ember_portable_kernels(int type);
-const ember_kernel_set *ember_avx2_kernels(int type);
+// The tile table the drivers use for a type: the best family the CPU has (ember_kernel_level)
+// that provides it, else the portable one.
+const ember_kernel_set *ember_tile_kernels(int type);
 
-// Prefill path for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (AVX2 only): repack 8 rows (q8: 256 bytes per block,
-// dm: 16 floats per block), then y[c*ldy + r] for r < 8, c < ncols. For Q4_0/Q5_0, xsum
-// holds each activation block's sum of quants (column c at xsum + c*(n/32)). gemm8 returns 0
-// if the type has no such path.
-void ember_avx2_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm);
-int ember_avx2_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm,
-                     const int32_t *xsum, const uint8_t *act, size_t as, int64_t ncols,
-                     float *y, int64_t ldy);
-// The same for Q4_K/Q5_K/Q6_K: repack 8 rows into ember_avx2_repack8_k_bytes(n) bytes, then
-// y[c*ldy + r] for r < 8, c < ncols.
-size_t ember_avx2_repack8_k_bytes(int64_t n);
-void ember_avx2_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out);
-void ember_avx2_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act,
-                        size_t as, int64_t ncols, float *y, int64_t ldy);
+// The x86 kernels, declared once per build of dot_avx2.c / gemm_avx2.c: ember_avx2_* (AVX2 +
+// FMA + F16C) and ember_vnni_* (AVX-512 VL/BW + VNNI, x86_vnni.c); both give the same bits.
+//   P_kernels: the tile table of a type (NULL if the build lacks it).
+//   Prefill path for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0: P_repack8 repacks 8 rows (q8: 256 bytes per
+//   block, dm: 16 floats per block), then P_gemm8 writes y[c*ldy + r] for r < 8, c < ncols.
+//   For Q4_0/Q5_0, xsum holds each activation block's sum of quants (column c at
+//   xsum + c*(n/32)). P_gemm8 returns 0 if the type has no such path.
+//   The same for Q4_K/Q5_K/Q6_K: P_repack8_k repacks 8 rows into P_repack8_k_bytes(n) bytes,
+//   then P_gemm8_k writes y[c*ldy + r] for r < 8, c < ncols.
+#define EMBER_DECLARE_X86_KERNELS(P)                                                             \
+    const ember_kernel_set *P##_kernels(int type);                                               \
+    void P##_repack8(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *q8, float *dm); \
+    int P##_gemm8(int type, int64_t n, const uint8_t *q8, const float *dm, const int32_t *xsum,  \
+                  const uint8_t *act, size_t as, int64_t ncols, float *y, int64_t ldy);          \
+    size_t P##_repack8_k_bytes(int64_t n);                                                       \
+    void P##_repack8_k(int type, int64_t n, const uint8_t *w, size_t rb, uint8_t *out);          \
+    void P##_gemm8_k(int type, int64_t n, const uint8_t *packed, const uint8_t *act, size_t as,  \
+                     int64_t ncols, float *y, int64_t ldy);
+EMBER_DECLARE_X86_KERNELS(ember_avx2)
+EMBER_DECLARE_X86_KERNELS(ember_vnni)
 
 #endif

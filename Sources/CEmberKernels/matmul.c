@@ -1,41 +1,65 @@
-// Drivers: runtime choice between the AVX2 and portable kernels, and the row/column tiling of
-// ember_dot, ember_matvec and ember_matmul over the per-type tile kernels.
+// Drivers: runtime choice between the x86 (AVX-512 VNNI, AVX2) and portable kernels, and the
+// row/column tiling of ember_dot, ember_matvec and ember_matmul over the per-type tile kernels.
 #include "internal.h"
 #include <stdlib.h>
 
-static int force_portable = 0;
+// The cap ember_limit_kernels sets; -1: none.
+static int kernel_cap = -1;
 
 // Matmul tile: 2 rows x 4 columns (8 accumulators) measured best among 2x4, 3x4, 4x2, 3x3.
 #define MM_NC 4
 #define MM_NR 2
 
-// Both flags are read by every kernel call, possibly from several threads: relaxed atomics
-// (the CPU check gives the same answer in every thread, so a repeated first check is fine).
-int ember_has_avx2(void) {
+static int detect_kernel_level(void) {
 #if defined(__x86_64__) || defined(__i386__)
-    static int cached = -1;
-    int has = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __builtin_cpu_supports("f16c");
-        __atomic_store_n(&cached, has, __ATOMIC_RELAXED);
-    }
-    return has && !__atomic_load_n(&force_portable, __ATOMIC_RELAXED);
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")))
+        return EMBER_KERNELS_PORTABLE;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
+        return EMBER_KERNELS_AVX512_VNNI;
+    return EMBER_KERNELS_AVX2;
 #else
-    return 0;
+    return EMBER_KERNELS_PORTABLE;
 #endif
 }
 
-void ember_force_portable(int on) { __atomic_store_n(&force_portable, on != 0, __ATOMIC_RELAXED); }
+// Both values are read by every kernel call, possibly from several threads: relaxed atomics
+// (the CPU check gives the same answer in every thread, so a repeated first check is fine).
+int ember_cpu_kernel_level(void) {
+    static int cached = -1;
+    int level = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (level < 0) {
+        level = detect_kernel_level();
+        __atomic_store_n(&cached, level, __ATOMIC_RELAXED);
+    }
+    return level;
+}
 
-static const ember_kernel_set *kernels_for(int type) {
-    const ember_kernel_set *k = ember_has_avx2() ? ember_avx2_kernels(type) : NULL;
+int ember_kernel_level(void) {
+    int level = ember_cpu_kernel_level();
+    int cap = __atomic_load_n(&kernel_cap, __ATOMIC_RELAXED);
+    return cap >= 0 && cap < level ? cap : level;
+}
+
+void ember_limit_kernels(int level) { __atomic_store_n(&kernel_cap, level < 0 ? -1 : level, __ATOMIC_RELAXED); }
+
+int ember_has_avx2(void) { return ember_kernel_level() >= EMBER_KERNELS_AVX2; }
+
+void ember_force_portable(int on) { ember_limit_kernels(on ? EMBER_KERNELS_PORTABLE : -1); }
+
+const ember_kernel_set *ember_tile_kernels(int type) {
+    const ember_kernel_set *k = NULL;
+    switch (ember_kernel_level()) {
+    case EMBER_KERNELS_AVX512_VNNI: k = ember_vnni_kernels(type); break;
+    case EMBER_KERNELS_AVX2: k = ember_avx2_kernels(type); break;
+    default: break;
+    }
     return k ? k : ember_portable_kernels(type);
 }
 
 float ember_dot(int type, int64_t n, const void *row, const void *act) {
-    const ember_kernel_set *k = kernels_for(type);
+    const ember_kernel_set *k = ember_tile_kernels(type);
     float y = 0;
     const uint8_t *w = row;
     if (k) k->tiles[0][0](n, &w, &w, act, 0, &y, 0);
@@ -73,12 +97,13 @@ static void run_tiles(const ember_kernel_set *k, int64_t n, const uint8_t *w, si
 
 void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
                   const void *act, float *y, int64_t r0, int64_t r1) {
-    const ember_kernel_set *k = kernels_for(type);
+    const ember_kernel_set *k = ember_tile_kernels(type);
     if (!k || r1 <= r0) return;
     run_tiles(k, n, w, row_bytes, act, 0, 1, y, 0, r0, r1);
 }
 
-// With enough columns the quantized types go through the repacked 8-row paths (gemm_avx2.c).
+// With enough columns the quantized types go through the repacked 8-row paths (gemm_avx2.c,
+// AVX2 or VNNI).
 // Both paths give the same bits, so the choice is speed alone: the column count from which
 // repacking pays. Measured on Zen3, one thread, ns per row, block and column, tiles against
 // repacked: Q4_0 4096 wide, 4 columns, from memory 1.13 / 0.82; short rows, whose tiles
@@ -121,32 +146,44 @@ static int matmul_gemm8(int type, int64_t n, const uint8_t *w, size_t row_bytes,
             xsum[c * nb + b] = sum;
         }
     }
+    const int vnni = ember_kernel_level() >= EMBER_KERNELS_AVX512_VNNI;
     int64_t r = r0;
     for (; r + 8 <= r1; r += 8) {
         prefetch_band(w, row_bytes, r + 8, r1);
-        ember_avx2_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
-        ember_avx2_gemm8(type, n, q8, dm, xsum, act, act_stride, ncols, y + r, ldy);
+        if (vnni) {
+            ember_vnni_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
+            ember_vnni_gemm8(type, n, q8, dm, xsum, act, act_stride, ncols, y + r, ldy);
+        } else {
+            ember_avx2_repack8(type, n, w + r * row_bytes, row_bytes, q8, dm);
+            ember_avx2_gemm8(type, n, q8, dm, xsum, act, act_stride, ncols, y + r, ldy);
+        }
     }
     free(q8);
     if (r < r1)  // fewer than 8 rows left
-        run_tiles(kernels_for(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
+        run_tiles(ember_tile_kernels(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
     return 1;
 }
 
 static int matmul_gemm8_k(int type, int64_t n, const uint8_t *w, size_t row_bytes,
                           const uint8_t *act, size_t act_stride, int64_t ncols,
                           float *y, int64_t ldy, int64_t r0, int64_t r1) {
-    uint8_t *packed = malloc(ember_avx2_repack8_k_bytes(n));
+    const int vnni = ember_kernel_level() >= EMBER_KERNELS_AVX512_VNNI;
+    uint8_t *packed = malloc(vnni ? ember_vnni_repack8_k_bytes(n) : ember_avx2_repack8_k_bytes(n));
     if (!packed) return 0;
     int64_t r = r0;
     for (; r + 8 <= r1; r += 8) {
         prefetch_band(w, row_bytes, r + 8, r1);
-        ember_avx2_repack8_k(type, n, w + r * row_bytes, row_bytes, packed);
-        ember_avx2_gemm8_k(type, n, packed, act, act_stride, ncols, y + r, ldy);
+        if (vnni) {
+            ember_vnni_repack8_k(type, n, w + r * row_bytes, row_bytes, packed);
+            ember_vnni_gemm8_k(type, n, packed, act, act_stride, ncols, y + r, ldy);
+        } else {
+            ember_avx2_repack8_k(type, n, w + r * row_bytes, row_bytes, packed);
+            ember_avx2_gemm8_k(type, n, packed, act, act_stride, ncols, y + r, ldy);
+        }
     }
     free(packed);
     if (r < r1)
-        run_tiles(kernels_for(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
+        run_tiles(ember_tile_kernels(type), n, w, row_bytes, act, act_stride, ncols, y + r, ldy, r, r1);
     return 1;
 }
 
@@ -161,7 +198,7 @@ void ember_matmul(int type, int64_t n, const void *w, size_t row_bytes,
 void ember_matmul_path(int type, int64_t n, const void *w, size_t row_bytes,
                        const void *act, size_t act_stride, int64_t ncols,
                        float *y, int64_t ldy, int64_t r0, int64_t r1, int path) {
-    const ember_kernel_set *k = kernels_for(type);
+    const ember_kernel_set *k = ember_tile_kernels(type);
     if (!k || r1 <= r0 || ncols <= 0) return;
     int repack = path == EMBER_MATMUL_REPACKED ||
                  (path == EMBER_MATMUL_AUTO && ncols >= repack_min_columns(type, row_bytes));

@@ -18,11 +18,6 @@ static void prefetch_rows(const uint8_t *w, size_t row_bytes, const int32_t *row
     }
 }
 
-static const ember_kernel_set *kernels_for(int type) {
-    const ember_kernel_set *k = ember_has_avx2() ? ember_avx2_kernels(type) : NULL;
-    return k ? k : ember_portable_kernels(type);
-}
-
 // ---------------------------------------------------------------------------------------
 // Row gather
 // ---------------------------------------------------------------------------------------
@@ -37,7 +32,7 @@ static const ember_kernel_set *kernels_for(int type) {
 // ember_matvec's for that row: same tiles, and no result depends on the tile's other rows.
 void ember_matvec_gather(int type, int64_t n, const void *w, size_t row_bytes,
                          const void *act, const int32_t *rows, int64_t count, float *y) {
-    const ember_kernel_set *k = kernels_for(type);
+    const ember_kernel_set *k = ember_tile_kernels(type);
     if (!k || count <= 0) return;
     const uint8_t *base = w;
     int nr = EMBER_MAX_NR;

@@ -8,11 +8,6 @@
 // and each group prefetches the next one block by block during its first column group.
 enum { GROUP = EMBER_MAX_NR, COLUMNS = 4 };
 
-static const ember_kernel_set *set_for(int type) {
-    const ember_kernel_set *k = ember_has_avx2() ? ember_avx2_kernels(type) : NULL;
-    return k ? k : ember_portable_kernels(type);
-}
-
 // The tallest tile with nc columns the set provides, at most `rows` tall.
 static int tallest(const ember_kernel_set *k, int nc, int64_t rows) {
     for (int nr = EMBER_MAX_NR; nr > 1; nr--)
@@ -26,7 +21,7 @@ static int tallest(const ember_kernel_set *k, int nc, int64_t rows) {
 void ember_matmul_gather(int type, int64_t n, const void *w, size_t row_bytes, const void *act,
                          size_t act_stride, int64_t ncols, const int32_t *rows, int64_t count,
                          float *y, int64_t ldy) {
-    const ember_kernel_set *k = set_for(type);
+    const ember_kernel_set *k = ember_tile_kernels(type);
     if (!k || ncols <= 0 || count <= 0) return;
     const uint8_t *base = w, *a = act;
     for (int64_t g = 0; g < count; g += GROUP) {

@@ -16,11 +16,15 @@ enum BenchCommand {
               help: "time one layer's batched sparse FFN against the dense products at union shares 5-100 %, for each "
                   + "row count of a list (e.g. 2,4,8,16,32): where sparse stops paying"),
         .init(names: ["--row-share"], takesValue: true, help: "with --batch-ffn: each row's own active share (default 0.1)"),
+        .init(names: ["--kernels"], takesValue: true,
+              help: "portable|avx2|avx512-vnni: run the CPU kernels of that SIMD family, to compare them "
+                  + "(default: the best this CPU runs; all give the same results)"),
     ]
 
     static let summary = "measure prefill and decode tokens/s against the machine's read bandwidth"
 
     static func main(_ arguments: Arguments) async throws {
+        let kernels = try kernelFamily(arguments)
         if arguments.has("--sequences") || arguments.has("--batch-ffn") { return try await batched(arguments) }
         let promptTokens = try arguments.int("--prompt-tokens", default: 64, range: 1...1 << 16)
         let generated = try arguments.int("--n-gen", default: 128, range: 0...1 << 16)
@@ -42,7 +46,7 @@ enum BenchCommand {
         let perToken = 1000 / Double(max(generated, 1))
         if arguments.has("--json") {
             var object: [String: Any] = [
-                "model": model.path, "threads": session.options.threads,
+                "model": model.path, "threads": session.options.threads, "kernels": kernels.name,
                 "prompt_tokens": promptTokens, "generated_tokens": generated, "repetitions": repetitions,
                 "prefill_tps": result.prefill, "decode_tps": result.decode,
                 "prefill_tps_median": prefill, "decode_tps_median": decode,
@@ -73,7 +77,7 @@ enum BenchCommand {
         }
         let mode = result.sparsityMode
         try Terminal.print("model: \((model.path as NSString).lastPathComponent), threads: \(session.options.threads), "
-                           + "repetitions: \(repetitions), sparsity: \(mode)"
+                           + "kernels: \(kernels), repetitions: \(repetitions), sparsity: \(mode)"
                            + (mode == .dense ? "" : String(format: " (%.1f %% of FFN neurons skipped while decoding)",
                                                            result.feedForwardSparsity * 100)))
         try Terminal.print("test              tokens/s (median)   spread (min – max)")
@@ -95,6 +99,20 @@ enum BenchCommand {
                                       c.cpuSeconds * perToken, c.deviceWaitSeconds * perToken))
             if let failure = c.failure { try Terminal.print("hybrid: the device failed and the CPU took over: \(failure)") }
         }
+    }
+
+    /// `--kernels`: caps the SIMD family for the whole run; the family in use without it.
+    static func kernelFamily(_ arguments: Arguments) throws -> KernelFamily {
+        guard let text = arguments.string("--kernels") else { return KernelFamily.current }
+        guard let family = KernelFamily(name: text) else {
+            let names = KernelFamily.allCases.map(\.name).joined(separator: ", ")
+            throw UsageError("--kernels must be one of \(names), not \"\(text)\"")
+        }
+        guard family.rawValue <= KernelFamily.best.rawValue else {
+            throw UsageError("--kernels \(text): this CPU does not run the \(family) kernels (its best: \(KernelFamily.best.name))")
+        }
+        KernelFamily.limit(to: family)
+        return family
     }
 
     /// A list of row counts ("1,2,4").

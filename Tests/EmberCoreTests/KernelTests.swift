@@ -244,6 +244,60 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The AVX-512 VNNI kernels are the AVX2 code with one-instruction integer dots: the same
+    /// exact integer sums and the same float steps, so every product must equal the AVX2 one
+    /// bit for bit (this is what lets a CPU's best family be chosen without changing any
+    /// output). Checked on every path: dot, matvec, matmul on the tiles and the repacked 8-row
+    /// kernels (21 rows: two bands and a tail), and both gathers; on random data and on the
+    /// extreme levels where the AVX2 form's 16-bit pair sums come closest to saturating.
+    func testVNNIEqualsAVX2BitForBit() throws {
+        try XCTSkipUnless(KernelFamily.best == .avx512VNNI, "this CPU has no AVX-512 VNNI (best: \(KernelFamily.best))")
+        var rng = Rng(state: 9)
+        let rows = 21, maxCols = 13
+        let paths: [Int32] = [Int32(EMBER_MATMUL_AUTO), Int32(EMBER_MATMUL_TILES), Int32(EMBER_MATMUL_REPACKED)]
+        let ids: [Int32] = [20, 3, 4, 5, 6, 0, 17, 9, 9, 12, 1]
+        for (type, name) in Self.weightTypes {
+            for n in [256, 4096] {
+                for extreme in [false, true] {
+                    let row = (0..<n).map { $0 % 32 == 0 ? Float(-1) : 1 }
+                    var w = [UInt8]()
+                    for _ in 0..<rows { w += quantize(type, extreme ? row : rng.vector(n)) }
+                    let rb = ember_row_bytes(type, Int64(n)), at = ember_activation_type(type)
+                    let stride = (ember_activation_bytes(at, Int64(n)) + 63) / 64 * 64
+                    var acts = [UInt8](repeating: 0, count: stride * maxCols)
+                    for c in 0..<maxCols {
+                        let x = extreme ? (0..<n).map { ($0 + c) % 3 == 0 ? Float(-1) : 1 } : rng.vector(n)
+                        acts.withUnsafeMutableBytes { ember_quantize_activations(at, x, $0.baseAddress! + c * stride, Int64(n)) }
+                    }
+                    // Every output of every path, in one array per family.
+                    func outputs() -> [Float] {
+                        var all = [Float]()
+                        w.withUnsafeBytes { wp in acts.withUnsafeBytes { ap in
+                            let wb = wp.baseAddress!, ab = ap.baseAddress!
+                            var y = [Float](repeating: 0, count: rows * maxCols)
+                            ember_matvec(type, Int64(n), wb, rb, ab, &y, 0, Int64(rows))
+                            all += y[0..<rows]
+                            for cols in [1, 2, 3, 4, 5, 6, 8, 9, 13] {
+                                for path in paths {
+                                    ember_matmul_path(type, Int64(n), wb, rb, ab, stride, Int64(cols), &y, Int64(rows), 0, Int64(rows), path)
+                                    all += y[0..<rows * cols]
+                                }
+                            }
+                            ember_matvec_gather(type, Int64(n), wb, rb, ab, ids, Int64(ids.count), &y)
+                            all += y[0..<ids.count]
+                            ember_matmul_gather(type, Int64(n), wb, rb, ab, stride, 5, ids, Int64(ids.count), &y, Int64(ids.count))
+                            all += y[0..<ids.count * 5]
+                        } }
+                        return all
+                    }
+                    let vnni = KernelFamilies.with(.avx512VNNI, outputs), avx2 = KernelFamilies.with(.avx2, outputs)
+                    let differing = zip(vnni, avx2).filter { $0.bitPattern != $1.bitPattern }.count
+                    XCTAssertEqual(differing, 0, "\(name) n=\(n) extreme=\(extreme): \(differing) of \(vnni.count) outputs differ")
+                }
+            }
+        }
+    }
+
     // MARK: (4) Matvec and matmul against ember_dot
 
     /// Every tile shape performs the same operations per (row, column) in the same order as
@@ -253,9 +307,9 @@ final class KernelTests: XCTestCase {
     func testMatvecAndMatmulEqualRepeatedDot() {
         var rng = Rng(state: 4)
         let rows = 13, n = 512
-        for portable in [false, true] {
-            ember_force_portable(portable ? 1 : 0)
-            defer { ember_force_portable(0) }
+        for family in KernelFamilies.available {
+            KernelFamily.limit(to: family)
+            defer { KernelFamily.limit(to: nil) }
             for (type, name) in Self.weightTypes {
                 let rb = ember_row_bytes(type, Int64(n))
                 var w = [UInt8]()
@@ -281,7 +335,7 @@ final class KernelTests: XCTestCase {
                         ember_matvec(type, Int64(n), wp.baseAddress!, rb, ap.baseAddress!, &y,
                                      Int64(range.lowerBound), Int64(range.upperBound))
                     } }
-                    XCTAssertEqual(y, Array(expected[0][range]), "\(name) matvec \(range) portable=\(portable)")
+                    XCTAssertEqual(y, Array(expected[0][range]), "\(name) matvec \(range) \(family)")
                 }
                 // Every path (the tiles, or weights repacked 8 rows at a time) gives each
                 // (row, column) the bits of ember_dot: one arithmetic whatever the column count.
@@ -298,7 +352,7 @@ final class KernelTests: XCTestCase {
                             } }
                             for c in 0..<cols {
                                 for r in 0..<ldy {
-                                    let what = "\(name) matmul \(pathName) cols=\(cols) \(range) r=\(r) c=\(c) portable=\(portable)"
+                                    let what = "\(name) matmul \(pathName) cols=\(cols) \(range) r=\(r) c=\(c) \(family)"
                                     XCTAssertEqual(y[c * ldy + r], range.contains(r) ? expected[c][r] : -7, what)
                                 }
                             }
@@ -316,6 +370,12 @@ final class KernelTests: XCTestCase {
     func testExtremeQuantsDoNotOverflow() {
         let n = 512, rows = 9, cols = 8
         let row = (0..<n).map { $0 % 32 == 0 ? Float(-1) : 1 }
+        for family in KernelFamilies.available {
+            KernelFamilies.with(family) { extremeQuants(n: n, rows: rows, cols: cols, row: row, family: family) }
+        }
+    }
+
+    func extremeQuants(n: Int, rows: Int, cols: Int, row: [Float], family: KernelFamily) {
         for (type, name) in Self.weightTypes {
             let w = (0..<rows).flatMap { _ in quantize(type, row) }
             let a1 = activations(type, [Float](repeating: 1, count: n))
@@ -327,10 +387,10 @@ final class KernelTests: XCTestCase {
             var y = [Float](repeating: 0, count: rows * cols)
             ember_matmul(type, Int64(n), w, ember_row_bytes(type, Int64(n)), acts,
                          ember_activation_bytes(at, Int64(n)), Int64(cols), &y, Int64(rows), 0, Int64(rows))
-            for v in y { XCTAssertEqual(Double(v), ref.value, accuracy: tol, "\(name) matmul") }
+            for v in y { XCTAssertEqual(Double(v), ref.value, accuracy: tol, "\(name) matmul \(family)") }
             var yv = [Float](repeating: 0, count: rows)
             ember_matvec(type, Int64(n), w, ember_row_bytes(type, Int64(n)), a1, &yv, 0, Int64(rows))
-            for v in yv { XCTAssertEqual(Double(v), ref.value, accuracy: tol, "\(name) matvec") }
+            for v in yv { XCTAssertEqual(Double(v), ref.value, accuracy: tol, "\(name) matvec \(family)") }
         }
     }
 

@@ -89,3 +89,15 @@ final class FeedForwardInputCapture: FeedForwardSparsity {
         return capture.normed
     }
 }
+
+/// The kernel families this CPU runs, best first: the tests that compare paths run each.
+enum KernelFamilies {
+    static var available: [KernelFamily] { KernelFamily.allCases.filter { $0.rawValue <= KernelFamily.best.rawValue }.reversed() }
+
+    /// Runs `body` with the kernels capped at `family`, then lifts the cap.
+    static func with<T>(_ family: KernelFamily, _ body: () throws -> T) rethrows -> T {
+        KernelFamily.limit(to: family)
+        defer { KernelFamily.limit(to: nil) }
+        return try body()
+    }
+}

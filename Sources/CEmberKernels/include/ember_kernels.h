@@ -35,9 +35,23 @@ enum {
     EMBER_TYPE_BF16 = 30,
 };
 
-/// 1 when the AVX2+FMA+F16C paths are in use on this CPU.
+/// Kernel families, best last. The quantized tiles and prefill kernels exist for all three
+/// (AVX-512 VNNI: the AVX2 code with one-instruction integer dots on AVX-512 VL/BW + VNNI);
+/// the float vector, attention and column-gather kernels have AVX2 and portable forms.
+enum {
+    EMBER_KERNELS_PORTABLE = 0,
+    EMBER_KERNELS_AVX2 = 1,
+    EMBER_KERNELS_AVX512_VNNI = 2,
+};
+/// The best family this CPU runs.
+int ember_cpu_kernel_level(void);
+/// The family in use: ember_cpu_kernel_level(), capped by ember_limit_kernels.
+int ember_kernel_level(void);
+/// Caps the family (tests and benchmarks comparing them); a negative level lifts the cap.
+void ember_limit_kernels(int level);
+/// 1 when the AVX2+FMA+F16C paths are in use on this CPU (ember_kernel_level() >= AVX2).
 int ember_has_avx2(void);
-/// Forces the portable paths (for tests comparing both); 0 restores automatic choice.
+/// Forces the portable paths (for tests comparing both); 0 lifts the cap.
 void ember_force_portable(int on);
 
 /// Elements per block and bytes per block of a type; 0 for types without kernels.
