@@ -76,6 +76,7 @@ final class CommandLineTests: XCTestCase {
             (["run", "-p", "hi", "-t", "256"], "--threads must be an integer in 1..."),
             (["devices", "--gpu", "maybe"], "--gpu must be on or off"),
             (["devices", "--device", "-1"], "--device must be a device number"),
+            (["bench", "--kernels", "sse2"], "--kernels must be one of portable, avx2, avx512-vnni"),
         ]
         for (arguments, message) in cases {
             let outcome = try ember(arguments)
@@ -291,6 +292,7 @@ final class CommandLineTests: XCTestCase {
         let bench = try ember(["bench", "-m", path, "-p", "8", "-n", "4", "-r", "1", "-t", "2", "--json"])
         XCTAssertEqual(bench.status, 0, bench.stderr)
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(json["kernels"] as? String, KernelFamily.best.name)
         XCTAssertGreaterThan(try XCTUnwrap(json["decode_tps_median"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(json["read_bandwidth_bytes_per_s"] as? Double), 1e8)
         XCTAssertEqual(json["weight_bytes_per_token"] as? Int, (try TestData.model(.smolLM2)).bytesPerToken)
@@ -299,6 +301,10 @@ final class CommandLineTests: XCTestCase {
         let peak = try XCTUnwrap(json["peak_resident_bytes"] as? Int)
         XCTAssertGreaterThan(peak, (try TestData.model(.smolLM2)).bytesPerToken)
         XCTAssertLessThan(peak, 1 << 30)
+
+        let portable = try ember(["bench", "-m", path, "-p", "4", "-n", "2", "-r", "1", "-t", "2", "--kernels", "portable"])
+        XCTAssertEqual(portable.status, 0, portable.stderr)
+        XCTAssertTrue(portable.stdout.contains("kernels: portable"), portable.stdout)
     }
 
     /// `ember place` end to end on SmolLM2 with statistics of seeded random counts: usage
