@@ -103,18 +103,25 @@ void ember_matvec(int type, int64_t n, const void *w, size_t row_bytes,
 }
 
 // With enough columns the quantized types go through the repacked 8-row paths (gemm_avx2.c,
-// AVX2 or VNNI).
-// Both paths give the same bits, so the choice is speed alone: the column count from which
-// repacking pays. Measured on Zen3, one thread, ns per row, block and column, tiles against
-// repacked: Q4_0 4096 wide, 4 columns, from memory 1.13 / 0.82; short rows, whose tiles
+// AVX2 or VNNI). Both paths give the same bits, so the choice is speed alone: the column count
+// from which repacking pays, ns per row, block and column, tiles against repacked, one thread.
+// AVX2 (Zen3): Q4_0 4096 wide, 4 columns, from memory 1.13 / 0.82; short rows, whose tiles
 // prefetch as one run, pay later (Q8_0 640 wide: 4 columns 1.09 / 1.25, 6 columns 1.13 /
 // 0.99); K-quant super-blocks cost more to repack (Q4_K 2048 wide from cache, 4 columns 0.61 /
 // 0.65, 6: 0.70 / 0.54; Q6_K 2048 wide, 4: 0.71 / 1.03, 8: 0.70 / 0.71).
+// VNNI (Zen4, from memory): the repacked 4- and 5-bit kernels win from 3 columns at every row
+// length (Q4_1 576 wide: 1.16 / 0.84; Q4_0 4096: 1.01 / 0.86; Q5_0 640: 1.49 / 1.13; at 2
+// columns the tiles mostly win: Q4_0 1.10 / 1.22), Q8_0 as on AVX2 (640 wide, 4 columns 1.03 /
+// 1.07, 6: 1.08 / 0.84); the K-quant tiles gain more than the repack does, which pays only from
+// 12 columns (Q4_K 2048 wide, 8: 0.54 / 0.58, 12: 0.52 / 0.45) and for Q6_K from 16 (12: 0.72 /
+// 0.74, 16: 0.68 / 0.51).
 static int64_t repack_min_columns(int type, size_t row_bytes) {
+    const int vnni = ember_kernel_level() >= EMBER_KERNELS_AVX512_VNNI;
     switch (type) {
-    case EMBER_TYPE_Q6_K: return 8;
-    case EMBER_TYPE_Q4_K: case EMBER_TYPE_Q5_K: return 6;
-    default: return row_bytes <= LINEAR_PREFETCH_MAX_ROW ? 6 : 4;
+    case EMBER_TYPE_Q6_K: return vnni ? 16 : 8;
+    case EMBER_TYPE_Q4_K: case EMBER_TYPE_Q5_K: return vnni ? 12 : 6;
+    case EMBER_TYPE_Q8_0: return row_bytes <= LINEAR_PREFETCH_MAX_ROW ? 6 : 4;
+    default: return vnni ? 3 : row_bytes <= LINEAR_PREFETCH_MAX_ROW ? 6 : 4;
     }
 }
 
